@@ -1,0 +1,83 @@
+"""Shared dependencies for jobs, built lazily from one lifespan.
+
+A job family declares each resource it needs as a `Resource` (a name, an async factory and
+an async closer) in its own module; `Deps.get(resource)` builds it on first use and
+`open_deps()` closes whatever was built. The worker and the inline runner both use
+`open_deps`, so a job sees the same kind of objects in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+import asyncpg
+
+from settings import Settings
+
+__all__ = ["POSTGRES", "Deps", "Resource", "open_deps"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Resource(Generic[T]):
+    name: str
+    create: Callable[[Settings], Awaitable[T]]
+    close: Callable[[T], Awaitable[None]]
+
+
+class Deps:
+    """Lazily built, shared resources; safe to use from many concurrent jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._built: dict[str, Any] = {}
+        self._order: list[Resource[Any]] = []
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._closed = False
+
+    async def get(self, resource: Resource[T]) -> T:
+        if resource.name in self._built:
+            return cast(T, self._built[resource.name])
+        if self._closed:
+            raise RuntimeError(f"dependencies are closed; cannot build {resource.name!r}")
+        lock = self._locks.setdefault(resource.name, asyncio.Lock())
+        async with lock:
+            if resource.name not in self._built:
+                self._built[resource.name] = await resource.create(self.settings)
+                self._order.append(resource)
+        return cast(T, self._built[resource.name])
+
+    async def aclose(self) -> None:
+        self._closed = True
+        # Close in reverse order of creation, like an ExitStack.
+        for resource in reversed(self._order):
+            value = self._built.pop(resource.name)
+            await resource.close(value)
+        self._order.clear()
+
+
+@asynccontextmanager
+async def open_deps(settings: Settings) -> AsyncIterator[Deps]:
+    deps = Deps(settings)
+    try:
+        yield deps
+    finally:
+        await deps.aclose()
+
+
+async def _create_pool(settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        settings.database_url.get_secret_value(), min_size=1, max_size=10, timeout=5, command_timeout=60
+    )
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    await pool.close()
+
+
+POSTGRES: Resource[asyncpg.Pool] = Resource("postgres", _create_pool, _close_pool)

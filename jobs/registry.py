@@ -1,0 +1,175 @@
+"""Job definitions and the registry the worker and the inline runner both read.
+
+A job is `async def name(ctx: JobContext, *, typed keyword args)`. `define()` turns one into
+a `JobDefinition` that validates keyword arguments against the signature (a pydantic model
+built from it) and turns them into the JSON payload that travels to Redis, so a bad call
+fails in the caller before anything is queued or run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, get_type_hints
+
+import orjson
+import pydantic
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
+
+from jobs.context import JobContext
+from worker.errors import JobValidationError, UnknownJobError
+
+__all__ = ["JobDefinition", "JobFunc", "Registry", "define"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+JobFunc = Callable[Concatenate[JobContext, P], Awaitable[R]]
+
+
+def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
+    signature = inspect.signature(func)
+    hints = get_type_hints(func)
+    params = list(signature.parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"job {name!r} must take the job context as its first positional argument")
+    fields: dict[str, Any] = {}
+    for param in params[1:]:
+        if param.kind is not param.KEYWORD_ONLY:
+            raise TypeError(f"job {name!r}: argument {param.name!r} must be keyword-only (put it after `*`)")
+        if param.name not in hints:
+            raise TypeError(f"job {name!r}: argument {param.name!r} needs a type annotation")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    config = ConfigDict(extra="forbid", strict=True)
+    model: type[BaseModel] = pydantic.create_model(f"{name}_args", __config__=config, **fields)
+    return model
+
+
+def _explain(job: str, exc: pydantic.ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        arg = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+        if err["type"] == "missing":
+            problems.append(f"argument {arg!r} is required")
+        elif err["type"] == "extra_forbidden":
+            problems.append(f"unknown argument {arg!r}")
+        else:
+            shown = repr(err.get("input"))
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            problems.append(f"argument {arg!r}: {err['msg']} (got {shown})")
+    return f"{job}: " + "; ".join(problems)
+
+
+@dataclass(frozen=True, eq=False)
+class JobDefinition(Generic[P, R]):
+    """One registered job: its name, coroutine and execution limits."""
+
+    name: str
+    func: JobFunc[P, R]
+    timeout: float | None = None
+    max_tries: int | None = None
+    description: str = ""
+    args_model: type[BaseModel] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args_model", _args_model(self.name, self.func))
+
+    @property
+    def arg_names(self) -> list[str]:
+        return list(self.args_model.model_fields)
+
+    def payload(self, kwargs: Mapping[str, Any], *, max_bytes: int) -> dict[str, Any]:
+        """Validate caller arguments and return the JSON-ready payload; raises JobValidationError."""
+        try:
+            model = self.args_model.model_validate(dict(kwargs))
+        except pydantic.ValidationError as exc:
+            raise JobValidationError(_explain(self.name, exc)) from None
+        return self._encode(model, max_bytes)
+
+    def payload_from_json(self, raw: str | bytes, *, max_bytes: int) -> dict[str, Any]:
+        """Like `payload`, for arguments given as JSON text (the CLI)."""
+        try:
+            model = self.args_model.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise JobValidationError(_explain(self.name, exc)) from None
+        return self._encode(model, max_bytes)
+
+    def _encode(self, model: BaseModel, max_bytes: int) -> dict[str, Any]:
+        try:
+            payload = model.model_dump(mode="json")
+            encoded = orjson.dumps(payload)
+        except (PydanticSerializationError, TypeError) as exc:
+            raise JobValidationError(
+                f"{self.name}: arguments are not JSON-serializable ({exc}); pass ids, strings, numbers, "
+                "lists and dicts"
+            ) from None
+        if len(encoded) > max_bytes:
+            raise JobValidationError(
+                f"{self.name}: arguments are {len(encoded)} bytes, over the {max_bytes}-byte limit "
+                "(MAX_PAYLOAD_BYTES); pass an id and load the data in the job"
+            )
+        # Return what the worker will see: the JSON round trip, so inline runs get the same values.
+        decoded: dict[str, Any] = orjson.loads(encoded)
+        return decoded
+
+    def load(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Typed keyword arguments from a JSON payload, as the job's signature declares them."""
+        try:
+            model = self.args_model.model_validate(dict(payload), strict=False)
+        except pydantic.ValidationError as exc:
+            raise JobValidationError(_explain(self.name, exc)) from None
+        return {name: getattr(model, name) for name in self.args_model.model_fields}
+
+
+def define(
+    func: JobFunc[P, R],
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_tries: int | None = None,
+) -> JobDefinition[P, R]:
+    doc = inspect.getdoc(func) or ""
+    return JobDefinition(
+        name=name or func.__name__,
+        func=func,
+        timeout=timeout,
+        max_tries=max_tries,
+        description=doc.splitlines()[0] if doc else "",
+    )
+
+
+class Registry:
+    """The one list of jobs; duplicate names are refused when it is built."""
+
+    def __init__(self, definitions: Iterable[JobDefinition[Any, Any]]) -> None:
+        self._by_name: dict[str, JobDefinition[Any, Any]] = {}
+        self._by_func: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
+        for definition in definitions:
+            if definition.name in self._by_name:
+                raise ValueError(f"duplicate job name {definition.name!r} in the registry")
+            self._by_name[definition.name] = definition
+            self._by_func[definition.func] = definition
+
+    def __iter__(self) -> Any:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def get(self, job: str | Callable[..., Any] | JobDefinition[Any, Any]) -> JobDefinition[Any, Any]:
+        if isinstance(job, JobDefinition):
+            job = job.name
+        if isinstance(job, str):
+            found = self._by_name.get(job)
+            label = job
+        else:
+            found = self._by_func.get(job)
+            label = getattr(job, "__name__", repr(job))
+        if found is None:
+            raise UnknownJobError(f"unknown job {label!r}; registered jobs: {', '.join(self.names())}")
+        return found

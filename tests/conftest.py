@@ -1,0 +1,99 @@
+"""Fixtures: a test-owned Redis for the session, per-test queues, and both execution modes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from devservices.redis import RedisServer
+from settings import Settings
+from tests.sample_jobs import RUNS, TEST_REGISTRY, TRIES
+from worker.logs import configure_logging
+from worker.producer import Producer
+from worker.service import WorkerService
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server owned by the test session, so tests may flush and inspect it freely."""
+    with RedisServer() as server:
+        yield server
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "queue_name": f"test:{uuid.uuid4().hex[:8]}",
+        "log_format": "json",
+        "retry_backoff_base": 0.01,
+        "retry_backoff_max": 0.05,
+        "redis_probe_interval": 0.05,
+        "worker_poll_delay": 0.01,
+        "worker_shutdown_grace": 2.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return make_settings(redis_server.url)
+
+
+@pytest.fixture(autouse=True)
+def _reset_runs() -> None:
+    RUNS.clear()
+    TRIES.clear()
+
+
+@pytest.fixture
+def log_output() -> io.StringIO:
+    """Everything logged during the test, as JSON lines."""
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
+    return stream
+
+
+class RunningWorker:
+    def __init__(self, service: WorkerService, task: asyncio.Task[int]) -> None:
+        self.service = service
+        self.task = task
+
+    async def stop(self) -> int:
+        if not self.task.done():
+            self.service.request_stop()
+        return await asyncio.wait_for(self.task, 10)
+
+
+async def start_worker(settings: Settings) -> RunningWorker:
+    service = WorkerService(settings, registry=TEST_REGISTRY, handle_signals=False)
+    task = asyncio.create_task(service.run())
+    return RunningWorker(service, task)
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[RunningWorker]:
+    running = await start_worker(settings)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture(params=["queued", "inline"])
+async def producer(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Producer]:
+    """A producer in each mode: with a worker behind Redis, or with Redis not configured."""
+    mode = request.param
+    if mode == "inline":
+        async with Producer(make_settings(""), registry=TEST_REGISTRY) as inline_producer:
+            yield inline_producer
+        return
+    running = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as queued_producer:
+            yield queued_producer
+    finally:
+        await running.stop()

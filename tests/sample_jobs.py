@@ -1,0 +1,73 @@
+"""Jobs used only by the tests, in a registry of their own, to exercise every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from jobs import JobContext, Registry, define, ping
+from worker.errors import PermanentError, TransientError
+
+__all__ = ["RUNS", "TEST_REGISTRY", "TRIES"]
+
+# What ran, in this process: (key, mode, try). Queued tests run the worker in-process.
+RUNS: list[tuple[str, str, int]] = []
+TRIES: Counter[str] = Counter()
+
+
+async def record(ctx: JobContext, *, key: str) -> dict[str, Any]:
+    """Record that the job ran."""
+    RUNS.append((key, ctx.mode, ctx.job_try))
+    return {"key": key, "mode": ctx.mode}
+
+
+async def refuse(ctx: JobContext, *, reason: str) -> None:
+    """Always fail permanently."""
+    RUNS.append((reason, ctx.mode, ctx.job_try))
+    raise PermanentError(f"refused: {reason}")
+
+
+async def broken(ctx: JobContext, *, key: str) -> None:
+    """A bug: an unexpected exception is permanent."""
+    RUNS.append((key, ctx.mode, ctx.job_try))
+    raise KeyError(key)
+
+
+async def flaky(ctx: JobContext, *, key: str, failures: int) -> dict[str, Any]:
+    """Fail transiently `failures` times, then succeed."""
+    TRIES[key] += 1
+    RUNS.append((key, ctx.mode, ctx.job_try))
+    if TRIES[key] <= failures:
+        raise TransientError(f"provider hiccup {TRIES[key]}")
+    return {"key": key, "tries": ctx.job_try}
+
+
+async def sleepy(ctx: JobContext, *, seconds: float) -> str:
+    """Sleep; its definition has a short timeout."""
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+async def takes_any(ctx: JobContext, *, data: Any) -> Any:
+    """Accept anything, to test serializability checks."""
+    return data
+
+
+async def bad_result(ctx: JobContext, *, key: str) -> object:
+    """Return something JSON cannot carry."""
+    return object()
+
+
+TEST_REGISTRY = Registry(
+    [
+        define(ping, timeout=10, max_tries=3),
+        define(record, max_tries=3),
+        define(refuse, max_tries=5),
+        define(broken, max_tries=5),
+        define(flaky, max_tries=4),
+        define(sleepy, timeout=0.3, max_tries=2),
+        define(takes_any),
+        define(bad_result),
+    ]
+)

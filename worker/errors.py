@@ -1,0 +1,106 @@
+"""The error taxonomy shared by the worker, the inline runner and the jobs.
+
+Jobs raise `TransientError` for what may work on a later try (timeouts, connection errors,
+HTTP 429/5xx) and `PermanentError` for what never will (bad input, HTTP 4xx). `classify`
+maps any other exception onto one of the two, so queued and inline runs retry alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import asyncpg
+import httpx
+
+__all__ = [
+    "EnqueueError",
+    "ErrorKind",
+    "JobFailed",
+    "JobTimeout",
+    "JobValidationError",
+    "PermanentError",
+    "TransientError",
+    "UnknownJobError",
+    "classify",
+]
+
+ErrorKind = Literal["transient", "permanent"]
+
+
+class PermanentError(Exception):
+    """A failure that will not go away by retrying: fail the job at once."""
+
+
+class TransientError(Exception):
+    """A failure that may go away: retry with backoff, or after `retry_after` seconds if given."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobTimeout(TransientError):
+    """The job ran longer than its timeout."""
+
+
+class JobValidationError(ValueError):
+    """Raised at enqueue time, before anything is queued or run."""
+
+
+class UnknownJobError(JobValidationError):
+    """The job name is not in the registry."""
+
+
+class EnqueueError(RuntimeError):
+    """The job could be neither queued nor run; the caller must handle it."""
+
+
+class JobFailed(Exception):
+    """A job ended in failure; raised by `JobHandle.result()` in both modes alike."""
+
+    def __init__(self, job_id: str, error_type: str, message: str, kind: str = "permanent") -> None:
+        super().__init__(f"job {job_id} failed: {error_type}: {message}")
+        self.job_id = job_id
+        self.error_type = error_type
+        self.message = message
+        self.kind = kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.error_type, "message": self.message, "kind": self.kind}
+
+
+_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    httpx.TransportError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Transient errors are retried; everything else fails at once.
+
+    An unknown exception is a bug or bad data, which retrying cannot fix, so it is permanent.
+    """
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, (TransientError, *_TRANSIENT_TYPES)):
+        return "transient"
+    status = _http_status(exc)
+    if status is not None and (status == 429 or status >= 500):
+        return "transient"
+    return "permanent"

@@ -1,0 +1,291 @@
+"""The one owner of Redis: the connection, its health (a circuit breaker) and the raw commands.
+
+No other module imports `redis`. A connection error or timeout opens the breaker; while it is
+open callers are told at once that Redis is unusable (no network I/O), and a background probe
+closes it again when Redis answers PING. Each outage is logged once when it starts
+(`redis unavailable`) and once when it ends (`redis connected`).
+
+Enqueueing is one atomic Lua script (one round trip) that keeps arq's data model: the job key
+holds arq's job record and the queue sorted set holds the id scored by its start time, so an
+arq worker, arq's `Job` API and our worker all read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.jobs import serialize_job
+from redis.asyncio import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from settings import Settings
+from worker import keys
+from worker.serializer import deserialize, serialize
+
+__all__ = [
+    "REDIS_DOWN_ERRORS",
+    "EnqueueOutcome",
+    "LinkState",
+    "NotSent",
+    "RedisLink",
+    "ReplyLost",
+]
+
+log = structlog.get_logger("worker.redis")
+
+# Errors that mean "Redis is not usable right now"; the breaker opens on any of them.
+REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+# KEYS: job key, result key, queue; ARGV: job record, expiry ms, score, job id.
+# Returns 1 when queued, 0 when a job or result with this id already exists (deduplication).
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+# Removes a queued job that has not started; used when an enqueue whose reply was lost turns
+# out to have landed after all, and the job already ran inline. KEYS: queue, job key, in-progress
+# key; ARGV: job id. Returns 1 when removed.
+_WITHDRAW_LUA = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+class LinkState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    DISABLED = "disabled"
+
+
+class EnqueueOutcome(StrEnum):
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+
+
+class NotSent(Exception):
+    """Redis was unusable and the command certainly did not reach it."""
+
+
+class ReplyLost(Exception):
+    """The command may have reached Redis but no reply came back: the outcome is unknown."""
+
+
+def _sha1(script: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+
+
+class RedisLink:
+    """Redis connection plus breaker. `role` names the user in log lines (producer, worker)."""
+
+    def __init__(self, settings: Settings, *, role: str, socket_timeout: float | None = None) -> None:
+        self._settings = settings
+        self._role = role
+        self._socket_timeout = socket_timeout or settings.redis_socket_timeout
+        self._state = LinkState.DISABLED
+        self._redis: ArqRedis | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._up_event = asyncio.Event()
+        self._on_up: list[Callable[[], Awaitable[None]]] = []
+        self.outages = 0
+        if settings.redis_enabled:
+            pool = ConnectionPool.from_url(
+                settings.redis_url.get_secret_value(),
+                socket_connect_timeout=settings.redis_connect_timeout,
+                socket_timeout=self._socket_timeout,
+                # Skip CLIENT SETINFO on connect: two round trips per new connection for nothing.
+                lib_name=None,
+                lib_version=None,
+            )
+            self._redis = ArqRedis(
+                pool,
+                job_serializer=serialize,
+                job_deserializer=deserialize,
+                default_queue_name=settings.queue_name,
+            )
+            self._state = LinkState.DOWN
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def usable(self) -> bool:
+        return self._state is LinkState.UP
+
+    @property
+    def redis(self) -> ArqRedis:
+        if self._redis is None:
+            raise NotSent("Redis is not configured (REDIS_URL is empty)")
+        return self._redis
+
+    def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` each time the breaker closes after an outage."""
+        self._on_up.append(callback)
+
+    async def start(self) -> LinkState:
+        """Probe once (bounded by the timeouts) and log whether Redis is used."""
+        if self._redis is None:
+            log.warning("redis not configured, jobs run inline", role=self._role)
+            return self._state
+        try:
+            await self._ping()
+        except REDIS_DOWN_ERRORS as exc:
+            self._open(exc, first=True)
+        else:
+            self._close_breaker(first=True)
+        return self._state
+
+    async def wait_until_up(self) -> None:
+        if self._redis is None:
+            raise NotSent("Redis is not configured (REDIS_URL is empty)")
+        await self._up_event.wait()
+
+    def report_failure(self, exc: BaseException) -> None:
+        """Tell the link that a command failed because Redis is unusable."""
+        self._open(exc)
+
+    async def aclose(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
+        if self._redis is not None:
+            await self._redis.aclose(close_connection_pool=True)
+
+    def _open(self, exc: BaseException, *, first: bool = False) -> None:
+        if self._state is LinkState.DISABLED:
+            return
+        was_up = self._state is LinkState.UP
+        self._state = LinkState.DOWN
+        self._up_event.clear()
+        if was_up or first:
+            self.outages += 1
+            log.warning(
+                "redis unavailable",
+                role=self._role,
+                url=self._settings.redis_url_redacted,
+                error=f"{type(exc).__name__}: {exc}",
+                fallback="inline" if self._role == "producer" else "reconnecting",
+            )
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    def _close_breaker(self, *, first: bool = False) -> None:
+        self._state = LinkState.UP
+        self._up_event.set()
+        log.info("redis connected", role=self._role, url=self._settings.redis_url_redacted)
+
+    async def _probe_until_up(self) -> None:
+        delay = self._settings.redis_probe_interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._ping()
+            except REDIS_DOWN_ERRORS:
+                continue
+            self._close_breaker()
+            for callback in self._on_up:
+                try:
+                    await callback()
+                except REDIS_DOWN_ERRORS as exc:
+                    self._open(exc)
+                    break
+            return
+
+    async def _ping(self) -> None:
+        timeout = self._settings.redis_connect_timeout + self._socket_timeout
+        async with asyncio.timeout(timeout):
+            await self.redis.ping()
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        *,
+        job_id: str,
+        name: str,
+        payload: dict[str, Any],
+        queue: str,
+        defer_by_s: float | None = None,
+        job_try: int | None = None,
+    ) -> EnqueueOutcome:
+        """Queue one job atomically in one round trip.
+
+        Raises `NotSent` when Redis is unusable and the job certainly was not written, and
+        `ReplyLost` when the command went out but no reply came back (it may have landed).
+        Either way the breaker is open afterwards.
+        """
+        if not self.usable:
+            raise NotSent(f"Redis is {self._state.value}")
+        now_ms = int(time.time() * 1000)
+        score = now_ms + int((defer_by_s or 0) * 1000)
+        expires_ms = score - now_ms + 86_400_000
+        record = serialize_job(name, (), payload, job_try, now_ms, serializer=serialize)
+        keys_ = (keys.job_key(job_id), keys.result_key(job_id), queue)
+        args = (record, expires_ms, score, job_id)
+        reply = await self._eval(_ENQUEUE_LUA, keys_, args)
+        return EnqueueOutcome.QUEUED if reply == 1 else EnqueueOutcome.DUPLICATE
+
+    async def withdraw_if_pending(self, job_id: str, queue: str) -> bool:
+        """Remove a queued, not yet started job; True if it was removed."""
+        keys_ = (queue, keys.job_key(job_id), keys.in_progress_key(job_id))
+        return bool(await self._eval(_WITHDRAW_LUA, keys_, (job_id,)))
+
+    async def _eval(self, script: str, keys_: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """EVALSHA on a connection we hold ourselves, so we know whether the command went out."""
+        pool = self.redis.connection_pool
+        deadline = self._settings.redis_connect_timeout + 2 * self._socket_timeout
+        try:
+            async with asyncio.timeout(deadline):
+                conn = await pool.get_connection()
+        except REDIS_DOWN_ERRORS as exc:
+            self._open(exc)
+            raise NotSent(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            async with asyncio.timeout(deadline):
+                try:
+                    await conn.send_command("EVALSHA", _sha1(script), len(keys_), *keys_, *args)
+                    return await conn.read_response()
+                except NoScriptError:
+                    await conn.send_command("EVAL", script, len(keys_), *keys_, *args)
+                    return await conn.read_response()
+        except ResponseError:
+            raise
+        except REDIS_DOWN_ERRORS as exc:
+            await conn.disconnect()
+            self._open(exc)
+            raise ReplyLost(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def fetch_result(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(keys.result_key(job_id))
+        return None if raw is None else deserialize(raw)
