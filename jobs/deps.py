@@ -12,13 +12,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import asyncpg
 
 from settings import Settings
 
-__all__ = ["POSTGRES", "Deps", "Resource", "open_deps"]
+__all__ = ["POSTGRES", "Cache", "Deps", "Resource", "open_deps"]
 
 T = TypeVar("T")
 
@@ -30,11 +30,26 @@ class Resource(Generic[T]):
     close: Callable[[T], Awaitable[None]]
 
 
-class Deps:
-    """Lazily built, shared resources; safe to use from many concurrent jobs."""
+class Cache(Protocol):
+    """A byte cache with expiry; failures inside it never fail a job (it returns None instead)."""
 
-    def __init__(self, settings: Settings) -> None:
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Deps:
+    """Lazily built, shared resources; safe to use from many concurrent jobs.
+
+    `cache` is given by whoever owns the process (worker or producer), since it rides on their
+    Redis connection; jobs only see the `Cache` protocol.
+    """
+
+    def __init__(self, settings: Settings, *, cache: Cache) -> None:
         self.settings = settings
+        self.cache = cache
         self._built: dict[str, Any] = {}
         self._order: list[Resource[Any]] = []
         self._locks: dict[str, asyncio.Lock] = {}
@@ -59,11 +74,12 @@ class Deps:
             value = self._built.pop(resource.name)
             await resource.close(value)
         self._order.clear()
+        await self.cache.aclose()
 
 
 @asynccontextmanager
-async def open_deps(settings: Settings) -> AsyncIterator[Deps]:
-    deps = Deps(settings)
+async def open_deps(settings: Settings, *, cache: Cache) -> AsyncIterator[Deps]:
+    deps = Deps(settings, cache=cache)
     try:
         yield deps
     finally:

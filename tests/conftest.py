@@ -4,18 +4,63 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from devservices.redis import RedisServer
 from settings import Settings
 from tests.sample_jobs import RUNS, TEST_REGISTRY, TRIES
 from worker.logs import configure_logging
+from worker.migrate import apply_migrations
 from worker.producer import Producer
 from worker.service import WorkerService
+
+
+def _server_dsn() -> str:
+    # The Makefile exports DATABASE_URL (a throwaway server when nothing answers on 5432).
+    return os.environ.get("DATABASE_URL") or "postgresql://postgres@localhost:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this test session, migrated, dropped at the end."""
+    server_dsn = _server_dsn()
+    name = f"mbtest_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(_with_db(server_dsn, name))
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(server_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield _with_db(server_dsn, name)
+    asyncio.run(drop())
+
+
+def _with_db(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +86,8 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer) -> Settings:
-    return make_settings(redis_server.url)
+def settings(redis_server: RedisServer, database_url: str) -> Settings:
+    return make_settings(redis_server.url, database_url=database_url)
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +133,8 @@ async def producer(request: pytest.FixtureRequest, settings: Settings) -> AsyncI
     """A producer in each mode: with a worker behind Redis, or with Redis not configured."""
     mode = request.param
     if mode == "inline":
-        async with Producer(make_settings(""), registry=TEST_REGISTRY) as inline_producer:
+        inline_settings = settings.model_copy(update={"redis_url": SecretStr("")})
+        async with Producer(inline_settings, registry=TEST_REGISTRY) as inline_producer:
             yield inline_producer
         return
     running = await start_worker(settings)

@@ -30,6 +30,7 @@ from jobs.context import JobContext
 from jobs.deps import Deps
 from jobs.registry import JobDefinition, Registry
 from settings import Settings, load_settings
+from worker.cache import make_cache
 from worker.errors import EnqueueError, JobFailed
 from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost
 from worker.runner import JobRunner
@@ -108,7 +109,7 @@ class Producer:
         self.settings = settings or load_settings()
         self.registry = registry
         self._link = RedisLink(self.settings, role="producer")
-        self._deps = Deps(self.settings)
+        self._deps = Deps(self.settings, cache=make_cache(self.settings))
         self._runner = JobRunner(self.settings, self._deps)
         self._background: set[asyncio.Future[Any]] = set()
         self._background_slots = asyncio.Semaphore(self.settings.inline_max_background)

@@ -27,6 +27,7 @@ from jobs.deps import Deps
 from jobs.registry import JobDefinition, Registry
 from settings import Settings
 from worker import keys
+from worker.cache import make_cache
 from worker.errors import JobFailed
 from worker.redis_link import REDIS_DOWN_ERRORS, RedisLink
 from worker.runner import JobRunner
@@ -193,7 +194,7 @@ class WorkerService:
     ) -> None:
         self.settings = settings
         self.link = RedisLink(settings, role="worker", socket_timeout=settings.worker_redis_socket_timeout)
-        self.deps = Deps(settings)
+        self.deps = Deps(settings, cache=make_cache(settings))
         self.runner = JobRunner(settings, self.deps)
         self.worker = JobWorker(
             link=self.link,
