@@ -32,7 +32,7 @@ from jobs.registry import JobDefinition, Registry
 from settings import Settings, load_settings
 from worker.cache import make_cache
 from worker.errors import EnqueueError, JobFailed
-from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost
+from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost, WithdrawOutcome
 from worker.runner import JobRunner
 from worker.serializer import error_from_payload
 
@@ -252,9 +252,9 @@ class Producer:
 
     async def _withdraw_ambiguous(self) -> None:
         for job_id, queue in list(self._ambiguous.items()):
-            withdrawn = await self._link.withdraw_if_pending(job_id, queue)
+            outcome = await self._link.withdraw_if_pending(job_id, queue)
             del self._ambiguous[job_id]
-            if withdrawn:
+            if outcome is WithdrawOutcome.WITHDRAWN:
                 log.info("withdrew queued copy of a job already run inline", job_id=job_id)
-            else:
-                log.warning("job whose enqueue reply was lost may also run queued", job_id=job_id)
+            elif outcome is WithdrawOutcome.ALREADY_STARTED:
+                log.warning("job whose enqueue reply was lost also ran queued (at-least-once)", job_id=job_id)

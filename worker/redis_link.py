@@ -38,6 +38,7 @@ __all__ = [
     "NotSent",
     "RedisLink",
     "ReplyLost",
+    "WithdrawOutcome",
 ]
 
 log = structlog.get_logger("worker.redis")
@@ -62,12 +63,16 @@ return 1
 
 # Removes a queued job that has not started; used when an enqueue whose reply was lost turns
 # out to have landed after all, and the job already ran inline. KEYS: queue, job key, in-progress
-# key; ARGV: job id. Returns 1 when removed.
+# key, result key; ARGV: job id. Returns 1 when withdrawn, 0 when the job never reached Redis,
+# 2 when a worker already started or finished it.
 _WITHDRAW_LUA = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[2])
-return 1
+if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
+return 0
 """
 
 
@@ -80,6 +85,12 @@ class LinkState(StrEnum):
 class EnqueueOutcome(StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"
+
+
+class WithdrawOutcome(StrEnum):
+    WITHDRAWN = "withdrawn"
+    NEVER_ARRIVED = "never_arrived"
+    ALREADY_STARTED = "already_started"
 
 
 class NotSent(Exception):
@@ -251,10 +262,13 @@ class RedisLink:
         reply = await self._eval(_ENQUEUE_LUA, keys_, args)
         return EnqueueOutcome.QUEUED if reply == 1 else EnqueueOutcome.DUPLICATE
 
-    async def withdraw_if_pending(self, job_id: str, queue: str) -> bool:
-        """Remove a queued, not yet started job; True if it was removed."""
-        keys_ = (queue, keys.job_key(job_id), keys.in_progress_key(job_id))
-        return bool(await self._eval(_WITHDRAW_LUA, keys_, (job_id,)))
+    async def withdraw_if_pending(self, job_id: str, queue: str) -> WithdrawOutcome:
+        """Remove a queued job that no worker has started."""
+        keys_ = (queue, keys.job_key(job_id), keys.in_progress_key(job_id), keys.result_key(job_id))
+        reply = await self._eval(_WITHDRAW_LUA, keys_, (job_id,))
+        return {1: WithdrawOutcome.WITHDRAWN, 0: WithdrawOutcome.NEVER_ARRIVED}.get(
+            reply, WithdrawOutcome.ALREADY_STARTED
+        )
 
     async def _eval(self, script: str, keys_: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """EVALSHA on a connection we hold ourselves, so we know whether the command went out."""

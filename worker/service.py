@@ -145,6 +145,16 @@ class JobWorker(Worker):
                     async with asyncio.timeout(5):
                         await self.link.wait_until_up()
 
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_DOWN_ERRORS as exc:
+            # Redis went away as the job was being loaded: it did not run. Release our claim once
+            # Redis is back, or the job would wait for the in-progress lock to expire (minutes).
+            self.link.report_failure(exc)
+            await self._record("release", job_id, lambda: self.pool.delete(keys.in_progress_key(job_id)))
+            log.warning("job not started, Redis was unavailable; released for another try", job_id=job_id)
+
     async def finish_job(self, job_id: str, *args: Any) -> None:
         parent = super().finish_job
         await self._record("result", job_id, lambda: parent(job_id, *args))
@@ -175,7 +185,7 @@ class JobWorker(Worker):
         log.info(
             "shutdown requested, finishing running jobs",
             signal=signal.Signals(signum).name,
-            running=len(self.tasks),
+            running=sum(not t.done() for t in self.tasks.values()),
             grace_s=self._job_completion_wait,
         )
         super().handle_sig_wait_for_completion(signum)

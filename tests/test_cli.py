@@ -1,0 +1,109 @@
+"""`python -m worker ...` as an operator runs it: real processes, real signals, JSON output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from devservices.redis import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(redis_url: str, database_url: str, queue: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        QUEUE_NAME=queue,
+        LOG_FORMAT="json",
+        WORKER_POLL_DELAY="0.01",
+        WORKER_SHUTDOWN_GRACE="10",
+    )
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def _json(stdout: str) -> dict[str, object]:
+    value = orjson.loads(stdout.strip().splitlines()[-1])
+    assert isinstance(value, dict)
+    return value
+
+
+def _wait_for(predicate: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_enqueue_status_and_graceful_sigterm(redis_server: RedisServer, database_url: str) -> None:
+    env = _env(redis_server.url, database_url, f"cli:{uuid.uuid4().hex[:8]}")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        queued = _cli(
+            env, "enqueue", "ping", "--args", '{"message": "slow", "sleep": 1.5}', "--job-id", "cli-1"
+        )
+        assert queued.returncode == 0, queued.stderr
+        assert _json(queued.stdout) == {"job_id": "cli-1", "job": "ping", "mode": "queued"}
+
+        _wait_for(lambda: _json(_cli(env, "status", "cli-1").stdout)["status"] == "in_progress")
+        worker.send_signal(signal.SIGTERM)  # mid-job: the job must still finish
+        _, stderr = worker.communicate(timeout=20)
+        assert worker.returncode == 0, stderr
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    status = _json(_cli(env, "status", "cli-1").stdout)
+    assert status["status"] == "complete"
+    assert status["result"]["message"] == "slow"  # type: ignore[index]
+    events = [orjson.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "shutdown requested, finishing running jobs" in events
+    assert events[-1] == "worker stopped"
+
+    again = _cli(env, "enqueue", "ping", "--args", '{"message": "x"}', "--job-id", "cli-1")
+    assert _json(again.stdout)["duplicate"] is True
+
+
+def test_enqueue_inline_and_errors(redis_server: RedisServer, database_url: str) -> None:
+    env = _env(redis_server.url, database_url, f"cli:{uuid.uuid4().hex[:8]}")
+    inline = _cli(env, "enqueue", "ping", "--args", '{"message": "here"}', "--inline")
+    assert inline.returncode == 0, inline.stderr
+    out = _json(inline.stdout)
+    assert out["mode"] == "inline"
+    assert out["result"]["message"] == "here"  # type: ignore[index]
+
+    bad = _cli(env, "enqueue", "ping", "--args", '{"message": 3}')
+    assert bad.returncode == 2
+    assert "ping: argument 'message': Input should be a valid string" in bad.stderr
+
+    unknown = _cli(env, "enqueue", "pong")
+    assert unknown.returncode == 2
+    assert "unknown job 'pong'" in unknown.stderr
+
+    down = _cli({**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, "enqueue", "ping", "--args", "{}")
+    assert down.returncode == 0
+    assert _json(down.stdout)["mode"] == "inline"
+
+    config = _cli({**env, "REDIS_URL": "http://nope"}, "jobs")
+    assert config.returncode == 2
+    assert "REDIS_URL: scheme 'http' is not supported" in config.stderr
+
+    missing = _cli(env, "status", "no-such-job")
+    assert missing.returncode == 1
+    assert _json(missing.stdout)["status"] == "not_found"

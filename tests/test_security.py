@@ -1,0 +1,74 @@
+"""Nothing written to Redis can make a worker run code; secrets never reach logs, errors or reprs."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import time
+from pathlib import Path
+
+from devservices.redis import RedisServer
+from settings import Settings, SettingsError, load_settings
+from tests.conftest import make_settings
+from tests.sample_jobs import RUNS, TEST_REGISTRY, record
+from worker import keys
+from worker.producer import Producer
+from worker.service import WorkerService
+from worker.status import job_status
+
+
+class _Exploit:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
+async def test_forged_pickle_payload_is_rejected_not_executed(settings: Settings, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        redis = producer.link.redis
+        await redis.set(keys.job_key("forged-1"), pickle.dumps(_Exploit(marker)))
+        await redis.zadd(settings.queue_name, {"forged-1": int(time.time() * 1000)})
+
+        await WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False).run()
+
+        assert not marker.exists()
+        report = await job_status(producer.link, "forged-1", settings.queue_name)
+    assert report["status"] == "failed"
+    assert report["error"]["type"] == "DeserializationError"
+    assert RUNS == []
+
+
+async def test_redis_password_never_appears_in_logs_errors_or_reprs(
+    log_output: io.StringIO, database_url: str
+) -> None:
+    password = "s3cr3t-Pa55word"
+    seen: list[str] = []
+    with RedisServer(password=password) as server:
+        settings = make_settings(server.url, database_url=database_url)
+        assert password in settings.redis_url.get_secret_value()
+        seen += [repr(settings), str(settings), settings.redis_url_redacted]
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            queued = await producer.enqueue(record, key="a")
+            server.kill()  # connection errors are logged with the URL
+            inline = await producer.enqueue(record, key="b")
+            seen += [repr(queued), repr(inline)]
+        wrong = make_settings(server.url.replace(password, "wrong-" + password), database_url=database_url)
+        async with Producer(wrong, registry=TEST_REGISTRY) as producer:
+            seen.append(repr(producer.link.state))
+    try:
+        load_settings(redis_url=f"http://user:{password}@host:1/0")
+    except SettingsError as exc:
+        seen.append(str(exc))
+    else:
+        raise AssertionError("an http:// REDIS_URL must be refused")
+
+    seen.append(log_output.getvalue())
+    assert "redis unavailable" in seen[-1]
+    assert "***" in seen[-2]
+    for text in seen:
+        assert password not in text
