@@ -24,7 +24,7 @@ from arq.connections import ArqRedis
 from arq.jobs import serialize_job
 from redis.asyncio import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from settings import Settings
@@ -33,6 +33,7 @@ from worker.serializer import deserialize, serialize
 
 __all__ = [
     "REDIS_DOWN_ERRORS",
+    "REDIS_ERRORS",
     "EnqueueOutcome",
     "LinkState",
     "NotSent",
@@ -51,6 +52,9 @@ REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+
+# Any error from Redis or the client library, including refusals such as OOM or NOPERM.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, *REDIS_DOWN_ERRORS)
 
 # KEYS: job key, result key, queue; ARGV: job record, expiry ms, score, job id.
 # Returns 1 when queued, 0 when a job or result with this id already exists (deduplication).
@@ -73,6 +77,38 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
 return 0
+"""
+
+
+# Claims due jobs for a worker in one round trip: for each id still due in the queue, set its
+# in-progress lock (holding the worker's token) if no other worker holds it. KEYS: queue;
+# ARGV: now ms, lock ms, in-progress key prefix, token, ids... Returns a flat list of id, score.
+_CLAIM_LUA = """
+local claimed = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    if redis.call('SET', ARGV[3] .. id, ARGV[4], 'NX', 'PX', ARGV[2]) then
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
+# Drops in-progress locks that still hold the given token. ARGV: prefix, token, ids...
+_RELEASE_LUA = """
+local released = 0
+for i = 3, #ARGV do
+  if redis.call('GET', ARGV[1] .. ARGV[i]) == ARGV[2] then
+    redis.call('DEL', ARGV[1] .. ARGV[i])
+    released = released + 1
+  end
+end
+return released
 """
 
 
@@ -269,6 +305,21 @@ class RedisLink:
         return {1: WithdrawOutcome.WITHDRAWN, 0: WithdrawOutcome.NEVER_ARRIVED}.get(
             reply, WithdrawOutcome.ALREADY_STARTED
         )
+
+    async def claim(self, queue: str, job_ids: list[str], lock_ms: int, token: str) -> list[tuple[str, int]]:
+        """Take the in-progress lock of each due job no other worker holds; return (id, score)."""
+        if not job_ids:
+            return []
+        now_ms = int(time.time() * 1000)
+        args = (now_ms, lock_ms, keys.in_progress_key(""), token, *job_ids)
+        flat = await self._eval(_CLAIM_LUA, (queue,), args)
+        return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def release_claims(self, job_ids: list[str], token: str) -> int:
+        """Drop locks this token holds, for claims whose reply was lost; return how many."""
+        if not job_ids:
+            return 0
+        return int(await self._eval(_RELEASE_LUA, (), (keys.in_progress_key(""), token, *job_ids)))
 
     async def _eval(self, script: str, keys_: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """EVALSHA on a connection we hold ourselves, so we know whether the command went out."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import uuid
 from typing import Any
 
 import structlog
@@ -29,13 +30,16 @@ from settings import Settings
 from worker import keys
 from worker.cache import make_cache
 from worker.errors import JobFailed
-from worker.redis_link import REDIS_DOWN_ERRORS, RedisLink
+from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, RedisLink, ReplyLost
 from worker.runner import JobRunner
 from worker.serializer import deserialize, error_from_payload, serialize
 
 __all__ = ["JobWorker", "WorkerService", "arq_functions", "run_worker"]
 
 log = structlog.get_logger("worker.service")
+
+# What tells the worker that Redis is gone (as opposed to refusing a command).
+_REDIS_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
 
 # Slack over the job's own timeout, so our timeout (which the inline runner shares) fires first.
 _ARQ_TIMEOUT_SLACK_S = 5.0
@@ -88,6 +92,8 @@ class JobWorker(Worker):
         super().__init__(**kwargs)
         self.link = link
         self.stopping = False
+        self.token = uuid.uuid4().hex  # marks the in-progress locks this worker holds
+        self._unsure_claims: set[str] = set()
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -123,12 +129,44 @@ class JobWorker(Worker):
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except REDIS_DOWN_ERRORS as exc:
+        except _REDIS_OUTAGE as exc:
             await self._wait_for_redis(exc)
+        except REDIS_ERRORS as exc:
+            # A refusal (OOM, NOPERM, ...) would repeat on every poll; say so and slow down.
+            log.error("redis refused a worker command", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(1.0)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim up to the free slots in one round trip, then start a task per claimed job.
+
+        Claiming before touching the slot counters means a Redis error mid-claim leaks nothing.
+        """
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids:
+            return
+        lock_ms = int(self.in_progress_timeout_s * 1000)
+        candidates = [job_id.decode() for job_id in job_ids[:free]]
+        try:
+            claimed = await self.link.claim(self.queue_name, candidates, lock_ms, self.token)
+        except ReplyLost:
+            # Some locks may be ours without our knowing; drop them once Redis is back.
+            self._unsure_claims.update(candidates)
+            raise
+        for job_id, score in claimed:
+            await self.sem.acquire()
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def _wait_for_redis(self, exc: BaseException) -> None:
         self.link.report_failure(exc)
         await self.link.wait_until_up()
+        if self._unsure_claims:
+            ids = [job_id for job_id in self._unsure_claims if job_id not in self.tasks]
+            self._unsure_claims.clear()
+            released = await self.link.release_claims(ids, self.token)
+            log.info("released job locks whose claim reply was lost", released=released)
 
     async def _record(self, what: str, job_id: str, write: Any) -> None:
         # A finished job's record must reach Redis, or the job would run again; wait out an outage.
