@@ -137,6 +137,10 @@ class ReplyLost(Exception):
     """The command may have reached Redis but no reply came back: the outcome is unknown."""
 
 
+# Everything that means "Redis went away", including our own two signals.
+_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
+
+
 def _sha1(script: str) -> str:
     import hashlib
 
@@ -248,20 +252,26 @@ class RedisLink:
         log.info("redis connected", role=self._role, url=self._settings.redis_url_redacted)
 
     async def _probe_until_up(self) -> None:
-        delay = self._settings.redis_probe_interval
+        # The producer probes at a steady pace so queueing resumes soon after Redis returns; the
+        # worker, with nobody waiting on it, backs off up to 5x the interval.
+        interval = self._settings.redis_probe_interval
+        delay = interval
         while True:
             await asyncio.sleep(delay)
+            if self._role == "worker":
+                delay = min(delay * 2, interval * 5)
             try:
                 await self._ping()
             except REDIS_DOWN_ERRORS:
                 continue
             self._close_breaker()
-            for callback in self._on_up:
-                try:
+            try:
+                for callback in self._on_up:
                     await callback()
-                except REDIS_DOWN_ERRORS as exc:
-                    self._open(exc)
-                    break
+            except _OUTAGE as exc:
+                # Redis went away again mid-callback: keep probing; callbacks run next time.
+                self._open(exc)
+                continue
             return
 
     async def _ping(self) -> None:
