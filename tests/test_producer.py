@@ -1,0 +1,83 @@
+"""Producer behaviours beyond the two-mode contract: dedup, deferral, background inline runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from pydantic import SecretStr
+
+from settings import Settings
+from tests.conftest import RunningWorker
+from tests.sample_jobs import RUNS, TEST_REGISTRY, record
+from worker.errors import EnqueueError
+from worker.producer import Producer
+
+
+async def test_same_job_id_is_queued_once(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        first = await producer.enqueue_job("record", {"key": "a"}, job_id="dedup-1")
+        second = await producer.enqueue_job("record", {"key": "b"}, job_id="dedup-1")
+        assert (first.duplicate, second.duplicate) == (False, True)
+        assert await producer.link.redis.zcard(settings.queue_name) == 1
+
+
+async def test_result_of_a_duplicate_is_the_first_jobs(settings: Settings, worker: RunningWorker) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        first = await producer.enqueue_job("record", {"key": "first"}, job_id="dedup-2")
+        assert (await first.result(timeout=5))["key"] == "first"
+        again = await producer.enqueue_job("record", {"key": "second"}, job_id="dedup-2")
+        assert again.duplicate
+        assert (await again.result(timeout=5))["key"] == "first"
+    assert [key for key, _, _ in RUNS] == ["first"]
+
+
+async def test_deferred_job_waits_and_is_never_run_early(settings: Settings, worker: RunningWorker) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        started = time.monotonic()
+        handle = await producer.enqueue_job("record", {"key": "later"}, defer_by=0.5)
+        await handle.result(timeout=5)
+        assert time.monotonic() - started >= 0.5
+
+    down = settings.model_copy(update={"redis_url": SecretStr("")})
+    async with Producer(down, registry=TEST_REGISTRY) as producer:
+        with pytest.raises(EnqueueError, match="cannot defer a job while Redis is disabled"):
+            await producer.enqueue_job("record", {"key": "never"}, defer_by=10)
+    assert [key for key, _, _ in RUNS] == ["later"]
+
+
+async def test_background_inline_runs_are_bounded_and_drained_on_close(settings: Settings) -> None:
+    down = settings.model_copy(update={"redis_url": SecretStr(""), "inline_max_background": 2})
+    running = 0
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, running)
+            await asyncio.sleep(0.005)
+
+    producer = Producer(down, registry=TEST_REGISTRY)
+    await producer.start()
+    watcher = asyncio.create_task(watch())
+    handles = []
+    for _ in range(5):
+        handle = await producer.enqueue_job("sleepy", {"seconds": 0.1}, background=True)
+        handles.append(handle)
+        running = sum(1 for h in handles if not h.done)
+    assert not handles[-1].done  # returned before the job finished
+    await producer.close()  # waits for every background job
+    watcher.cancel()
+    assert all(h.done for h in handles)
+    assert [await h.result() for h in handles] == ["woke"] * 5
+    assert peak <= 2
+
+
+async def test_inline_is_the_default_and_waits(settings: Settings) -> None:
+    down = settings.model_copy(update={"redis_url": SecretStr("")})
+    async with Producer(down, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue(record, key="now")
+        assert handle.mode == "inline"
+        assert handle.done
+        assert producer.inline_count == 1
