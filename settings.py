@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(100, ge=1, le=10000)
     worker_poll_delay: float = Field(0.05, gt=0, le=60)
     worker_shutdown_grace: float = Field(30.0, ge=0, le=3600)
+    worker_http_host: str = "127.0.0.1"
+    worker_http_port: int = Field(9300, ge=0, le=65535)
 
     # Email.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"

@@ -80,6 +80,7 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         "redis_probe_interval": 0.05,
         "worker_poll_delay": 0.01,
         "worker_shutdown_grace": 2.0,
+        "worker_http_port": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -26,6 +26,7 @@ def _env(redis_url: str, database_url: str, queue: str) -> dict[str, str]:
         LOG_FORMAT="json",
         WORKER_POLL_DELAY="0.01",
         WORKER_SHUTDOWN_GRACE="10",
+        WORKER_HTTP_PORT="0",
     )
     return env
 

@@ -62,6 +62,26 @@ async def _status(settings: Settings, job_id: str) -> int:
     return 0 if report["status"] != "not_found" else 1
 
 
+async def _stats(settings: Settings, as_json: bool) -> int:
+    from worker.redis_link import RedisLink
+    from worker.stats import collect_stats, render_stats
+
+    link = RedisLink(settings, role="cli")
+    try:
+        await link.start()
+        if not link.usable:
+            sys.stderr.write(f"error: Redis is {link.state.value} ({settings.redis_url_redacted})\n")
+            return 2
+        report = await collect_stats(link, settings.queue_name)
+    finally:
+        await link.aclose()
+    if as_json:
+        _print_json(report)
+    else:
+        sys.stdout.write(render_stats(report) + "\n")
+    return 0
+
+
 def _jobs() -> int:
     for definition in REGISTRY:
         _print_json(
@@ -94,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's state, result or error")
     status.add_argument("job_id")
     sub.add_parser("jobs", help="list registered jobs")
+    stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     return parser
 
 
@@ -114,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_enqueue(settings, args))
         if args.command == "status":
             return asyncio.run(_status(settings, args.job_id))
+        if args.command == "stats":
+            return asyncio.run(_stats(settings, args.json))
         return _jobs()
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -58,6 +58,7 @@ async def _demo(settings: Settings) -> None:
             "REDIS_URL": redis_server.url,
             "QUEUE_NAME": "demo:queue",
             "LOG_FORMAT": "console",
+            "WORKER_HTTP_PORT": "0",
         }
         _say(f"Started a throwaway Redis at {redis_server.url} and a worker process")
         worker = await asyncio.create_subprocess_exec(

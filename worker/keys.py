@@ -11,11 +11,14 @@ from arq.constants import (
 )
 
 __all__ = [
+    "IN_PROGRESS_PATTERN",
+    "WORKER_STATS_PATTERN",
     "health_check_key",
     "in_progress_key",
     "job_key",
     "result_key",
     "retry_key",
+    "worker_stats_key",
 ]
 
 
@@ -37,3 +40,14 @@ def retry_key(job_id: str) -> str:
 
 def health_check_key(queue: str) -> str:
     return queue + health_check_key_suffix
+
+
+# Our own keys live under `mb:` so ACL rules can grant exactly `arq:*` and `mb:*`.
+WORKER_STATS_PATTERN = "mb:stats:worker:*"
+
+
+def worker_stats_key(worker_id: str) -> str:
+    return f"mb:stats:worker:{worker_id}"
+
+
+IN_PROGRESS_PATTERN = in_progress_key_prefix + "*"

@@ -32,6 +32,7 @@ from jobs.registry import JobDefinition, Registry
 from settings import Settings, load_settings
 from worker.cache import make_cache
 from worker.errors import EnqueueError, JobFailed
+from worker.metrics import Metrics
 from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost, WithdrawOutcome
 from worker.runner import JobRunner
 from worker.serializer import error_from_payload
@@ -110,7 +111,9 @@ class Producer:
         self.registry = registry
         self._link = RedisLink(self.settings, role="producer")
         self._deps = Deps(self.settings, cache=make_cache(self.settings))
-        self._runner = JobRunner(self.settings, self._deps)
+        self.metrics = Metrics()
+        self.metrics.watch_breaker(lambda: not self._link.usable)
+        self._runner = JobRunner(self.settings, self._deps, self.metrics)
         self._background: set[asyncio.Future[Any]] = set()
         self._background_slots = asyncio.Semaphore(self.settings.inline_max_background)
         self._ambiguous: dict[str, str] = {}  # job id -> queue, for enqueues whose reply was lost
@@ -225,13 +228,14 @@ class Producer:
                 f"{definition.name}: cannot defer a job while Redis is {self._link.state.value}; "
                 "it would run early if run now. Retry later or enqueue without defer_by."
             )
+        self._inline_count += 1
+        self.metrics.inline_fallback(definition.name)
         return await self._start_inline(definition, payload, job_id, background=background)
 
     async def _start_inline(
         self, definition: JobDefinition[Any, Any], payload: dict[str, Any], job_id: str, *, background: bool
     ) -> JobHandle[Any]:
         """Run inline: wait for the job by default; in background, hold one of the bounded slots."""
-        self._inline_count += 1
         if background:
             # Backpressure, not loss: when every slot is taken the caller waits for one.
             await self._background_slots.acquire()

@@ -25,6 +25,7 @@ from jobs.deps import Deps
 from jobs.registry import JobDefinition
 from settings import Settings
 from worker.errors import JobFailed, JobTimeout, PermanentError, TransientError, classify
+from worker.metrics import Metrics
 
 __all__ = ["Attempt", "JobRunner", "backoff_delay"]
 
@@ -67,9 +68,10 @@ def _result_to_json(value: Any) -> Any:
 class JobRunner:
     """Runs job attempts with shared dependencies; one per worker process or producer."""
 
-    def __init__(self, settings: Settings, deps: Deps) -> None:
+    def __init__(self, settings: Settings, deps: Deps, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.deps = deps
+        self.metrics = metrics or Metrics()
 
     def timeout_for(self, job: JobDefinition[Any, Any]) -> float:
         return job.timeout if job.timeout is not None else self.settings.job_timeout
@@ -104,9 +106,14 @@ class JobRunner:
             log=job_log,
         )
         started = time.perf_counter()
+        self.metrics.attempt_started(job.name, mode)
+        outcome = "cancelled"
         try:
-            return await self._attempt(job, ctx, payload, timeout, started)
+            attempt = await self._attempt(job, ctx, payload, timeout, started)
+            outcome = attempt.outcome
+            return attempt
         finally:
+            self.metrics.attempt_finished(job.name, mode, outcome, time.perf_counter() - started)
             structlog.contextvars.reset_contextvars(**bound)
 
     async def _attempt(

@@ -30,9 +30,12 @@ from settings import Settings
 from worker import keys
 from worker.cache import make_cache
 from worker.errors import JobFailed
+from worker.http import HealthServer
+from worker.metrics import Metrics
 from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, RedisLink, ReplyLost
 from worker.runner import JobRunner
 from worker.serializer import deserialize, error_from_payload, serialize
+from worker.stats import publish_forever
 
 __all__ = ["JobWorker", "WorkerService", "arq_functions", "run_worker"]
 
@@ -243,7 +246,19 @@ class WorkerService:
         self.settings = settings
         self.link = RedisLink(settings, role="worker", socket_timeout=settings.worker_redis_socket_timeout)
         self.deps = Deps(settings, cache=make_cache(settings))
-        self.runner = JobRunner(settings, self.deps)
+        self.metrics = Metrics()
+        self.metrics.watch_breaker(lambda: not self.link.usable)
+        self.runner = JobRunner(settings, self.deps, self.metrics)
+        self.http: HealthServer | None = None
+        if settings.worker_http_port:
+            self.http = HealthServer(
+                host=settings.worker_http_host,
+                port=settings.worker_http_port,
+                metrics=self.metrics,
+                redis_ready=lambda: self.link.usable,
+                queue_depth=self._queue_depth,
+                queue_name=settings.queue_name,
+            )
         self.worker = JobWorker(
             link=self.link,
             functions=arq_functions(registry, settings),
@@ -263,6 +278,9 @@ class WorkerService:
             log_results=False,
         )
 
+    async def _queue_depth(self) -> int:
+        return int(await self.link.redis.zcard(self.settings.queue_name))
+
     def request_stop(self) -> None:
         """What SIGTERM does: stop taking jobs, give running ones the grace period, then exit."""
         self.worker.handle_sig_wait_for_completion(signal.SIGTERM)
@@ -270,7 +288,12 @@ class WorkerService:
     async def run(self) -> int:
         """Run until stopped (or, in burst mode, until the queue is empty); return an exit code."""
         logging.getLogger("arq.worker").addFilter(_QuietArqFailures())
+        if self.http is not None:
+            self.http.start()
         await self.link.start()
+        publisher = asyncio.create_task(
+            publish_forever(self.link, self.metrics.recent, self.worker.token, self.settings.queue_name)
+        )
         try:
             if not self.link.usable:
                 await self.link.wait_until_up()
@@ -279,14 +302,19 @@ class WorkerService:
             if not self.worker.stopping:
                 raise
         finally:
+            publisher.cancel()
             await self._shutdown()
         return 0
 
     async def _shutdown(self) -> None:
         self.worker.stopping = True
-        with contextlib.suppress(*REDIS_DOWN_ERRORS):
-            await self.link.redis.delete(keys.health_check_key(self.settings.queue_name))
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.link.redis.delete(
+                keys.health_check_key(self.settings.queue_name), keys.worker_stats_key(self.worker.token)
+            )
         await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
+        if self.http is not None:
+            await self.http.stop()
         await self.deps.aclose()
         await self.link.aclose()
         log.info(
