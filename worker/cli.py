@@ -82,6 +82,17 @@ async def _stats(settings: Settings, as_json: bool) -> int:
     return 0
 
 
+async def _doctor(settings: Settings, as_json: bool) -> int:
+    from worker.doctor import diagnose, render_diagnosis
+
+    diagnosis = await diagnose(settings)
+    if as_json:
+        _print_json(diagnosis.as_dict())
+    else:
+        sys.stdout.write(render_diagnosis(diagnosis) + "\n")
+    return 0 if diagnosis.healthy else 1
+
+
 def _jobs() -> int:
     for definition in REGISTRY:
         _print_json(
@@ -114,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's state, result or error")
     status.add_argument("job_id")
     sub.add_parser("jobs", help="list registered jobs")
+    doctor = sub.add_parser(
+        "doctor", help="check Redis, Postgres, email and AI; say what works and how to fix"
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     return parser
@@ -136,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_enqueue(settings, args))
         if args.command == "status":
             return asyncio.run(_status(settings, args.job_id))
+        if args.command == "doctor":
+            return asyncio.run(_doctor(settings, args.json))
         if args.command == "stats":
             return asyncio.run(_stats(settings, args.json))
         return _jobs()
