@@ -7,6 +7,7 @@ to fix it. Secrets are `SecretStr` so neither `repr()` nor logs can show them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
     redis_socket_timeout: float = Field(0.25, gt=0, le=60)
     redis_probe_interval: float = Field(1.0, gt=0, le=300)
     worker_redis_socket_timeout: float = Field(5.0, gt=0, le=300)
+    # TLS for rediss:// URLs: verification is on unless REDIS_TLS_INSECURE=true.
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_tls_insecure: bool = False
     queue_name: str = Field("arq:queue", min_length=1)
 
     database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
@@ -143,6 +149,15 @@ class Settings(BaseSettings):
             return None
         _check_url(v.strip(), ("http", "https"), "HTTP")
         return v.strip().rstrip("/")
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _existing_file(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not Path(v).is_file():
+            raise ValueError(f"file {v!r} does not exist; give the path of a PEM file")
+        return v
 
     @property
     def redis_enabled(self) -> bool:

@@ -147,6 +147,26 @@ def _sha1(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
+def _tls_options(settings: Settings, role: str) -> dict[str, Any]:
+    """Certificate and hostname verification on by default for rediss:// (redis-py's default
+    does not check the hostname)."""
+    if not settings.redis_url.get_secret_value().startswith("rediss://"):
+        return {}
+    client_cert = {"ssl_certfile": settings.redis_tls_cert_file, "ssl_keyfile": settings.redis_tls_key_file}
+    if settings.redis_tls_insecure:
+        log.warning(
+            "TLS verification disabled by REDIS_TLS_INSECURE: the Redis server is not authenticated",
+            role=role,
+        )
+        return {"ssl_cert_reqs": "none", "ssl_check_hostname": False, **client_cert}
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        **client_cert,
+    }
+
+
 class RedisLink:
     """Redis connection plus breaker. `role` names the user in log lines (producer, worker)."""
 
@@ -168,6 +188,7 @@ class RedisLink:
                 # Skip CLIENT SETINFO on connect: two round trips per new connection for nothing.
                 lib_name=None,
                 lib_version=None,
+                **_tls_options(settings, role),
             )
             self._redis = ArqRedis(
                 pool,
