@@ -11,12 +11,23 @@ from arq.constants import (
 )
 
 __all__ = [
+    "CACHE_PREFIX",
+    "cache_key",
     "health_check_key",
     "in_progress_key",
     "job_key",
     "result_key",
     "retry_key",
 ]
+
+
+# Our own keys live under `mb:`, apart from arq's `arq:` keys.
+CACHE_PREFIX = "mb:cache:"
+
+
+def cache_key(key: str) -> str:
+    """The Redis key for a `deps.cache` entry; jobs name entries like `ai:<digest>`."""
+    return CACHE_PREFIX + key
 
 
 def job_key(job_id: str) -> str:
