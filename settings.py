@@ -26,6 +26,12 @@ _FIX_HINTS: dict[str, str] = {
     "log_format": "use json, console or auto",
     "email_transport": "use sendgrid, smtp, file or auto",
     "smtp_url": "use smtp://user:password@host:port or smtps://...",
+    "ai_base_url": "use the API root, e.g. https://api.openai.com/v1 or http://localhost:11434/v1",
+    "ai_timeout": "use seconds per request, more than 0 and at most 600",
+    "ai_max_concurrency": "use a whole number of requests from 1 to 1000",
+    "ai_requests_per_minute": "use a whole number from 1 to 100000, or 0 for no budget",
+    "ai_cache_ttl": "use seconds from 0 (no caching) to 2592000 (30 days)",
+    "ai_max_output_retries": "use a whole number from 0 to 10",
 }
 
 
@@ -115,6 +121,10 @@ class Settings(BaseSettings):
     ai_api_key: SecretStr | None = None
     ai_model: str | None = None
     ai_timeout: float = Field(60.0, gt=0, le=600)
+    ai_max_concurrency: int = Field(4, ge=1, le=1000)  # in-flight requests per process
+    ai_requests_per_minute: int = Field(60, ge=0, le=100_000)  # per process; 0 = no budget
+    ai_cache_ttl: float = Field(7 * 86400.0, ge=0, le=30 * 86400)  # 0 = no caching
+    ai_max_output_retries: int = Field(2, ge=0, le=10)  # re-asks after invalid model output
 
     @field_validator("redis_url")
     @classmethod
@@ -148,7 +158,18 @@ class Settings(BaseSettings):
         if v is None or not v.strip():
             return None
         _check_url(v.strip(), ("http", "https"), "HTTP")
-        return v.strip().rstrip("/")
+        url = v.strip().rstrip("/")
+        if url.endswith("/chat/completions"):
+            # A common mistake: the endpoint instead of the root the client appends it to.
+            raise ValueError("give the API root, not the endpoint: drop the trailing /chat/completions")
+        return url
+
+    @field_validator("ai_api_key", "ai_model")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        # AI_MODEL= or AI_API_KEY= in a .env file means "not set", as for the URLs above.
+        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
+        return v if raw is not None and raw.strip() else None
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
     @classmethod

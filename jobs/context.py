@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -17,6 +17,8 @@ Mode = Literal["queued", "inline"]
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
+    """One attempt's context. Fields a job puts in `report` join that attempt's `job finished` line."""
+
     job_id: str
     job_name: str
     job_try: int
@@ -25,3 +27,4 @@ class JobContext:
     enqueue_time: datetime
     deps: Deps
     log: structlog.typing.FilteringBoundLogger
+    report: dict[str, Any] = field(default_factory=dict)

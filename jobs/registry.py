@@ -19,18 +19,21 @@ from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError
 
 from jobs.context import JobContext
+from settings import Settings
 from worker.errors import JobValidationError, UnknownJobError
 
-__all__ = ["JobDefinition", "JobFunc", "Registry", "define"]
+__all__ = ["JobDefinition", "JobFunc", "Precheck", "Registry", "define"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 JobFunc = Callable[Concatenate[JobContext, P], Awaitable[R]]
+# Says why a job cannot run with these settings (e.g. a provider not configured), or None.
+Precheck = Callable[[Settings], str | None]
 
 
 def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
     signature = inspect.signature(func)
-    hints = get_type_hints(func)
+    hints = get_type_hints(func, include_extras=True)  # keep Annotated constraints (lengths, ranges)
     params = list(signature.parameters.values())
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise TypeError(f"job {name!r} must take the job context as its first positional argument")
@@ -71,6 +74,7 @@ class JobDefinition(Generic[P, R]):
     timeout: float | None = None
     max_tries: int | None = None
     description: str = ""
+    precheck: Precheck | None = None
     args_model: type[BaseModel] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +126,11 @@ class JobDefinition(Generic[P, R]):
             raise JobValidationError(_explain(self.name, exc)) from None
         return {name: getattr(model, name) for name in self.args_model.model_fields}
 
+    def check_settings(self, settings: Settings) -> None:
+        """Raise JobValidationError if `precheck` says the job cannot run with `settings`."""
+        if self.precheck is not None and (problem := self.precheck(settings)):
+            raise JobValidationError(f"{self.name}: {problem}")
+
 
 def define(
     func: JobFunc[P, R],
@@ -129,6 +138,7 @@ def define(
     name: str | None = None,
     timeout: float | None = None,
     max_tries: int | None = None,
+    precheck: Precheck | None = None,
 ) -> JobDefinition[P, R]:
     doc = inspect.getdoc(func) or ""
     return JobDefinition(
@@ -137,6 +147,7 @@ def define(
         timeout=timeout,
         max_tries=max_tries,
         description=doc.splitlines()[0] if doc else "",
+        precheck=precheck,
     )
 
 

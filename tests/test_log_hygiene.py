@@ -86,7 +86,8 @@ def test_full_run_logs_json_only_and_never_a_secret(database_url: str) -> None:
     everything = "\n".join(outputs)
     for name, secret in SECRETS.items():
         assert secret not in everything, f"the {name} secret leaked"
-    assert "redis unavailable" in worker_err and "redis connected" in worker_err
+    assert "redis unavailable" in worker_err
+    assert "redis connected" in worker_err
 
     log_lines = [line for line in worker_err.splitlines() + down.stderr.splitlines() if line.strip()]
     events = [orjson.loads(line) for line in log_lines]  # raises if any line is not one JSON object

@@ -11,8 +11,10 @@ from arq.constants import (
 )
 
 __all__ = [
+    "CACHE_PREFIX",
     "IN_PROGRESS_PATTERN",
     "WORKER_STATS_PATTERN",
+    "cache_key",
     "health_check_key",
     "in_progress_key",
     "job_key",
@@ -20,6 +22,15 @@ __all__ = [
     "retry_key",
     "worker_stats_key",
 ]
+
+
+# Our own keys live under `mb:`, apart from arq's `arq:` keys.
+CACHE_PREFIX = "mb:cache:"
+
+
+def cache_key(key: str) -> str:
+    """The Redis key for a `deps.cache` entry; jobs name entries like `ai:<digest>`."""
+    return CACHE_PREFIX + key
 
 
 def job_key(job_id: str) -> str:

@@ -178,6 +178,7 @@ class Producer:
         """
         definition = self.registry.get(job)
         payload = definition.payload(kwargs or {}, max_bytes=self.settings.max_payload_bytes)
+        definition.check_settings(self.settings)
         return await self._submit(definition, payload, job_id, defer_by, background)
 
     async def enqueue_json(
@@ -186,6 +187,7 @@ class Producer:
         """Enqueue with arguments given as JSON text (the CLI); `inline=True` skips Redis."""
         definition = self.registry.get(job)
         payload = definition.payload_from_json(raw_args, max_bytes=self.settings.max_payload_bytes)
+        definition.check_settings(self.settings)
         if inline:
             return await self._start_inline(definition, payload, job_id or uuid.uuid4().hex, background=False)
         return await self._submit(definition, payload, job_id, None, False)

@@ -112,6 +112,10 @@ return released
 """
 
 
+# What each user of a link does while Redis is down, for the `redis unavailable` line.
+_FALLBACKS = {"producer": "inline", "cache": "memory"}
+
+
 class LinkState(StrEnum):
     UP = "up"
     DOWN = "down"
@@ -262,7 +266,7 @@ class RedisLink:
                 role=self._role,
                 url=self._settings.redis_url_redacted,
                 error=f"{type(exc).__name__}: {exc}",
-                fallback="inline" if self._role == "producer" else "reconnecting",
+                fallback=_FALLBACKS.get(self._role, "reconnecting"),
             )
         if self._probe_task is None or self._probe_task.done():
             self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
@@ -381,6 +385,17 @@ class RedisLink:
             raise
         finally:
             await pool.release(conn)
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        """GET `key`, bounded by the link's timeouts; errors are the caller's to report."""
+        async with asyncio.timeout(self._settings.redis_connect_timeout + self._socket_timeout):
+            value = await self.redis.get(key)
+        return None if value is None else bytes(value)
+
+    async def set_bytes(self, key: str, value: bytes, ttl_s: float) -> None:
+        """SET `key` with an expiry (at least 1 ms), bounded by the link's timeouts."""
+        async with asyncio.timeout(self._settings.redis_connect_timeout + self._socket_timeout):
+            await self.redis.set(key, value, px=max(1, int(ttl_s * 1000)))
 
     async def fetch_result(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(keys.result_key(job_id))

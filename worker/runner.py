@@ -126,10 +126,16 @@ class JobRunner:
     ) -> Attempt:
         def finished(outcome: str, level: str = "info", **extra: Any) -> None:
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            getattr(log, level)("job finished", outcome=outcome, duration_ms=duration_ms, **extra)
+            fields = {"outcome": outcome, "duration_ms": duration_ms, **extra}
+            # What the job reported (e.g. token usage); the runner's own fields win a clash.
+            reported = {k: v for k, v in ctx.report.items() if k not in fields and k != "event"}
+            getattr(log, level)("job finished", **reported, **fields)
 
         deadline = asyncio.timeout(timeout)
         try:
+            if job.precheck is not None and (problem := job.precheck(self.settings)):
+                # The worker may run with other settings than the producer that checked.
+                raise PermanentError(problem)
             kwargs = job.load(payload)
             async with deadline:
                 raw_result = await job.func(ctx, **kwargs)

@@ -97,6 +97,8 @@ class JobWorker(Worker):
         self.stopping = False
         self.token = uuid.uuid4().hex  # marks the in-progress locks this worker holds
         self._unsure_claims: set[str] = set()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._leave_loop = False
 
     async def main(self) -> None:
         self.ctx["redis"] = self.pool
@@ -111,6 +113,8 @@ class JobWorker(Worker):
             burst=self.burst,
         )
         async for _ in poll(self.poll_delay_s):
+            if self._leave_loop:
+                return
             await self._poll_iteration()
             if self.burst and await self._burst_done():
                 return
@@ -222,14 +226,35 @@ class JobWorker(Worker):
         await self._record("failure", job_id, lambda: parent(job_id, result_data))
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """Stop taking jobs; let running ones finish within the grace period; then stop."""
+        if self.stopping:
+            return
         self.stopping = True
+        self.allow_pick_jobs = False
+        running = [t for t in self.tasks.values() if not t.done()]
         log.info(
             "shutdown requested, finishing running jobs",
             signal=signal.Signals(signum).name,
-            running=sum(not t.done() for t in self.tasks.values()),
+            running=len(running),
             grace_s=self._job_completion_wait,
         )
-        super().handle_sig_wait_for_completion(signum)
+        # Keep a reference: the event loop holds tasks only weakly.
+        self._drain_task = self.loop.create_task(self._drain_then_stop(running))
+
+    async def _drain_then_stop(self, running: list[asyncio.Task[Any]]) -> None:
+        if running:
+            _, late = await asyncio.wait(running, timeout=self._job_completion_wait)
+            for task in late:
+                task.cancel()  # arq puts a cancelled job back in the queue for another try
+            if late:
+                log.warning("jobs still running after the grace period were cancelled", count=len(late))
+        # Leave the poll loop at its next turn; cancel only a loop stuck in a long wait (a
+        # cancellation can land inside the Redis client, which is messier than a clean exit).
+        self._leave_loop = True
+        if self.main_task is not None:
+            _, pending = await asyncio.wait({self.main_task}, timeout=max(1.0, self.poll_delay_s * 5))
+            if pending:
+                self.main_task.cancel()
 
 
 class WorkerService:
@@ -250,6 +275,7 @@ class WorkerService:
         self.metrics.watch_breaker(lambda: not self.link.usable)
         self.runner = JobRunner(settings, self.deps, self.metrics)
         self.http: HealthServer | None = None
+        self._stop_requested = asyncio.Event()
         if settings.worker_http_port:
             self.http = HealthServer(
                 host=settings.worker_http_host,
@@ -283,7 +309,9 @@ class WorkerService:
 
     def request_stop(self) -> None:
         """What SIGTERM does: stop taking jobs, give running ones the grace period, then exit."""
-        self.worker.handle_sig_wait_for_completion(signal.SIGTERM)
+        self._stop_requested.set()
+        if self.worker.main_task is not None:
+            self.worker.handle_sig_wait_for_completion(signal.SIGTERM)
 
     async def run(self) -> int:
         """Run until stopped (or, in burst mode, until the queue is empty); return an exit code."""
@@ -295,9 +323,13 @@ class WorkerService:
             publish_forever(self.link, self.metrics.recent, self.worker.token, self.settings.queue_name)
         )
         try:
-            if not self.link.usable:
-                await self.link.wait_until_up()
-            await self.worker.async_run()
+            if not self.link.usable and not await self._redis_or_stop():
+                return 0
+            # A stop asked for before the main task existed is honoured as soon as it does.
+            self.worker.main_task = asyncio.create_task(self.worker.main())
+            if self._stop_requested.is_set():
+                self.worker.handle_sig_wait_for_completion(signal.SIGTERM)
+            await self.worker.main_task
         except asyncio.CancelledError:
             if not self.worker.stopping:
                 raise
@@ -305,6 +337,15 @@ class WorkerService:
             publisher.cancel()
             await self._shutdown()
         return 0
+
+    async def _redis_or_stop(self) -> bool:
+        """Wait for Redis at start; False if a stop came first."""
+        up = asyncio.create_task(self.link.wait_until_up())
+        stop = asyncio.create_task(self._stop_requested.wait())
+        await asyncio.wait({up, stop}, return_when=asyncio.FIRST_COMPLETED)
+        up.cancel()
+        stop.cancel()
+        return self.link.usable and not self._stop_requested.is_set()
 
     async def _shutdown(self) -> None:
         self.worker.stopping = True
