@@ -61,3 +61,6 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     # The SendGrid SDK's HTTP client logs request headers (the API key) at DEBUG.
     logging.getLogger("python_http_client").setLevel(logging.WARNING)
+    # httpx logs every request at INFO; the job's own line already says what happened.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
