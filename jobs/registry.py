@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, get_type_hints
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, get_type_hints
 
 import orjson
 import pydantic
@@ -22,9 +22,10 @@ from jobs.context import JobContext
 from settings import Settings
 from worker.errors import JobValidationError, UnknownJobError
 
-__all__ = ["JobDefinition", "JobFunc", "Precheck", "Registry", "define"]
+__all__ = ["Fallback", "JobDefinition", "JobFunc", "Precheck", "Registry", "define"]
 
 P = ParamSpec("P")
+Fallback = Literal["inline", "spool", "reject"]
 R = TypeVar("R")
 JobFunc = Callable[Concatenate[JobContext, P], Awaitable[R]]
 # Says why a job cannot run with these settings (e.g. a provider not configured), or None.
@@ -75,6 +76,12 @@ class JobDefinition(Generic[P, R]):
     max_tries: int | None = None
     description: str = ""
     precheck: Precheck | None = None
+    # What happens when Redis is unusable: run inline now, keep in the Postgres spool until Redis
+    # returns, or refuse. A spooled job may still run inline when Postgres is down too.
+    fallback: Fallback = "inline"
+    inline_if_spool_down: bool = True
+    # Kept in Postgres until it completes, so a Redis that loses its data cannot lose the job.
+    durable: bool = False
     args_model: type[BaseModel] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +146,9 @@ def define(
     timeout: float | None = None,
     max_tries: int | None = None,
     precheck: Precheck | None = None,
+    fallback: Fallback = "inline",
+    inline_if_spool_down: bool = True,
+    durable: bool = False,
 ) -> JobDefinition[P, R]:
     doc = inspect.getdoc(func) or ""
     return JobDefinition(
@@ -148,6 +158,9 @@ def define(
         max_tries=max_tries,
         description=doc.splitlines()[0] if doc else "",
         precheck=precheck,
+        fallback=fallback,
+        inline_if_spool_down=inline_if_spool_down,
+        durable=durable,
     )
 
 

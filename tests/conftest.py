@@ -28,7 +28,11 @@ def _server_dsn() -> str:
     return os.environ.get("DATABASE_URL") or "postgresql://postgres@localhost:5432/postgres"
 
 
-@pytest.fixture(scope="session")
+# The session's database, so settings made anywhere in the tests point at migrated tables.
+_SESSION_DATABASE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
 def database_url() -> Iterator[str]:
     """A fresh database for this test session, migrated, dropped at the end."""
     server_dsn = _server_dsn()
@@ -54,7 +58,8 @@ def database_url() -> Iterator[str]:
             await conn.close()
 
     asyncio.run(create())
-    yield _with_db(server_dsn, name)
+    _SESSION_DATABASE["url"] = _with_db(server_dsn, name)
+    yield _SESSION_DATABASE["url"]
     asyncio.run(drop())
 
 
@@ -81,6 +86,7 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         "worker_poll_delay": 0.01,
         "worker_shutdown_grace": 2.0,
         "worker_http_port": 0,
+        "database_url": _SESSION_DATABASE.get("url") or _server_dsn(),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -104,7 +104,7 @@ async def test_redis_down(healthy: Settings) -> None:
     assert redis.state == "not working"
     assert "start Redis or point REDIS_URL at it" in redis.fix
     assert not diagnosis.healthy
-    assert any(line.startswith("Redis down: every job runs inline") for line in diagnosis.behaviour)
+    assert any(line.startswith("Redis down: inline-policy jobs (email) run") for line in diagnosis.behaviour)
 
 
 async def test_redis_that_evicts_and_keeps_nothing(healthy: Settings) -> None:

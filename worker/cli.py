@@ -46,20 +46,38 @@ async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _status(settings: Settings, job_id: str) -> int:
-    from worker.redis_link import RedisLink
-    from worker.status import job_status
+    from worker.producer import Producer
 
-    link = RedisLink(settings, role="cli")
-    try:
-        await link.start()
-        if not link.usable:
-            _print_json({"job_id": job_id, "status": "unknown", "error": f"Redis is {link.state.value}"})
-            return 2
-        report = await job_status(link, job_id, settings.queue_name)
-    finally:
-        await link.aclose()
+    async with Producer(settings) as producer:
+        report = await producer.status(job_id)
     _print_json(report)
-    return 0 if report["status"] != "not_found" else 1
+    return 0 if report["status"] not in ("not_found", "unknown") else 1
+
+
+async def _dead(settings: Settings, args: argparse.Namespace) -> int:
+    from worker import deadletters
+    from worker.producer import Producer
+
+    async with Producer(settings) as producer:
+        pool = await producer.journal.pool()
+        if args.action == "list":
+            for row in await deadletters.list_dead(pool, args.limit):
+                _print_json(row)
+        elif args.action == "show":
+            letter = await deadletters.show_dead(pool, args.job_id)
+            if letter is None:
+                sys.stderr.write(f"error: no dead letter with job id {args.job_id!r}\n")
+                return 1
+            _print_json(letter)
+        elif args.action == "retry":
+            if not args.all and not args.job_id:
+                sys.stderr.write("error: give a job id or --all\n")
+                return 2
+            for row in await deadletters.retry_dead(pool, producer, None if args.all else [args.job_id]):
+                _print_json(row)
+        else:
+            _print_json({"purged": await deadletters.purge_dead(pool, args.older_than_days)})
+    return 0
 
 
 async def _stats(settings: Settings, as_json: bool) -> int:
@@ -91,6 +109,20 @@ async def _doctor(settings: Settings, as_json: bool) -> int:
     else:
         sys.stdout.write(render_diagnosis(diagnosis) + "\n")
     return 0 if diagnosis.healthy else 1
+
+
+async def _migrate(settings: Settings) -> int:
+    import asyncpg
+
+    from worker.migrate import apply_migrations
+
+    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    try:
+        applied = await apply_migrations(conn)
+    finally:
+        await conn.close()
+    _print_json({"applied": applied})
+    return 0
 
 
 def _jobs() -> int:
@@ -125,6 +157,17 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's state, result or error")
     status.add_argument("job_id")
     sub.add_parser("jobs", help="list registered jobs")
+    dead = sub.add_parser("dead", help="inspect and re-run jobs that failed for good")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    dead_list = dead_sub.add_parser("list", help="the most recent dead letters, one JSON line each")
+    dead_list.add_argument("--limit", type=int, default=100)
+    dead_sub.add_parser("show", help="one dead letter with its arguments").add_argument("job_id")
+    dead_retry = dead_sub.add_parser("retry", help="enqueue again under a new job id")
+    dead_retry.add_argument("job_id", nargs="?")
+    dead_retry.add_argument("--all", action="store_true", help="every dead letter")
+    dead_purge = dead_sub.add_parser("purge", help="delete dead letters")
+    dead_purge.add_argument("--older-than-days", type=float, default=None)
+    sub.add_parser("migrate", help="apply database migrations")
     doctor = sub.add_parser(
         "doctor", help="check Redis, Postgres, email and AI; say what works and how to fix"
     )
@@ -151,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_enqueue(settings, args))
         if args.command == "status":
             return asyncio.run(_status(settings, args.job_id))
+        if args.command == "dead":
+            return asyncio.run(_dead(settings, args))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
         if args.command == "doctor":
             return asyncio.run(_doctor(settings, args.json))
         if args.command == "stats":

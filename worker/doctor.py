@@ -62,7 +62,10 @@ async def check_redis(settings: Settings) -> Check:
             "redis", "not configured", "REDIS_URL is empty", "set REDIS_URL=redis://host:6379/0 to queue jobs"
         )
     where = settings.redis_url_redacted
-    link = RedisLink(settings.model_copy(update={"redis_socket_timeout": TIMEOUT_S}), role="doctor")
+    patient = settings.model_copy(
+        update={"redis_socket_timeout": TIMEOUT_S, "redis_connect_timeout": TIMEOUT_S}
+    )
+    link = RedisLink(patient, role="doctor")
     try:
         async with asyncio.timeout(TIMEOUT_S * 2):
             info = await link.redis.info()
@@ -232,11 +235,20 @@ async def check_ai(settings: Settings) -> Check:
 def _behaviour(checks: dict[str, Check]) -> list[str]:
     lines = []
     redis = checks["redis"].state
+    postgres_up = checks["postgres"].state != "not working"
     if redis in ("ok", "degraded"):
         lines.append("Redis up: jobs are queued and run by the worker")
+    elif postgres_up:
+        lines.append(
+            "Redis down: inline-policy jobs (email) run in the caller's process; spool-policy jobs (AI, "
+            "analytics) and deferred jobs wait in the Postgres spool until Redis returns"
+        )
     else:
-        lines.append("Redis down: every job runs inline in the caller's process; deferred jobs are refused")
-    if checks["postgres"].state == "not working":
+        lines.append(
+            "Redis and Postgres down: inline-policy jobs run in the caller's process; spool-policy jobs run "
+            "inline if they allow it, else the caller gets an error; deferred jobs are refused"
+        )
+    if not postgres_up:
         lines.append("Postgres down: jobs that need it (email idempotency, analytics) retry, then fail")
     if checks["email"].state == "not configured":
         lines.append("Email: written to files, not delivered")

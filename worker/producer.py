@@ -18,11 +18,14 @@ may start it first; jobs are idempotent by job id, so the effect still happens o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
+import asyncpg
 import structlog
 
 from jobs import REGISTRY
@@ -32,10 +35,13 @@ from jobs.registry import JobDefinition, Registry
 from settings import Settings, load_settings
 from worker.cache import make_cache
 from worker.errors import EnqueueError, JobFailed
+from worker.journal import Journal
 from worker.metrics import Metrics
 from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost, WithdrawOutcome
 from worker.runner import JobRunner
 from worker.serializer import error_from_payload
+from worker.spool import PG_DOWN_ERRORS, SpoolRelay, spool_job
+from worker.status import job_status
 
 __all__ = ["JobHandle", "Producer"]
 
@@ -43,8 +49,12 @@ log = structlog.get_logger("worker.producer")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Mode = Literal["queued", "inline"]
+Mode = Literal["queued", "inline", "spooled"]
 JobRef = str | Callable[..., Any] | JobDefinition[Any, Any]
+
+
+def _run_at(defer_by: float | None) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=defer_by or 0)
 
 
 class JobHandle(Generic[R]):
@@ -88,7 +98,8 @@ class JobHandle(Generic[R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            record = await link.fetch_result(self.job_id)
+            # A spooled job has no result until Redis is back and a worker has run it.
+            record = await link.fetch_result(self.job_id) if link.usable else None
             if record is not None:
                 if record.get("s"):
                     return cast(R, record.get("r"))
@@ -117,7 +128,12 @@ class Producer:
         self._background: set[asyncio.Future[Any]] = set()
         self._background_slots = asyncio.Semaphore(self.settings.inline_max_background)
         self._ambiguous: dict[str, str] = {}  # job id -> queue, for enqueues whose reply was lost
+        self._relay_task: asyncio.Task[None] | None = None
         self._inline_count = 0
+
+    @property
+    def journal(self) -> Journal:
+        return self._runner.journal
 
     @property
     def link(self) -> RedisLink:
@@ -147,6 +163,11 @@ class Producer:
         """Wait for background inline jobs, then release Redis and the job dependencies."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._runner.journal.drain()
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
         await self._link.aclose()
         await self._deps.aclose()
 
@@ -181,6 +202,43 @@ class Producer:
         definition.check_settings(self.settings)
         return await self._submit(definition, payload, job_id, defer_by, background)
 
+    async def enqueue_in_transaction(
+        self,
+        conn: asyncpg.Connection,
+        job: JobRef,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        defer_by: float | None = None,
+    ) -> JobHandle[Any]:
+        """Enqueue as part of the caller's open transaction on `conn` (the outbox pattern).
+
+        The job is written to the spool in that transaction; a relay queues it once the
+        transaction commits. A rolled-back transaction leaves no job behind.
+        """
+        if not conn.is_in_transaction():
+            raise EnqueueError(
+                "enqueue_in_transaction needs a connection inside `async with conn.transaction()`"
+            )
+        definition = self.registry.get(job)
+        definition.check_settings(self.settings)
+        payload = definition.payload(kwargs or {}, max_bytes=self.settings.max_payload_bytes)
+        job_id = job_id or uuid.uuid4().hex
+        await spool_job(
+            conn,
+            job_id=job_id,
+            name=definition.name,
+            payload=payload,
+            queue=self.settings.queue_name,
+            run_at=_run_at(defer_by),
+            durable=definition.durable,
+        )
+        return JobHandle(job_id, definition.name, "spooled", link=self._link)
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        """Where the job is: spooled, queued, deferred, in_progress, complete, failed or dead."""
+        return await job_status(self._link, job_id, self.settings.queue_name, self.journal)
+
     async def enqueue_json(
         self, job: JobRef, raw_args: str | bytes, *, job_id: str | None = None, inline: bool = False
     ) -> JobHandle[Any]:
@@ -203,7 +261,16 @@ class Producer:
         background: bool,
     ) -> JobHandle[Any]:
         job_id = job_id or uuid.uuid4().hex
+        reply_lost = False
         if self._link.usable:
+            if definition.durable:
+                await self._runner.journal.durable_recorded(
+                    job_id=job_id,
+                    name=definition.name,
+                    payload=payload,
+                    queue=self.settings.queue_name,
+                    run_at=_run_at(defer_by),
+                )
             try:
                 outcome = await self._link.enqueue(
                     job_id=job_id,
@@ -215,24 +282,87 @@ class Producer:
             except NotSent:
                 pass
             except ReplyLost:
-                self._ambiguous[job_id] = self.settings.queue_name
-                log.warning("enqueue reply lost, running inline", job_id=job_id, job=definition.name)
+                reply_lost = True
             else:
-                return JobHandle(
-                    job_id,
-                    definition.name,
-                    "queued",
-                    duplicate=outcome is EnqueueOutcome.DUPLICATE,
-                    link=self._link,
+                duplicate = outcome is EnqueueOutcome.DUPLICATE
+                return JobHandle(job_id, definition.name, "queued", duplicate=duplicate, link=self._link)
+        return await self._fall_back(definition, payload, job_id, defer_by, background, reply_lost)
+
+    async def _fall_back(
+        self,
+        definition: JobDefinition[Any, Any],
+        payload: dict[str, Any],
+        job_id: str,
+        defer_by: float | None,
+        background: bool,
+        reply_lost: bool,
+    ) -> JobHandle[Any]:
+        """Redis is unusable: spool, run inline or refuse, as the job's policy says."""
+        state = self._link.state.value
+        if defer_by or definition.fallback == "spool":
+            # A spooled copy of a job whose enqueue reply was lost is harmless: the relay's
+            # enqueue deduplicates by job id.
+            if await self._try_spool(definition, payload, job_id, defer_by):
+                return JobHandle(job_id, definition.name, "spooled", link=self._link)
+            if defer_by:
+                raise EnqueueError(
+                    f"{definition.name}: Redis is {state} and Postgres is unreachable, so the deferred job "
+                    "can be neither queued nor kept; it would run early if run now. Retry later."
                 )
-        if defer_by:
+            if not definition.inline_if_spool_down:
+                raise EnqueueError(
+                    f"{definition.name}: Redis is {state} and Postgres is unreachable; this job does not run "
+                    "inline. Retry later."
+                )
+        elif definition.fallback == "reject":
             raise EnqueueError(
-                f"{definition.name}: cannot defer a job while Redis is {self._link.state.value}; "
-                "it would run early if run now. Retry later or enqueue without defer_by."
+                f"{definition.name}: Redis is {state} and this job does not run inline; retry later"
             )
+        if reply_lost:
+            self._ambiguous[job_id] = self.settings.queue_name
+            log.warning("enqueue reply lost, running inline", job_id=job_id, job=definition.name)
         self._inline_count += 1
         self.metrics.inline_fallback(definition.name)
         return await self._start_inline(definition, payload, job_id, background=background)
+
+    async def _try_spool(
+        self,
+        definition: JobDefinition[Any, Any],
+        payload: dict[str, Any],
+        job_id: str,
+        defer_by: float | None,
+    ) -> bool:
+        try:
+            async with asyncio.timeout(5):
+                pool = await self._runner.journal.pool()
+                await spool_job(
+                    pool,
+                    job_id=job_id,
+                    name=definition.name,
+                    payload=payload,
+                    queue=self.settings.queue_name,
+                    run_at=_run_at(defer_by),
+                    durable=definition.durable,
+                )
+        except PG_DOWN_ERRORS as exc:
+            log.error("could not spool job: Postgres unreachable", job_id=job_id, error=str(exc))
+            return False
+        log.info("job spooled until Redis returns", job_id=job_id, job=definition.name)
+        self._start_relay(pool)
+        return True
+
+    def _start_relay(self, pool: asyncpg.Pool) -> None:
+        if self._relay_task is None or self._relay_task.done():
+            relay = SpoolRelay(pool, self._link)
+            self._link.on_up(self._wake_relay(relay))
+            self._relay_task = asyncio.get_running_loop().create_task(relay.run_forever())
+
+    @staticmethod
+    def _wake_relay(relay: SpoolRelay) -> Callable[[], Awaitable[None]]:
+        async def wake() -> None:
+            relay.wake()
+
+        return wake
 
     async def _start_inline(
         self, definition: JobDefinition[Any, Any], payload: dict[str, Any], job_id: str, *, background: bool

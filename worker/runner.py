@@ -25,6 +25,7 @@ from jobs.deps import Deps
 from jobs.registry import JobDefinition
 from settings import Settings
 from worker.errors import JobFailed, JobTimeout, PermanentError, TransientError, classify
+from worker.journal import Journal
 from worker.metrics import Metrics
 
 __all__ = ["Attempt", "JobRunner", "backoff_delay"]
@@ -72,6 +73,7 @@ class JobRunner:
         self.settings = settings
         self.deps = deps
         self.metrics = metrics or Metrics()
+        self.journal = Journal(deps)
 
     def timeout_for(self, job: JobDefinition[Any, Any]) -> float:
         return job.timeout if job.timeout is not None else self.settings.job_timeout
@@ -111,10 +113,45 @@ class JobRunner:
         try:
             attempt = await self._attempt(job, ctx, payload, timeout, started)
             outcome = attempt.outcome
+            if mode == "queued" and outcome != "retry":
+                await self._journal_queued(job, ctx, payload, attempt)
             return attempt
         finally:
             self.metrics.attempt_finished(job.name, mode, outcome, time.perf_counter() - started)
             structlog.contextvars.reset_contextvars(**bound)
+
+    async def _journal_queued(
+        self, job: JobDefinition[Any, Any], ctx: JobContext, payload: dict[str, Any], attempt: Attempt
+    ) -> None:
+        if attempt.error is not None:
+            await self.journal.dead_letter(
+                job_id=ctx.job_id, name=job.name, payload=payload, error=attempt.error.to_dict(),
+                tries=ctx.job_try, mode="queued", enqueue_time=ctx.enqueue_time,
+            )  # fmt: skip
+        if job.durable:
+            await self.journal.durable_done(ctx.job_id)
+
+    def _journal_inline(
+        self, job: JobDefinition[Any, Any], job_id: str, payload: dict[str, Any], attempt: Attempt, tries: int
+    ) -> None:
+        error = attempt.error.to_dict() if attempt.error is not None else None
+        self.journal.in_background(
+            self.journal.inline_outcome(
+                job_id=job_id, name=job.name, result=attempt.result, error=error, tries=tries
+            )
+        )
+        if error is not None:
+            self.journal.in_background(
+                self.journal.dead_letter(
+                    job_id=job_id,
+                    name=job.name,
+                    payload=payload,
+                    error=error,
+                    tries=tries,
+                    mode="inline",
+                    enqueue_time=None,
+                )
+            )
 
     async def _attempt(
         self,
@@ -178,6 +215,8 @@ class JobRunner:
             attempt = await self.attempt(
                 job, job_id=job_id, payload=payload, job_try=job_try, mode=mode, enqueue_time=enqueue_time
             )
+            if attempt.outcome != "retry":
+                self._journal_inline(job, job_id, payload, attempt, job_try)
             if attempt.outcome == "complete":
                 return attempt.result
             if attempt.error is not None:
