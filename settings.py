@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(100, ge=1, le=10000)
     worker_poll_delay: float = Field(0.05, gt=0, le=60)
     worker_shutdown_grace: float = Field(30.0, ge=0, le=3600)
+    # A running job's lock lives this long unless its worker, while alive, keeps extending it; a
+    # SIGKILLed worker's jobs run again elsewhere within about this time.
+    worker_lock_timeout: float = Field(15.0, ge=3, le=3600)
+    # How often the worker re-enqueues durable jobs that Redis has lost.
+    durable_check_interval: float = Field(15.0, gt=0, le=3600)
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(9300, ge=0, le=65535)
 

@@ -174,7 +174,8 @@ class Registry:
             if definition.name in self._by_name:
                 raise ValueError(f"duplicate job name {definition.name!r} in the registry")
             self._by_name[definition.name] = definition
-            self._by_func[definition.func] = definition
+            # A coroutine registered under several names is found by function as its first name.
+            self._by_func.setdefault(definition.func, definition)
 
     def __iter__(self) -> Any:
         return iter(self._by_name.values())

@@ -69,5 +69,9 @@ TEST_REGISTRY = Registry(
         define(sleepy, timeout=0.3, max_tries=2),
         define(takes_any),
         define(bad_result),
+        define(record, name="record_spooled", fallback="spool", inline_if_spool_down=False),
+        define(record, name="record_durable", durable=True),
+        define(record, name="record_rejecting", fallback="reject"),
+        define(sleepy, name="sleepy_long", timeout=60, max_tries=5),
     ]
 )

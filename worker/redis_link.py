@@ -116,6 +116,33 @@ return released
 _FALLBACKS = {"producer": "inline", "cache": "memory"}
 
 
+# For each id: 2 if its result exists, 1 if it is queued or running, 0 if Redis has no trace of it.
+# ARGV: job prefix, in-progress prefix, result prefix, ids...
+_PRESENCE_LUA = """
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[3] .. id) == 1 then out[#out + 1] = 2
+  elseif redis.call('EXISTS', ARGV[1] .. id, ARGV[2] .. id) > 0 then out[#out + 1] = 1
+  else out[#out + 1] = 0 end
+end
+return out
+"""
+
+
+# Extends the in-progress locks this worker still holds. ARGV: prefix, token, ms, ids...
+_EXTEND_LUA = """
+local extended = 0
+for i = 4, #ARGV do
+  if redis.call('GET', ARGV[1] .. ARGV[i]) == ARGV[2] then
+    redis.call('PEXPIRE', ARGV[1] .. ARGV[i], ARGV[3])
+    extended = extended + 1
+  end
+end
+return extended
+"""
+
+
 class LinkState(StrEnum):
     UP = "up"
     DOWN = "down"
@@ -349,6 +376,19 @@ class RedisLink:
         args = (now_ms, lock_ms, keys.in_progress_key(""), token, *job_ids)
         flat = await self._eval(_CLAIM_LUA, (queue,), args)
         return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    async def presence(self, job_ids: list[str]) -> list[int]:
+        """Per id: 2 finished (result kept), 1 queued or running, 0 unknown to Redis."""
+        if not job_ids:
+            return []
+        prefixes = (keys.job_key(""), keys.in_progress_key(""), keys.result_key(""))
+        return [int(v) for v in await self._eval(_PRESENCE_LUA, (), (*prefixes, *job_ids))]
+
+    async def extend_claims(self, job_ids: list[str], token: str, lock_ms: int) -> int:
+        """Push back the expiry of the locks this token holds; return how many it still held."""
+        if not job_ids:
+            return 0
+        return int(await self._eval(_EXTEND_LUA, (), (keys.in_progress_key(""), token, lock_ms, *job_ids)))
 
     async def release_claims(self, job_ids: list[str], token: str) -> int:
         """Drop locks this token holds, for claims whose reply was lost; return how many."""

@@ -24,7 +24,7 @@ from arq.utils import poll
 from arq.worker import Function, Retry, Worker, func
 
 from jobs import REGISTRY
-from jobs.deps import Deps
+from jobs.deps import POSTGRES, Deps
 from jobs.registry import JobDefinition, Registry
 from settings import Settings
 from worker import keys
@@ -32,9 +32,11 @@ from worker.cache import make_cache
 from worker.errors import JobFailed
 from worker.http import HealthServer
 from worker.metrics import Metrics
+from worker.reconciler import DurableReconciler
 from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, RedisLink, ReplyLost
 from worker.runner import JobRunner
 from worker.serializer import deserialize, error_from_payload, serialize
+from worker.spool import PG_DOWN_ERRORS, SpoolRelay
 from worker.stats import publish_forever
 
 __all__ = ["JobWorker", "WorkerService", "arq_functions", "run_worker"]
@@ -91,9 +93,10 @@ class _QuietArqFailures(logging.Filter):
 class JobWorker(Worker):
     """arq's Worker, made to survive Redis outages and to log arq-side failures our way."""
 
-    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+    def __init__(self, *, link: RedisLink, lock_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.link = link
+        self.lock_ms = int(lock_timeout_s * 1000)
         self.stopping = False
         self.token = uuid.uuid4().hex  # marks the in-progress locks this worker holds
         self._unsure_claims: set[str] = set()
@@ -151,7 +154,7 @@ class JobWorker(Worker):
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids:
             return
-        lock_ms = int(self.in_progress_timeout_s * 1000)
+        lock_ms = self.lock_ms
         candidates = [job_id.decode() for job_id in job_ids[:free]]
         try:
             claimed = await self.link.claim(self.queue_name, candidates, lock_ms, self.token)
@@ -190,6 +193,24 @@ class JobWorker(Worker):
                     async with asyncio.timeout(5):
                         await self.link.wait_until_up()
 
+    async def extend_locks_forever(self) -> None:
+        """Keep the locks of running jobs alive, a third of their lifetime at a time.
+
+        Locks are short so that a SIGKILLed worker's jobs run again within seconds, not after the
+        longest job timeout; a live worker's jobs keep theirs. Idle, this sends nothing.
+        """
+        while True:
+            await asyncio.sleep(self.lock_ms / 3000)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running or not self.link.usable:
+                continue
+            try:
+                held = await self.link.extend_claims(running, self.token, self.lock_ms)
+            except _REDIS_OUTAGE:
+                continue  # the poll loop deals with the outage
+            if held < len(running):
+                log.warning("some running jobs lost their lock and may run twice", lost=len(running) - held)
+
     async def run_job(self, job_id: str, score: int) -> None:
         try:
             await super().run_job(job_id, score)
@@ -207,20 +228,37 @@ class JobWorker(Worker):
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         # Reached only for failures arq decides itself: bad payload, unknown job, expired job,
         # tries exhausted by crashes. Our runner's failures go through finish_job.
-        error: dict[str, Any] = {}
+        error: dict[str, Any] = {"type": "Error", "message": "unknown failure", "kind": "permanent"}
+        name, payload, tries, enqueued = "<unknown>", {}, 1, None
         if result_data:
             with contextlib.suppress(Exception):
-                error = (
-                    error_from_payload(deserialize_result(result_data, deserializer=deserialize).result) or {}
+                info = deserialize_result(result_data, deserializer=deserialize)
+                error = error_from_payload(info.result) or error
+                name, payload, tries, enqueued = (
+                    info.function,
+                    dict(info.kwargs),
+                    info.job_try,
+                    info.enqueue_time,
                 )
         log.error(
             "job finished",
             job_id=job_id,
+            job=name,
             outcome="failed",
             mode="queued",
             error_type=error.get("type"),
             error=error.get("message"),
             kind="permanent",
+        )
+        runner: JobRunner = self.ctx["runner"]
+        await runner.journal.dead_letter(
+            job_id=job_id,
+            name=name,
+            payload=payload,
+            error=error,
+            tries=tries,
+            mode="queued",
+            enqueue_time=enqueued,
         )
         parent = super().finish_failed_job
         await self._record("failure", job_id, lambda: parent(job_id, result_data))
@@ -287,6 +325,7 @@ class WorkerService:
             )
         self.worker = JobWorker(
             link=self.link,
+            lock_timeout_s=settings.worker_lock_timeout,
             functions=arq_functions(registry, settings),
             queue_name=settings.queue_name,
             redis_pool=self.link.redis,
@@ -319,9 +358,13 @@ class WorkerService:
         if self.http is not None:
             self.http.start()
         await self.link.start()
-        publisher = asyncio.create_task(
-            publish_forever(self.link, self.metrics.recent, self.worker.token, self.settings.queue_name)
-        )
+        background = [
+            asyncio.create_task(
+                publish_forever(self.link, self.metrics.recent, self.worker.token, self.settings.queue_name)
+            ),
+            asyncio.create_task(self._durability()),
+            asyncio.create_task(self.worker.extend_locks_forever()),
+        ]
         try:
             if not self.link.usable and not await self._redis_or_stop():
                 return 0
@@ -334,9 +377,28 @@ class WorkerService:
             if not self.worker.stopping:
                 raise
         finally:
-            publisher.cancel()
+            for task in background:
+                task.cancel()
             await self._shutdown()
         return 0
+
+    async def _durability(self) -> None:
+        """Relay the spool and reconcile durable jobs, once Postgres answers."""
+        while True:
+            try:
+                pool = await self.deps.get(POSTGRES)
+                break
+            except PG_DOWN_ERRORS as exc:
+                log.warning("Postgres unreachable: spool relay and durable checks wait", error=str(exc))
+                await asyncio.sleep(5)
+        relay = SpoolRelay(pool, self.link)
+
+        async def wake_relay() -> None:
+            relay.wake()
+
+        self.link.on_up(wake_relay)
+        reconciler = DurableReconciler(pool, self.link, interval_s=self.settings.durable_check_interval)
+        await asyncio.gather(relay.run_forever(), reconciler.run_forever())
 
     async def _redis_or_stop(self) -> bool:
         """Wait for Redis at start; False if a stop came first."""
