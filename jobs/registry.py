@@ -30,7 +30,7 @@ JobFunc = Callable[Concatenate[JobContext, P], Awaitable[R]]
 
 def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
     signature = inspect.signature(func)
-    hints = get_type_hints(func)
+    hints = get_type_hints(func, include_extras=True)  # keep Annotated validators and constraints
     params = list(signature.parameters.values())
     if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise TypeError(f"job {name!r} must take the job context as its first positional argument")
