@@ -7,10 +7,12 @@ to fix it. Secrets are `SecretStr` so neither `repr()` nor logs can show them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Self
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+import email_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings", "redact_url"]
@@ -25,6 +27,8 @@ _FIX_HINTS: dict[str, str] = {
     "log_format": "use json, console or auto",
     "email_transport": "use sendgrid, smtp, file or auto",
     "smtp_url": "use smtp://user:password@host:port or smtps://...",
+    "smtp_starttls": "use auto (upgrade when offered), require or off",
+    "email_from": 'use "Name <address@example.com>" or address@example.com',
 }
 
 
@@ -93,14 +97,25 @@ class Settings(BaseSettings):
     worker_poll_delay: float = Field(0.05, gt=0, le=60)
     worker_shutdown_grace: float = Field(30.0, ge=0, le=3600)
 
-    # Email.
+    # Email. `auto` picks sendgrid if SENDGRID_API_KEY is set, else smtp if SMTP_URL is, else file.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"
-    email_from: str = "Max Booster <no-reply@maxbooster.local>"
+    # `.local` and `.test` are refused by email-validator (not globally deliverable); set a real
+    # verified sender in production.
+    email_from: str = "Max Booster <no-reply@maxbooster.example>"
     email_file_dir: str = "var/mail"
+    # A claim on an idempotency key blocks other runs for this long; it must outlast one
+    # send_email run (60 s timeout), or a slow live run could be overtaken and send twice.
+    email_claim_lease: float = Field(120.0, ge=60, le=86400)
     sendgrid_api_key: SecretStr | None = None
     sendgrid_api_host: str = "https://api.sendgrid.com"
+    sendgrid_timeout: float = Field(10.0, gt=0, le=120)
+    sendgrid_max_concurrency: int = Field(8, ge=1, le=64)
     smtp_url: SecretStr | None = None
     smtp_timeout: float = Field(10.0, gt=0, le=120)
+    smtp_pool_size: int = Field(4, ge=1, le=64)
+    smtp_starttls: Literal["auto", "require", "off"] = "auto"
+    smtp_tls_verify: bool = True
+    smtp_ca_file: str | None = None
 
     # AI (OpenAI-compatible).
     ai_base_url: str | None = None
@@ -134,13 +149,66 @@ class Settings(BaseSettings):
         _check_url(v.get_secret_value().strip(), ("smtp", "smtps"), "SMTP")
         return v
 
-    @field_validator("ai_base_url", "sendgrid_api_host")
+    @field_validator("ai_base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
             return None
         _check_url(v.strip(), ("http", "https"), "HTTP")
         return v.strip().rstrip("/")
+
+    @field_validator("sendgrid_api_host")
+    @classmethod
+    def _sendgrid_host(cls, v: str) -> str:
+        if not v.strip():
+            return "https://api.sendgrid.com"
+        _check_url(v.strip(), ("http", "https"), "HTTP")
+        return v.strip().rstrip("/")
+
+    @field_validator("sendgrid_api_key")
+    @classmethod
+    def _sendgrid_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        return SecretStr(v.get_secret_value().strip())
+
+    @field_validator("email_from")
+    @classmethod
+    def _email_from(cls, v: str) -> str:
+        v = v.strip()
+        # "Name <address>": the job code validates the name; here the address must be sound.
+        address = v[v.rfind("<") + 1 : -1] if v.endswith(">") else v
+        try:
+            email_validator.validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        except email_validator.EmailNotValidError as exc:
+            raise ValueError(f"not a valid sender: {exc}") from None
+        return v
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not Path(v).is_file():
+            raise ValueError("no such file; give the path of a PEM file of CA certificates")
+        return v
+
+    @model_validator(mode="after")
+    def _transport_is_configured(self) -> Self:
+        if self.email_transport == "sendgrid" and self.sendgrid_api_key is None:
+            raise ValueError("EMAIL_TRANSPORT: 'sendgrid' needs SENDGRID_API_KEY; set it, or use auto")
+        if self.email_transport == "smtp" and self.smtp_url is None:
+            raise ValueError("EMAIL_TRANSPORT: 'smtp' needs SMTP_URL; set it, or use auto")
+        return self
+
+    @property
+    def email_transport_resolved(self) -> Literal["sendgrid", "smtp", "file"]:
+        """The transport `auto` stands for: sendgrid if keyed, else smtp if configured, else file."""
+        if self.email_transport != "auto":
+            return self.email_transport
+        if self.sendgrid_api_key is not None:
+            return "sendgrid"
+        return "smtp" if self.smtp_url is not None else "file"
 
     @property
     def redis_enabled(self) -> bool:
@@ -164,7 +232,10 @@ class Settings(BaseSettings):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "?"
+    if not error["loc"]:
+        # A check across variables; its message names them itself.
+        return str(error["msg"]).removeprefix("Value error, ")
+    field = str(error["loc"][0])
     env_name = field.upper()
     value = error.get("input")
     shown: Any
