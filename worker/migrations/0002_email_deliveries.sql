@@ -4,8 +4,8 @@
 --          has expired, or at once if it is a later try of the same job in the same mode
 --          (the earlier try is known to be over).
 -- sent:    delivered; provider_message_id says where. Final: a re-run returns this outcome.
--- failed:  the last try failed (error, error_kind) and nothing was delivered; a re-run may
---          claim the key again.
+-- failed:  the last try failed (error, error_kind) and nothing was delivered; another job may
+--          claim the key again (the same job's retries skip a permanent refusal).
 CREATE TABLE email_deliveries (
     idempotency_key     text PRIMARY KEY CHECK (length(idempotency_key) BETWEEN 1 AND 600),
     state               text NOT NULL CHECK (state IN ('claimed', 'sent', 'failed')),
