@@ -364,7 +364,7 @@ def email_settings(redis_server: RedisServer, database_url: str) -> Any:
     """A factory: settings on the test Redis and database, with email overrides."""
 
     def build(**overrides: Any) -> Settings:
-        return make_settings(redis_server.url, database_url=database_url, **overrides)
+        return make_settings(redis_server.url, **{"database_url": database_url, **overrides})
 
     return build
 
