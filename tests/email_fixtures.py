@@ -383,6 +383,12 @@ async def producer_in_mode(mode: Mode, settings: Settings) -> AsyncIterator[Prod
         async with Producer(settings, registry=REGISTRY) as producer:
             yield producer
     finally:
+        # A stop requested before arq's main task exists is lost (arq cancels nothing then), so
+        # wait for the worker to be running first.
+        for _ in range(500):
+            if task.done() or service.worker.main_task is not None:
+                break
+            await asyncio.sleep(0.01)
         if not task.done():
             service.request_stop()
         await asyncio.wait_for(task, 10)
