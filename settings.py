@@ -38,13 +38,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    # Work on the raw netloc: parts.port raises on a bad port, and this runs while reporting one.
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    userinfo = f"{parts.username}:***" if parts.username else ":***"
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -58,7 +56,7 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
     try:
         parts.port  # noqa: B018 - raises on a non-numeric port
     except ValueError:
-        raise ValueError(f"the port is not a number; use {schemes[0]}://host:6379") from None
+        raise ValueError(f"the port is not a number; use {schemes[0]}://host:port") from None
 
 
 class SettingsError(ValueError):
