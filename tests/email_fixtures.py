@@ -383,12 +383,23 @@ async def producer_in_mode(mode: Mode, settings: Settings) -> AsyncIterator[Prod
         async with Producer(settings, registry=REGISTRY) as producer:
             yield producer
     finally:
-        # A stop requested before arq's main task exists is lost (arq cancels nothing then), so
-        # wait for the worker to be running first.
-        for _ in range(500):
-            if task.done() or service.worker.main_task is not None:
-                break
-            await asyncio.sleep(0.01)
-        if not task.done():
-            service.request_stop()
-        await asyncio.wait_for(task, 10)
+        await _stop_worker(service, task)
+
+
+async def _stop_worker(service: WorkerService, task: asyncio.Task[int]) -> None:
+    """Stop the in-process worker the way SIGTERM does, repeating the request if it is lost.
+
+    A stop is lost if it comes before arq's main task exists (arq has nothing to cancel), or if
+    the cancellation lands in redis-py's hiredis readiness check, whose `asyncio.timeout(0)`
+    can swallow it (fixed upstream in redis-py PR #4063). Repeating SIGTERM is what ops would do.
+    """
+    for _ in range(500):
+        if task.done() or service.worker.main_task is not None:
+            break
+        await asyncio.sleep(0.01)
+    for _ in range(20):
+        if task.done():
+            break
+        service.request_stop()
+        await asyncio.wait([task], timeout=0.5)
+    await asyncio.wait_for(task, 5)
