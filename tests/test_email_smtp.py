@@ -154,6 +154,17 @@ async def test_untrusted_certificate_is_permanent(
     assert tls_sink.received == []
 
 
+async def test_verification_can_be_turned_off_for_a_test_server(
+    tls_sink: SmtpSink, email_settings: SettingsFactory
+) -> None:
+    url = tls_sink.url("mailer", "s3cr3t-pw")
+    settings = email_settings(email_transport="smtp", smtp_url=url, smtp_tls_verify=False)
+    async with producer_in_mode("inline", settings) as producer:
+        handle = await producer.enqueue_job("send_email", {"message": plain_message()})
+        await handle.result(timeout=10)
+    assert [r.tls for r in tls_sink.received] == [True]
+
+
 async def test_password_never_travels_in_clear_text(email_settings: SettingsFactory) -> None:
     sink = await SmtpSink(users={"mailer": "pw-in-clear"}).start()  # no TLS offered
     try:

@@ -77,6 +77,16 @@ class SmtpConfig:
         return f"{self.host}:{self.port}"
 
 
+def _tls_context(config: SmtpConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if config.ca_file is not None:
+        context.load_verify_locations(cafile=config.ca_file)
+    if not config.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _cert_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     seen: BaseException | None = exc
     while seen is not None:
@@ -126,7 +136,14 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._closed = False
+        self._tls_context: ssl.SSLContext | None = None
         self.opened = 0  # connections opened so far, for tests and the benchmark
+
+    async def _tls(self) -> ssl.SSLContext:
+        # Built once: loading the CA store per connection costs more than the TLS handshake.
+        if self._tls_context is None:
+            self._tls_context = await asyncio.to_thread(_tls_context, self.config)
+        return self._tls_context
 
     async def open(self) -> aiosmtplib.SMTP:
         cfg = self.config
@@ -135,8 +152,7 @@ class SmtpPool:
             port=cfg.port,
             use_tls=cfg.implicit_tls,
             start_tls=False if cfg.implicit_tls else _STARTTLS[cfg.starttls],
-            validate_certs=cfg.verify,
-            cert_bundle=cfg.ca_file,
+            tls_context=await self._tls(),
             timeout=cfg.timeout,
         )
         try:
