@@ -8,10 +8,11 @@ to fix it. Secrets are `SecretStr` so neither `repr()` nor logs can show them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+import email_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings", "redact_url"]
@@ -32,6 +33,8 @@ _FIX_HINTS: dict[str, str] = {
     "ai_requests_per_minute": "use a whole number from 1 to 100000, or 0 for no budget",
     "ai_cache_ttl": "use seconds from 0 (no caching) to 2592000 (30 days)",
     "ai_max_output_retries": "use a whole number from 0 to 10",
+    "smtp_starttls": "use auto (upgrade when offered), require or off",
+    "email_from": 'use "Name <address@example.com>" or address@example.com',
 }
 
 
@@ -41,13 +44,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    # Work on the raw netloc: parts.port raises on a bad port, and this runs while reporting one.
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    userinfo = f"{parts.username}:***" if parts.username else ":***"
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
     return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -61,7 +62,7 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
     try:
         parts.port  # noqa: B018 - raises on a non-numeric port
     except ValueError:
-        raise ValueError(f"the port is not a number; use {schemes[0]}://host:6379") from None
+        raise ValueError(f"the port is not a number; use {schemes[0]}://host:port") from None
 
 
 class SettingsError(ValueError):
@@ -112,14 +113,25 @@ class Settings(BaseSettings):
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(9300, ge=0, le=65535)
 
-    # Email.
+    # Email. `auto` picks sendgrid if SENDGRID_API_KEY is set, else smtp if SMTP_URL is, else file.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"
-    email_from: str = "Max Booster <no-reply@maxbooster.local>"
+    # `.local` and `.test` are refused by email-validator (not globally deliverable); set a real
+    # verified sender in production.
+    email_from: str = "Max Booster <no-reply@maxbooster.example>"
     email_file_dir: str = "var/mail"
+    # A claim on an idempotency key blocks other runs for this long; it must outlast one
+    # send_email run (60 s timeout), or a slow live run could be overtaken and send twice.
+    email_claim_lease: float = Field(120.0, ge=60, le=86400)
     sendgrid_api_key: SecretStr | None = None
     sendgrid_api_host: str = "https://api.sendgrid.com"
+    sendgrid_timeout: float = Field(10.0, gt=0, le=120)
+    sendgrid_max_concurrency: int = Field(8, ge=1, le=64)
     smtp_url: SecretStr | None = None
     smtp_timeout: float = Field(10.0, gt=0, le=120)
+    smtp_pool_size: int = Field(4, ge=1, le=64)
+    smtp_starttls: Literal["auto", "require", "off"] = "auto"
+    smtp_tls_verify: bool = True
+    smtp_ca_file: str | None = None
 
     # AI (OpenAI-compatible).
     ai_base_url: str | None = None
@@ -157,7 +169,7 @@ class Settings(BaseSettings):
         _check_url(v.get_secret_value().strip(), ("smtp", "smtps"), "SMTP")
         return v
 
-    @field_validator("ai_base_url", "sendgrid_api_host")
+    @field_validator("ai_base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
@@ -185,6 +197,59 @@ class Settings(BaseSettings):
             raise ValueError(f"file {v!r} does not exist; give the path of a PEM file")
         return v
 
+    @field_validator("sendgrid_api_host")
+    @classmethod
+    def _sendgrid_host(cls, v: str) -> str:
+        if not v.strip():
+            return "https://api.sendgrid.com"
+        _check_url(v.strip(), ("http", "https"), "HTTP")
+        return v.strip().rstrip("/")
+
+    @field_validator("sendgrid_api_key")
+    @classmethod
+    def _sendgrid_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        return SecretStr(v.get_secret_value().strip())
+
+    @field_validator("email_from")
+    @classmethod
+    def _email_from(cls, v: str) -> str:
+        v = v.strip()
+        # "Name <address>": the job code validates the name; here the address must be sound.
+        address = v[v.rfind("<") + 1 : -1] if v.endswith(">") else v
+        try:
+            email_validator.validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        except email_validator.EmailNotValidError as exc:
+            raise ValueError(f"not a valid sender: {exc}") from None
+        return v
+
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not Path(v).is_file():
+            raise ValueError("no such file; give the path of a PEM file of CA certificates")
+        return v
+
+    @model_validator(mode="after")
+    def _transport_is_configured(self) -> Self:
+        if self.email_transport == "sendgrid" and self.sendgrid_api_key is None:
+            raise ValueError("EMAIL_TRANSPORT: 'sendgrid' needs SENDGRID_API_KEY; set it, or use auto")
+        if self.email_transport == "smtp" and self.smtp_url is None:
+            raise ValueError("EMAIL_TRANSPORT: 'smtp' needs SMTP_URL; set it, or use auto")
+        return self
+
+    @property
+    def email_transport_resolved(self) -> Literal["sendgrid", "smtp", "file"]:
+        """The transport `auto` stands for: sendgrid if keyed, else smtp if configured, else file."""
+        if self.email_transport != "auto":
+            return self.email_transport
+        if self.sendgrid_api_key is not None:
+            return "sendgrid"
+        return "smtp" if self.smtp_url is not None else "file"
+
     @property
     def redis_enabled(self) -> bool:
         return bool(self.redis_url.get_secret_value())
@@ -207,7 +272,10 @@ class Settings(BaseSettings):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "?"
+    if not error["loc"]:
+        # A check across variables; its message names them itself.
+        return str(error["msg"]).removeprefix("Value error, ")
+    field = str(error["loc"][0])
     env_name = field.upper()
     value = error.get("input")
     shown: Any

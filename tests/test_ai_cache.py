@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from devservices.redis import RedisServer
-from jobs import REGISTRY, ai_track_tags
+from jobs import REGISTRY, Registry, ai_track_tags, define
 from jobs.context import Mode
 from jobs.deps import open_deps
 from tests.ai_fixtures import FakeAI, completion, log_events, make_ai_settings, running_producer, wait_until
@@ -102,8 +102,10 @@ async def test_jobs_are_cached_in_memory_while_redis_is_down(
     settings = make_ai_settings(own_redis.url, fake_ai)
     await asyncio.to_thread(own_redis.stop)
     fake_ai.queue(completion(TAGS))
-    # Redis is down: the producer runs jobs inline and the cache falls back to memory.
-    async with Producer(settings, registry=REGISTRY) as producer:
+    # Redis is down: with an inline policy (AI jobs spool by default) the producer runs the job
+    # here, and the cache falls back to memory.
+    inline_registry = Registry([define(ai_track_tags, timeout=300, max_tries=5, fallback="inline")])
+    async with Producer(settings, registry=inline_registry) as producer:
         first = await producer.enqueue_job(ai_track_tags, TRACK)
         second = await producer.enqueue_job(ai_track_tags, TRACK)
         results = [await first.result(timeout=10), await second.result(timeout=10)]

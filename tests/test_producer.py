@@ -41,10 +41,14 @@ async def test_deferred_job_waits_and_is_never_run_early(settings: Settings, wor
         assert time.monotonic() - started >= 0.5
 
     # Redis down: the deferred job waits in the spool; with Postgres down too, it is refused.
-    down = settings.model_copy(update={"redis_url": SecretStr("")})
+    down = settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:1/0")})
     async with Producer(down, registry=TEST_REGISTRY) as producer:
         spooled = await producer.enqueue_job("record", {"key": "spooled"}, defer_by=10)
         assert spooled.mode == "spooled"
+    disabled = settings.model_copy(update={"redis_url": SecretStr("")})
+    async with Producer(disabled, registry=TEST_REGISTRY) as producer:
+        with pytest.raises(EnqueueError, match="deferred jobs need Redis and REDIS_URL is not configured"):
+            await producer.enqueue_job("record", {"key": "never"}, defer_by=10)
     both_down = down.model_copy(update={"database_url": SecretStr("postgresql://postgres@127.0.0.1:1/x")})
     async with Producer(both_down, registry=TEST_REGISTRY) as producer:
         with pytest.raises(EnqueueError, match="the deferred job can be neither queued nor kept"):

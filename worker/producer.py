@@ -37,7 +37,7 @@ from worker.cache import make_cache
 from worker.errors import EnqueueError, JobFailed
 from worker.journal import Journal
 from worker.metrics import Metrics
-from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost, WithdrawOutcome
+from worker.redis_link import EnqueueOutcome, LinkState, NotSent, RedisLink, ReplyLost, WithdrawOutcome
 from worker.runner import JobRunner
 from worker.serializer import error_from_payload
 from worker.spool import PG_DOWN_ERRORS, SpoolRelay, spool_job
@@ -297,9 +297,19 @@ class Producer:
         background: bool,
         reply_lost: bool,
     ) -> JobHandle[Any]:
-        """Redis is unusable: spool, run inline or refuse, as the job's policy says."""
+        """Redis is unusable: spool, run inline or refuse, as the job's policy says.
+
+        With Redis not configured at all there is nothing to spool for: spool-policy jobs run
+        inline and deferred jobs are refused.
+        """
         state = self._link.state.value
-        if defer_by or definition.fallback == "spool":
+        configured = self._link.state is not LinkState.DISABLED
+        if defer_by and not configured:
+            raise EnqueueError(
+                f"{definition.name}: deferred jobs need Redis and REDIS_URL is not configured; "
+                "set REDIS_URL or enqueue without defer_by"
+            )
+        if configured and (defer_by or definition.fallback == "spool"):
             # A spooled copy of a job whose enqueue reply was lost is harmless: the relay's
             # enqueue deduplicates by job id.
             if await self._try_spool(definition, payload, job_id, defer_by):

@@ -1,0 +1,212 @@
+"""Claim, send, record: the steps that make an email job safe to run twice.
+
+`deliver` sends one message under one idempotency key; `deliver_bulk` sends one copy per
+recipient, each under `<key>/<address>`, in batches the transport takes at once. A key that
+another run already delivered is not sent again: its recorded outcome is returned. A key a
+live run holds makes this run retry later (TransientError with the lease as Retry-After).
+
+Provider outcomes: a permanent refusal marks the key failed and fails the job; a transient
+one frees the key and lets the runner retry with backoff. A transient failure in the middle
+of a transfer (a timeout after the message data went out) is ambiguous: the provider may
+have queued it. We retry, so such a message may arrive twice (same Message-ID) rather than
+never. See `jobs.email.store` for what happens when a send cannot be recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import structlog
+
+from jobs.email.addresses import Mailbox
+from jobs.email.mime import Outgoing
+from jobs.email.store import Claim, Claimant, Delivery, DeliveryStore
+from jobs.email.transports.base import Failed, Sent, Transport
+from worker.errors import PermanentError, TransientError, classify
+
+__all__ = ["deliver", "deliver_bulk"]
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _held_elsewhere(key: str, earlier: Delivery) -> TransientError:
+    return TransientError(
+        f"email {key!r} is being sent by job {earlier.job_id} ({earlier.job_mode}); "
+        "checking again when its claim ends",
+        retry_after=max(1.0, earlier.lease_left_s),
+    )
+
+
+def _earlier_outcome(earlier: Delivery) -> dict[str, Any]:
+    return {
+        "status": "already_sent",
+        "idempotency_key": earlier.key,
+        "transport": earlier.transport,
+        "message_id": earlier.provider_message_id,
+        "sent_at": earlier.sent_at.isoformat() if earlier.sent_at else None,
+        "sent_by_job": earlier.job_id or None,
+    }
+
+
+async def deliver(
+    store: DeliveryStore,
+    transport: Transport,
+    message: Outgoing,
+    claimant: Claimant,
+    log: structlog.typing.FilteringBoundLogger,
+) -> dict[str, Any]:
+    key = message.idempotency_key
+    claim = await store.claim([key], claimant, transport.name)
+    if key not in claim.claimed:
+        earlier = claim.others[key]
+        if earlier.state == "failed":
+            raise PermanentError(earlier.error or f"email {key!r} was refused earlier")
+        if earlier.state != "sent":
+            raise _held_elsewhere(key, earlier)
+        log.info("email already sent, not sending again", idempotency_key=key, sent_by_job=earlier.job_id)
+        return _earlier_outcome(earlier)
+    try:
+        sent = await transport.send(message)
+    except asyncio.CancelledError:
+        raise  # the claim stays; a later try of this job takes it over
+    except Exception as exc:
+        await store.record_failed(claim, {key: str(exc)}, classify(exc))
+        raise
+    recorded = await store.record_sent({key: sent.message_id}, transport.name)
+    log.info(
+        "email sent",
+        idempotency_key=key,
+        transport=transport.name,
+        message_id=sent.message_id,
+        recipients=len(message.to),
+        refused=len(sent.refused),
+        recorded=recorded,
+    )
+    return {
+        "status": "sent",
+        "idempotency_key": key,
+        "transport": transport.name,
+        "message_id": sent.message_id,
+        "sent_at": datetime.now(UTC).isoformat(),
+        "recipients": len(message.to),
+        "refused": sent.refused,
+        "recorded": recorded,
+    }
+
+
+class _BulkRun:
+    """Per-recipient outcomes of one bulk run, in the order the recipients were given."""
+
+    def __init__(self, recipients: Sequence[Mailbox]) -> None:
+        self.rows: dict[str, dict[str, Any]] = {
+            r.email: {"email": r.email, "status": "pending"} for r in recipients
+        }
+        self.retry_after: float | None = None
+
+    def set(self, email: str, status: str, **details: Any) -> None:
+        self.rows[email] = {"email": email, "status": status, **details}
+
+    def defer(self, email: str, reason: str, retry_after: float | None) -> None:
+        self.set(email, "deferred", error=reason)
+        if retry_after is not None:
+            self.retry_after = max(self.retry_after or 0.0, retry_after)
+
+    def first_error(self, status: str) -> str:
+        return next((str(r.get("error")) for r in self.rows.values() if r["status"] == status), "")
+
+
+async def _send_chunk(
+    store: DeliveryStore, transport: Transport, copies: Sequence[Outgoing], claim: Claim, run: _BulkRun
+) -> bool:
+    """Send the claimed copies; record each outcome. True if every one failed transiently."""
+    try:
+        outcomes = await transport.send_batch(copies)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await store.record_failed(claim, {c.idempotency_key: str(exc) for c in copies}, classify(exc))
+        raise
+    sent: dict[str, str] = {}
+    failed: dict[bool, dict[str, str]] = {True: {}, False: {}}
+    for copy, outcome in zip(copies, outcomes, strict=True):
+        email = copy.to[0].email
+        if isinstance(outcome, Sent):
+            sent[copy.idempotency_key] = outcome.message_id
+            run.set(email, "sent", message_id=outcome.message_id)
+        elif isinstance(outcome, Failed):
+            failed[outcome.permanent][copy.idempotency_key] = outcome.reason
+            if outcome.permanent:
+                run.set(email, "failed", error=outcome.reason)
+            else:
+                run.defer(email, outcome.reason, outcome.retry_after)
+    if sent:
+        await store.record_sent(sent, transport.name)
+    await store.record_failed(claim, failed[True], "permanent")
+    await store.record_failed(claim, failed[False], "transient")
+    return not sent and not failed[True]
+
+
+async def deliver_bulk(
+    store: DeliveryStore,
+    transport: Transport,
+    base: Outgoing,
+    recipients: Sequence[Mailbox],
+    claimant: Claimant,
+    *,
+    final_try: bool,
+    log: structlog.typing.FilteringBoundLogger,
+) -> dict[str, Any]:
+    """One copy per recipient. Retries (TransientError) while copies are deferred and tries
+    remain; on the last try, reports them as deferred instead."""
+    bulk_key = base.idempotency_key
+    run = _BulkRun(recipients)
+    stopped: str | None = None
+    for chunk in _chunks(recipients, transport.batch_size):
+        copies = [base.for_recipient(r, f"{bulk_key}/{r.email}") for r in chunk]
+        if stopped is not None:
+            for copy in copies:
+                run.defer(copy.to[0].email, stopped, None)
+            continue
+        claim = await store.claim([c.idempotency_key for c in copies], claimant, transport.name)
+        todo = []
+        for copy in copies:
+            earlier = claim.others.get(copy.idempotency_key)
+            if earlier is None:
+                todo.append(copy)
+            elif earlier.state == "sent":
+                run.set(copy.to[0].email, "already_sent", message_id=earlier.provider_message_id)
+            elif earlier.state == "failed":  # refused for good on an earlier try of this job
+                run.set(copy.to[0].email, "failed", error=earlier.error)
+            else:
+                held = _held_elsewhere(copy.idempotency_key, earlier)
+                run.defer(copy.to[0].email, str(held), held.retry_after)
+        if todo and await _send_chunk(store, transport, todo, claim, run):
+            # The provider took none of this batch: later batches would fare no better now.
+            stopped = run.first_error("deferred")
+    counts = Counter(row["status"] for row in run.rows.values())
+    delivered = counts["sent"] + counts["already_sent"]
+    summary = f"{delivered} of {len(recipients)} recipients delivered"
+    log.info("bulk email done", idempotency_key=bulk_key, transport=transport.name, **counts)
+    if counts["deferred"] and (not final_try or not delivered):
+        raise TransientError(
+            f"{counts['deferred']} recipients deferred ({run.first_error('deferred')}); {summary}",
+            retry_after=run.retry_after,
+        )
+    if not delivered:
+        raise PermanentError(f"no recipient accepted the message ({run.first_error('failed')}); {summary}")
+    return {
+        "status": "complete" if delivered == len(recipients) else "partial",
+        "idempotency_key": bulk_key,
+        "transport": transport.name,
+        "counts": {status: counts[status] for status in ("sent", "already_sent", "failed", "deferred")},
+        "recipients": list(run.rows.values()),
+    }

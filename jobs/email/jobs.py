@@ -1,0 +1,70 @@
+"""The email jobs: thin wrappers that build the message and hand it to `delivery`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.context import JobContext
+from jobs.deps import POSTGRES
+from jobs.email.addresses import Mailbox, parse_mailbox
+from jobs.email.delivery import deliver, deliver_bulk
+from jobs.email.messages import BulkEmail, Email, EmailContent, IdempotencyKey
+from jobs.email.mime import Outgoing, make_message_id
+from jobs.email.store import SENT_MEMO, Claimant, DeliveryStore
+from jobs.email.transports import EMAIL_TRANSPORT
+
+__all__ = ["send_bulk_email", "send_email"]
+
+
+def _outgoing(ctx: JobContext, content: EmailContent, key: str, to: tuple[Mailbox, ...]) -> Outgoing:
+    rendered = content.rendered()
+    sender = content.from_address or parse_mailbox(ctx.deps.settings.email_from)
+    return Outgoing(
+        sender=sender,
+        to=to,
+        subject=rendered.subject,
+        text=rendered.text,
+        html=rendered.html,
+        reply_to=content.reply_to,
+        categories=tuple(content.categories),
+        idempotency_key=key,
+        message_id=make_message_id(key, sender),
+    )
+
+
+async def _store(ctx: JobContext) -> DeliveryStore:
+    pool = await ctx.deps.get(POSTGRES)  # first, so it is closed after the memo that flushes into it
+    memo = await ctx.deps.get(SENT_MEMO)
+    return DeliveryStore(pool, memo, lease_s=ctx.deps.settings.email_claim_lease)
+
+
+def _claimant(ctx: JobContext) -> Claimant:
+    return Claimant(job_id=ctx.job_id, mode=ctx.mode, job_try=ctx.job_try)
+
+
+async def send_email(
+    ctx: JobContext, *, message: Email, idempotency_key: IdempotencyKey | None = None
+) -> dict[str, Any]:
+    """Send one transactional email once per idempotency key (default: the job id)."""
+    outgoing = _outgoing(ctx, message, idempotency_key or ctx.job_id, tuple(message.to))
+    store = await _store(ctx)
+    transport = await ctx.deps.get(EMAIL_TRANSPORT)
+    return await deliver(store, transport, outgoing, _claimant(ctx), ctx.log)
+
+
+async def send_bulk_email(
+    ctx: JobContext, *, message: BulkEmail, idempotency_key: IdempotencyKey | None = None
+) -> dict[str, Any]:
+    """Send one copy of an email to each recipient, once each; per-recipient outcomes returned."""
+    base = _outgoing(ctx, message, idempotency_key or ctx.job_id, ())
+    store = await _store(ctx)
+    transport = await ctx.deps.get(EMAIL_TRANSPORT)
+    return await deliver_bulk(
+        store,
+        transport,
+        base,
+        message.recipients,
+        _claimant(ctx),
+        final_try=ctx.job_try >= ctx.max_tries,
+        log=ctx.log,
+    )

@@ -1,0 +1,173 @@
+"""The arguments of the email jobs, validated when the job is enqueued.
+
+Everything a caller can get wrong is refused here, so `Producer.enqueue_job` raises
+`JobValidationError` before anything is queued or run: bad addresses, line breaks (raw or
+RFC 2047-encoded) in any header value, oversized subjects and bodies, a message with no body,
+an unknown template or a template context that does not render. The worker validates the
+same model again when it loads the job, so a payload written to Redis by hand gets no further.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PrivateAttr,
+    StringConstraints,
+    model_validator,
+)
+
+from jobs.email.addresses import Mailbox
+from jobs.email.headers import header_problem
+from jobs.email.templates import Rendered, TemplateName, TemplateRenderError, render_template
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_BULK_RECIPIENTS",
+    "MAX_RECIPIENTS",
+    "MAX_SUBJECT_CHARS",
+    "BulkEmail",
+    "Category",
+    "Email",
+    "EmailContent",
+    "IdempotencyKey",
+]
+
+MAX_SUBJECT_CHARS = 255
+# Gmail clips messages over ~102 KB; a body this size is a bug, not an email.
+MAX_BODY_BYTES = 128 * 1024
+MAX_RECIPIENTS = 50
+MAX_BULK_RECIPIENTS = 5000
+MAX_CATEGORIES = 10
+
+_CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,99}")
+
+
+def _header_safe(value: str) -> str:
+    problem = header_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _subject(value: str) -> str:
+    _header_safe(value)
+    value = value.strip()
+    if not value:
+        raise ValueError("is empty")
+    if len(value) > MAX_SUBJECT_CHARS:
+        raise ValueError(f"is {len(value)} characters, over the {MAX_SUBJECT_CHARS}-character limit")
+    return value
+
+
+def _body_size(value: str) -> str:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise ValueError(f"is {size} bytes, over the {MAX_BODY_BYTES}-byte limit")
+    return value
+
+
+def _category(value: str) -> str:
+    _header_safe(value)
+    if not _CATEGORY.fullmatch(value):
+        raise ValueError(f"{value[:40]!r} is not a category; use 1-100 letters, digits, spaces and _ . : / -")
+    return value
+
+
+def _key(value: str) -> str:
+    problem = header_problem(value)
+    if problem is not None or not value.strip():
+        raise ValueError(problem or "is blank")
+    return value
+
+
+Subject = Annotated[str, AfterValidator(_subject)]
+Body = Annotated[str, AfterValidator(_body_size)]
+Category = Annotated[str, AfterValidator(_category)]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_key)]
+
+
+def _unique(mailboxes: list[Mailbox], field: str) -> None:
+    seen: dict[str, int] = {}
+    for index, mailbox in enumerate(mailboxes):
+        address = mailbox.email.lower()
+        if address in seen:
+            raise ValueError(f"{field}: {mailbox.email} appears twice (entries {seen[address]} and {index})")
+        seen[address] = index
+
+
+class EmailContent(BaseModel):
+    """What a message says: subject and bodies, or a template and its context."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    subject: Subject | None = None
+    text: Body | None = None
+    html: Body | None = None
+    template: TemplateName | None = None
+    context: dict[str, JsonValue] = Field(default_factory=dict)
+    from_address: Mailbox | None = None
+    reply_to: Mailbox | None = None
+    categories: Annotated[list[Category], Field(max_length=MAX_CATEGORIES)] = Field(default_factory=list)
+
+    _rendered: Rendered | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Self:
+        if self.template is None:
+            if self.context:
+                raise ValueError("'context' is only used with a 'template'")
+            if self.text is None and self.html is None:
+                raise ValueError("no body: give 'text' and/or 'html', or a 'template'")
+            if self.subject is None:
+                raise ValueError("'subject' is required unless a 'template' gives it")
+            return self
+        if self.text is not None or self.html is not None:
+            raise ValueError("give either a 'template' or 'text'/'html' bodies, not both")
+        # Render now: a context the template cannot use is refused before anything is queued.
+        try:
+            rendered = render_template(self.template, self.context)
+        except TemplateRenderError as exc:
+            raise ValueError(str(exc)) from None
+        for part, body in (("text", rendered.text), ("html", rendered.html)):
+            if body is not None and len(body.encode()) > MAX_BODY_BYTES:
+                raise ValueError(
+                    f"template {self.template!r}: the rendered {part} is over {MAX_BODY_BYTES} bytes"
+                )
+        self._rendered = rendered
+        return self
+
+    def rendered(self) -> Rendered:
+        """Subject and bodies as sent; a subject given with a template overrides the template's."""
+        if self._rendered is not None:
+            subject = self.subject or self._rendered.subject
+            return Rendered(subject=subject, text=self._rendered.text, html=self._rendered.html)
+        return Rendered(subject=self.subject or "", text=self.text, html=self.html)
+
+
+class Email(EmailContent):
+    """One transactional message; every address in `to` sees the others."""
+
+    to: Annotated[list[Mailbox], Field(min_length=1, max_length=MAX_RECIPIENTS)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        _unique(self.to, "to")
+        return self
+
+
+class BulkEmail(EmailContent):
+    """The same message to many people, each receiving their own copy."""
+
+    recipients: Annotated[list[Mailbox], Field(min_length=1, max_length=MAX_BULK_RECIPIENTS)]
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        _unique(self.recipients, "recipients")
+        return self
