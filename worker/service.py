@@ -165,7 +165,7 @@ class JobWorker(Worker):
         for job_id, score in claimed:
             await self.sem.acquire()
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
+            task = asyncio.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
@@ -277,7 +277,7 @@ class JobWorker(Worker):
             grace_s=self._job_completion_wait,
         )
         # Keep a reference: the event loop holds tasks only weakly.
-        self._drain_task = self.loop.create_task(self._drain_then_stop(running))
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain_then_stop(running))
 
     async def _drain_then_stop(self, running: list[asyncio.Task[Any]]) -> None:
         if running:
@@ -306,6 +306,11 @@ class WorkerService:
         registry: Registry = REGISTRY,
         handle_signals: bool = True,
     ) -> None:
+        # arq binds its tasks and signal handlers to the loop current at construction.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError("create WorkerService inside the event loop that will run it") from None
         self.settings = settings
         self.link = RedisLink(settings, role="worker", socket_timeout=settings.worker_redis_socket_timeout)
         self.deps = Deps(settings, cache=make_cache(settings))

@@ -1,0 +1,289 @@
+"""Nothing lost: the spool, durable jobs, crash recovery, the outbox and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from arq.jobs import Job
+from pydantic import SecretStr
+
+from devservices.redis import RedisServer
+from settings import Settings
+from tests.conftest import RunningWorker, make_settings, start_worker
+from tests.sample_jobs import RUNS, TEST_REGISTRY
+from worker import deadletters
+from worker.errors import EnqueueError, JobFailed
+from worker.producer import Producer
+from worker.redis_link import RedisLink
+from worker.serializer import deserialize
+from worker.spool import SpoolRelay, spool_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+async def _until(predicate: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def _spool_count(database_url: str, queue: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM job_spool WHERE queue = $1", queue))
+    finally:
+        await conn.close()
+
+
+async def test_spooled_jobs_are_delivered_once_when_redis_returns(own_redis: RedisServer) -> None:
+    settings = make_settings(own_redis.url)
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            await asyncio.to_thread(own_redis.stop)
+            handles = [await producer.enqueue_job("record_spooled", {"key": f"s{i}"}) for i in range(50)]
+            deferred = await producer.enqueue_job("record", {"key": "deferred"}, defer_by=2.0)
+            spooled_at = time.monotonic()
+            assert {h.mode for h in handles} | {deferred.mode} == {"spooled"}
+            assert await _spool_count(settings.database_url.get_secret_value(), settings.queue_name) == 51
+            assert (await producer.status(handles[0].job_id))["status"] == "spooled"
+            assert RUNS == []
+
+            await asyncio.to_thread(own_redis.restart)
+            results = [await h.result(timeout=20) for h in handles]
+            assert (await deferred.result(timeout=20))["key"] == "deferred"
+            ran_after = time.monotonic() - spooled_at
+    finally:
+        await worker.stop()
+    assert [r["key"] for r in results] == [f"s{i}" for i in range(50)]
+    assert Counter(key for key, _, _ in RUNS) == Counter({f"s{i}": 1 for i in range(50)} | {"deferred": 1})
+    assert ran_after >= 2.0  # the deferred job did not run before its time
+    assert await _spool_count(settings.database_url.get_secret_value(), settings.queue_name) == 0
+
+
+async def test_spool_policy_with_postgres_down_too(settings: Settings) -> None:
+    both_down = settings.model_copy(
+        update={
+            "redis_url": SecretStr("redis://127.0.0.1:1/0"),
+            "database_url": SecretStr("postgresql://postgres@127.0.0.1:1/x"),
+        }
+    )
+    async with Producer(both_down, registry=TEST_REGISTRY) as producer:
+        with pytest.raises(EnqueueError, match="Postgres is unreachable; this job does not run inline"):
+            await producer.enqueue_job("record_spooled", {"key": "refused"})
+        with pytest.raises(EnqueueError, match="this job does not run inline"):
+            await producer.enqueue_job("record_rejecting", {"key": "refused"})
+        inline = await producer.enqueue_job("record", {"key": "still-runs"})
+        assert inline.mode == "inline"
+    assert [key for key, _, _ in RUNS] == ["still-runs"]
+
+
+async def test_durable_jobs_survive_a_redis_restart_without_persistence(own_redis: RedisServer) -> None:
+    settings = make_settings(own_redis.url, durable_check_interval=0.5)
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handles = [await producer.enqueue_job("record_durable", {"key": f"d{i}"}) for i in range(30)]
+        plain = await producer.enqueue_job("record", {"key": "not-durable"})
+        assert {h.mode for h in handles} == {"queued"}
+        # No worker yet: the jobs wait in Redis, which restarts and forgets them.
+        await asyncio.to_thread(own_redis.restart)
+        await _until(lambda: producer.link.usable)
+        assert await producer.link.redis.zcard(settings.queue_name) == 0
+
+        worker = await start_worker(settings)
+        try:
+            results = [await h.result(timeout=20) for h in handles]
+        finally:
+            await worker.stop()
+        assert (await producer.status(plain.job_id))["status"] == "not_found"  # what durability is for
+    assert sorted(r["key"] for r in results) == sorted(f"d{i}" for i in range(30))
+    assert Counter(key for key, _, _ in RUNS) == Counter({f"d{i}": 1 for i in range(30)})
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        left = await conn.fetchval("SELECT count(*) FROM durable_jobs WHERE job_id = ANY($1::text[])",
+                                   [h.job_id for h in handles])  # fmt: skip
+    finally:
+        await conn.close()
+    assert left == 0  # completed durable jobs are no longer recorded
+
+
+async def test_transactional_enqueue_commits_or_vanishes(settings: Settings, worker: RunningWorker) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        conn = await asyncpg.connect(settings.database_url.get_secret_value())
+        try:
+            async with conn.transaction():
+                committed = await producer.enqueue_in_transaction(conn, "record", {"key": "committed"})
+            transaction = conn.transaction()
+            await transaction.start()
+            rolled_back = await producer.enqueue_in_transaction(conn, "record", {"key": "rolled-back"})
+            await transaction.rollback()  # the request failed after enqueueing
+            with pytest.raises(EnqueueError, match="needs a connection inside"):
+                await producer.enqueue_in_transaction(conn, "record", {"key": "no-transaction"})
+        finally:
+            await conn.close()
+        assert (await committed.result(timeout=10))["key"] == "committed"
+        await asyncio.sleep(0.5)
+        assert (await producer.status(rolled_back.job_id))["status"] == "not_found"
+    assert [key for key, _, _ in RUNS] == ["committed"]
+
+
+async def test_two_relays_deliver_each_spooled_job_once(settings: Settings) -> None:
+    dsn = settings.database_url.get_secret_value()
+    queue = settings.queue_name
+    ids = [f"relay-{uuid.uuid4().hex[:6]}-{i}" for i in range(400)]
+    pool_a = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    pool_b = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    links = [RedisLink(settings, role="relay-a"), RedisLink(settings, role="relay-b")]
+    try:
+        for job_id in ids:
+            await spool_job(pool_a, job_id=job_id, name="record", payload={"key": job_id}, queue=queue)
+        for link in links:
+            await link.start()
+        relays = [SpoolRelay(pool_a, links[0]), SpoolRelay(pool_b, links[1])]
+        await asyncio.gather(*(relay.relay_once() for relay in relays))
+        delivered = [relay.delivered for relay in relays]
+        queued = await links[0].redis.zcard(queue)
+    finally:
+        for link in links:
+            await link.aclose()
+        await pool_a.close()
+        await pool_b.close()
+    assert sum(delivered) == 400  # every row left the spool exactly once
+    assert queued == 400
+
+
+async def test_dead_letters_keep_failures_and_retry_runs_them_again(
+    settings: Settings, worker: RunningWorker
+) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        refused = await producer.enqueue_job("refuse", {"reason": "bad data"})
+        exhausted = await producer.enqueue_job("flaky", {"key": "always", "failures": 100})
+        for handle in (refused, exhausted):
+            with pytest.raises(JobFailed):
+                await handle.result(timeout=10)
+        down = settings.model_copy(update={"redis_url": SecretStr("")})
+        async with Producer(down, registry=TEST_REGISTRY) as inline_producer:
+            inline = await inline_producer.enqueue_job("refuse", {"reason": "inline too"})
+        pool = await producer.journal.pool()
+
+        shown = await deadletters.show_dead(pool, refused.job_id)
+        assert shown is not None
+        assert shown["error"] == {
+            "type": "PermanentError",
+            "message": "refused: bad data",
+            "kind": "permanent",
+        }
+        assert (shown["job"], shown["mode"], shown["tries"], shown["args"]) == (
+            "refuse",
+            "queued",
+            1,
+            {"reason": "bad data"},
+        )
+        exhausted_row = await deadletters.show_dead(pool, exhausted.job_id)
+        assert exhausted_row is not None
+        assert (exhausted_row["tries"], exhausted_row["error"]["kind"]) == (4, "transient")
+        assert (await producer.status(inline.job_id))["status"] == "dead"
+        assert (await producer.status(refused.job_id))["status"] == "dead"
+
+        env = {**os.environ, "DATABASE_URL": settings.database_url.get_secret_value(), "REDIS_URL": ""}
+        listed = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "worker", "dead", "list"], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        assert refused.job_id in listed.stdout
+        assert inline.job_id in listed.stdout
+
+        runs_before = len(RUNS)
+        retried = await deadletters.retry_dead(pool, producer, [refused.job_id])
+        assert len(retried) == 1
+        await asyncio.sleep(0.5)
+        assert len(RUNS) == runs_before + 1  # it ran again (and failed again: still bad data)
+        assert await deadletters.purge_dead(pool) >= 2
+
+
+async def test_status_everywhere(settings: Settings, worker: RunningWorker) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        done = await producer.enqueue_job("record", {"key": "done"})
+        await done.result(timeout=5)
+        assert (await producer.status(done.job_id))["status"] == "complete"
+        later = await producer.enqueue_job("record", {"key": "later"}, defer_by=60)
+        assert (await producer.status(later.job_id))["status"] == "deferred"
+        running = await producer.enqueue_job("sleepy_long", {"seconds": 1.0})
+        await _until(lambda: any(t for t in worker.service.worker.tasks.values() if not t.done()))
+        assert (await producer.status(running.job_id))["status"] == "in_progress"
+    down = settings.model_copy(update={"redis_url": SecretStr("")})
+    async with Producer(down, registry=TEST_REGISTRY) as producer:
+        inline = await producer.enqueue_job("record", {"key": "inline"})
+        await producer.journal.drain()
+        report = await producer.status(inline.job_id)
+    assert (report["status"], report["mode"], report["result"]) == (
+        "complete",
+        "inline",
+        {"key": "inline", "mode": "inline"},
+    )
+
+
+async def test_sigkilled_workers_jobs_run_again_within_seconds(own_redis: RedisServer) -> None:
+    settings = make_settings(own_redis.url)
+    env = {
+        **os.environ,
+        "REDIS_URL": own_redis.url,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "QUEUE_NAME": settings.queue_name,
+        "LOG_LEVEL": "WARNING",
+        "WORKER_HTTP_PORT": "0",
+        "WORKER_POLL_DELAY": "0.02",
+        "WORKER_MAX_JOBS": "40",
+    }
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "tests.run_worker"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    workers = [spawn(), spawn()]
+    kills: list[float] = []
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            handles = [await producer.enqueue_job("sleepy_long", {"seconds": 0.1}) for _ in range(2000)]
+            for _ in range(3):  # kill one worker mid-stream, three times, replacing it each time
+                await asyncio.sleep(1.0)
+                victim = workers.pop(0)
+                victim.send_signal(signal.SIGKILL)
+                kills.append(time.time())
+                victim.wait()
+                workers.append(spawn())
+            results = [await h.result(timeout=60) for h in handles]
+            infos = [
+                await Job(h.job_id, producer.link.redis, _deserializer=deserialize).result_info()
+                for h in handles
+            ]
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
+    assert results == ["woke"] * 2000  # every job completed
+    rerun = [i for i in infos if i is not None and i.job_try > 1]
+    assert rerun, "no job was caught mid-run by a kill"
+    # Each re-run started after some kill; the gap from the latest kill before it is the recovery time.
+    gaps = [min(i.start_time.timestamp() - k for k in kills if k <= i.start_time.timestamp()) for i in rerun]
+    assert max(gaps) < 30, gaps
+    print(f"\nkill-to-rerun: {len(rerun)} jobs re-run; gap max {max(gaps):.1f}s, min {min(gaps):.1f}s")
