@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog
 from arq.jobs import Job, JobStatus
 
 from worker.journal import Journal
@@ -18,6 +19,8 @@ from worker.serializer import deserialize, error_from_payload
 from worker.spool import PG_DOWN_ERRORS
 
 __all__ = ["job_status"]
+
+log = structlog.get_logger("worker.status")
 
 
 async def job_status(
@@ -31,7 +34,10 @@ async def job_status(
     if link.usable:
         try:
             report = await _redis_status(link, job_id, queue)
-        except REDIS_ERRORS:
+        except REDIS_ERRORS as exc:
+            log.warning(
+                "could not read job status from Redis", job_id=job_id, error=f"{type(exc).__name__}: {exc}"
+            )
             report = {"job_id": job_id, "status": "unknown"}
     if report["status"] in ("failed", "not_found", "unknown") and "dead" in journal_rows:
         row = journal_rows["dead"]
