@@ -34,7 +34,7 @@ async def test_producer_and_worker_work_under_the_readme_acl_and_nothing_more() 
     with RedisServer() as server:
         admin = redis.Redis(host="127.0.0.1", port=server.port)
         for user, rule in _readme_rules().items():
-            admin.execute_command("ACL", "SETUSER", user, *rule.split())
+            admin.execute_command("ACL", "SETUSER", user, *rule.split())  # type: ignore[no-untyped-call]
         admin.close()
         queue = f"arq:queue:acl-{uuid.uuid4().hex[:6]}"
         producer_settings = make_settings(
@@ -75,6 +75,6 @@ async def test_producer_and_worker_work_under_the_readme_acl_and_nothing_more() 
                 ("KEYS", "*"),
             ):
                 with pytest.raises(redis.exceptions.NoPermissionError):
-                    await link.redis.execute_command(*command)
+                    await link.redis.execute_command(*command)  # type: ignore[no-untyped-call]
         finally:
             await link.aclose()
