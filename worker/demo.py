@@ -11,10 +11,14 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 import time
+
+import asyncpg
 
 from settings import Settings, load_settings
 from worker.logs import configure_logging
+from worker.migrate import apply_migrations
 from worker.producer import Producer
 
 __all__ = ["main"]
@@ -35,6 +39,26 @@ async def _enqueue_samples(producer: Producer, label: str) -> None:
         result = await handle.result(timeout=10)
         mode, ran, message = handle.mode, result["mode"], result["message"]
         print(f"    job {handle.job_id[:8]}  mode={mode:<6}  ran {ran}: {message}", flush=True)
+
+
+async def _send_welcome(producer: Producer, label: str) -> None:
+    message = {
+        "to": [{"email": "newcomer@example.com", "name": "Zoë Newcomer"}],
+        "template": "welcome",
+        "context": {"name": "Zoë", "dashboard_url": "https://app.maxbooster.example/dashboard"},
+    }
+    handle = await producer.enqueue_job("send_email", {"message": message})
+    result = await handle.result(timeout=30)
+    outcome = f"{result['status']} through the {result['transport']} transport"
+    print(f"    send_email {handle.job_id[:8]}  mode={handle.mode:<6}  {label}: {outcome}", flush=True)
+
+
+async def _migrate(settings: Settings) -> None:
+    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
 
 
 async def _wait_until_queueing(producer: Producer, timeout: float = 10.0) -> float:
@@ -60,6 +84,7 @@ async def _demo(settings: Settings) -> None:
             "LOG_FORMAT": "console",
             "WORKER_HTTP_PORT": "0",
         }
+        await _migrate(settings)
         _say(f"Started a throwaway Redis at {redis_server.url} and a worker process")
         worker = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -77,10 +102,12 @@ async def _demo(settings: Settings) -> None:
                 await asyncio.sleep(1.0)  # let the worker log its start
                 _say("1. Redis is up: jobs are queued and the worker runs them")
                 await _enqueue_samples(producer, "through Redis")
+                await _send_welcome(producer, "delivered by the worker")
 
                 _say("2. Redis stopped: the same jobs run inline, here, at once")
                 redis_server.stop()
                 await _enqueue_samples(producer, "while Redis is down")
+                await _send_welcome(producer, "delivered inline")
 
                 _say("3. Redis is back: queueing resumes by itself")
                 redis_server.restart()
@@ -92,6 +119,8 @@ async def _demo(settings: Settings) -> None:
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
             await pump
+    mail_dir = Path(settings.email_file_dir).resolve()
+    _say(f"Mail went to {mail_dir} as .eml files (no SendGrid or SMTP configured); open one to read it")
     _say("Demo done. Next: the worker on your configured Redis (Ctrl-C stops it)")
 
 
