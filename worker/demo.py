@@ -11,8 +11,8 @@ import asyncio
 import os
 import signal
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 import asyncpg
 
