@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 
@@ -119,7 +118,7 @@ async def _demo(settings: Settings) -> None:
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
             await pump
-    mail_dir = Path(settings.email_file_dir).resolve()
+    mail_dir = os.path.abspath(settings.email_file_dir)
     _say(f"Mail went to {mail_dir} as .eml files (no SendGrid or SMTP configured); open one to read it")
     _say("Demo done. Next: the worker on your configured Redis (Ctrl-C stops it)")
 
