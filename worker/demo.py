@@ -118,15 +118,15 @@ async def _demo(settings: Settings) -> None:
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
             await pump
-    mail_dir = os.path.abspath(settings.email_file_dir)
-    _say(f"Mail went to {mail_dir} as .eml files (no SendGrid or SMTP configured); open one to read it")
-    _say("Demo done. Next: the worker on your configured Redis (Ctrl-C stops it)")
 
 
 def main() -> int:
     settings = load_settings(log_format="console")
     configure_logging(settings)
     asyncio.run(_demo(settings))
+    mail_dir = os.path.abspath(settings.email_file_dir)
+    _say(f"Mail went to {mail_dir} as .eml files (no SendGrid or SMTP configured); open one to read it")
+    _say("Demo done. Next: the worker on your configured Redis (Ctrl-C stops it)")
     return 0
 
 
