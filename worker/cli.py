@@ -1,4 +1,4 @@
-"""`python -m worker run | enqueue | status | jobs`: the command line for ops and developers."""
+"""`python -m worker run | enqueue | status | jobs | migrate`: the command line for ops and developers."""
 
 from __future__ import annotations
 
@@ -62,6 +62,30 @@ async def _status(settings: Settings, job_id: str) -> int:
     return 0 if report["status"] != "not_found" else 1
 
 
+async def _migrate(settings: Settings) -> int:
+    import asyncpg
+
+    from worker.migrate import apply_migrations
+
+    try:
+        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        sys.stderr.write(
+            f"error: cannot connect to Postgres at {settings.database_url_redacted}: {exc}; "
+            "check DATABASE_URL and that the server is up\n"
+        )
+        return 2
+    try:
+        applied = await apply_migrations(conn)
+    except asyncpg.PostgresError as exc:
+        sys.stderr.write(f"error: migration failed: {type(exc).__name__}: {exc}\n")
+        return 1
+    finally:
+        await conn.close()
+    _print_json({"applied": applied})
+    return 0
+
+
 def _jobs() -> int:
     for definition in REGISTRY:
         _print_json(
@@ -94,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's state, result or error")
     status.add_argument("job_id")
     sub.add_parser("jobs", help="list registered jobs")
+    sub.add_parser("migrate", help="apply pending Postgres migrations and print the versions applied")
     return parser
 
 
@@ -114,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_enqueue(settings, args))
         if args.command == "status":
             return asyncio.run(_status(settings, args.job_id))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
         return _jobs()
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
