@@ -21,7 +21,7 @@ from pydantic_core import PydanticSerializationError
 from jobs.context import JobContext
 from worker.errors import JobValidationError, UnknownJobError
 
-__all__ = ["JobDefinition", "JobFunc", "Registry", "define"]
+__all__ = ["JobDefinition", "JobFunc", "Registry", "Schedule", "define"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -140,10 +140,44 @@ def define(
     )
 
 
-class Registry:
-    """The one list of jobs; duplicate names are refused when it is built."""
+TimeField = int | frozenset[int] | None
 
-    def __init__(self, definitions: Iterable[JobDefinition[Any, Any]]) -> None:
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the worker runs a registered job by itself, with no arguments (UTC, like cron).
+
+    Each field is one value, a set of values, or None for "any"; `weekday` 0 is Monday.
+    """
+
+    job: str
+    month: TimeField = None
+    day: TimeField = None
+    weekday: TimeField = None
+    hour: TimeField = None
+    minute: TimeField = None
+    second: TimeField = 0
+    run_at_startup: bool = False
+
+    @classmethod
+    def every_seconds(cls, job: str, seconds: int) -> Schedule:
+        if not 1 <= seconds <= 60 or 60 % seconds:
+            raise ValueError(f"schedule for {job!r}: {seconds} s does not divide a minute")
+        return cls(job, second=frozenset(range(0, 60, seconds)))
+
+    @classmethod
+    def every_minutes(cls, job: str, minutes: int, *, second: int = 0) -> Schedule:
+        if not 1 <= minutes <= 60 or 60 % minutes:
+            raise ValueError(f"schedule for {job!r}: {minutes} min does not divide an hour")
+        return cls(job, minute=frozenset(range(0, 60, minutes)), second=second)
+
+
+class Registry:
+    """The one list of jobs and their schedules; duplicate names are refused when it is built."""
+
+    def __init__(
+        self, definitions: Iterable[JobDefinition[Any, Any]], *, schedules: Iterable[Schedule] = ()
+    ) -> None:
         self._by_name: dict[str, JobDefinition[Any, Any]] = {}
         self._by_func: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
         for definition in definitions:
@@ -151,6 +185,13 @@ class Registry:
                 raise ValueError(f"duplicate job name {definition.name!r} in the registry")
             self._by_name[definition.name] = definition
             self._by_func[definition.func] = definition
+        self.schedules: tuple[Schedule, ...] = tuple(schedules)
+        for schedule in self.schedules:
+            if schedule.job not in self._by_name:
+                raise ValueError(f"schedule for {schedule.job!r}: no such job in the registry")
+            fields = self._by_name[schedule.job].args_model.model_fields.values()
+            if any(field.is_required() for field in fields):
+                raise ValueError(f"schedule for {schedule.job!r}: a scheduled job cannot need arguments")
 
     def __iter__(self) -> Any:
         return iter(self._by_name.values())
