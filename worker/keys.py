@@ -11,6 +11,11 @@ from arq.constants import (
 )
 
 __all__ = [
+    "analytics_batch_key",
+    "analytics_batch_prefix",
+    "analytics_dead_key",
+    "analytics_events_key",
+    "analytics_inflight_key",
     "health_check_key",
     "in_progress_key",
     "job_key",
@@ -37,3 +42,31 @@ def retry_key(job_id: str) -> str:
 
 def health_check_key(queue: str) -> str:
     return queue + health_check_key_suffix
+
+
+# Analytics event buffer, per queue so a producer and a worker sharing QUEUE_NAME find each
+# other. Our own keys live under `mb:`.
+
+
+def analytics_events_key(queue: str) -> str:
+    """List of JSON chunks of events waiting to be written to Postgres."""
+    return f"mb:analytics:{queue}:events"
+
+
+def analytics_inflight_key(queue: str) -> str:
+    """Sorted set: batch id -> lease deadline (ms) of batches a flush has claimed."""
+    return f"mb:analytics:{queue}:inflight"
+
+
+def analytics_batch_prefix(queue: str) -> str:
+    return f"mb:analytics:{queue}:batch:"
+
+
+def analytics_batch_key(queue: str, batch_id: str) -> str:
+    """List holding the chunks of one claimed batch until its commit is acknowledged."""
+    return analytics_batch_prefix(queue) + batch_id
+
+
+def analytics_dead_key(queue: str) -> str:
+    """List of chunks that could not be decoded or stored, kept for inspection."""
+    return f"mb:analytics:{queue}:dead"
