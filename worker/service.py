@@ -15,25 +15,32 @@ import asyncio
 import contextlib
 import logging
 import signal
+from datetime import UTC
 from typing import Any
 
 import structlog
+from arq.cron import CronJob, cron
 from arq.jobs import deserialize_result
 from arq.utils import poll
 from arq.worker import Function, Retry, Worker, func
 
 from jobs import REGISTRY
+from jobs.analytics.queue import EVENT_QUEUE
 from jobs.deps import Deps
+from jobs.enqueue import ENQUEUE
 from jobs.registry import JobDefinition, Registry
 from settings import Settings
 from worker import keys
 from worker.cache import make_cache
 from worker.errors import JobFailed
+from worker.event_queue import RedisEventQueue
+from worker.migrate import migrate_at_start
+from worker.producer import Producer
 from worker.redis_link import REDIS_DOWN_ERRORS, RedisLink
 from worker.runner import JobRunner
 from worker.serializer import deserialize, error_from_payload, serialize
 
-__all__ = ["JobWorker", "WorkerService", "arq_functions", "run_worker"]
+__all__ = ["JobWorker", "WorkerService", "arq_cron_jobs", "arq_functions", "run_worker"]
 
 log = structlog.get_logger("worker.service")
 
@@ -71,6 +78,34 @@ def arq_functions(registry: Registry, runner_settings: Settings) -> list[Functio
             func(_entry_for(definition), name=definition.name, timeout=timeout, max_tries=max_tries)
         )
     return functions
+
+
+def _arq_field(value: int | frozenset[int] | None) -> int | set[int] | None:
+    return set(value) if isinstance(value, frozenset) else value
+
+
+def arq_cron_jobs(registry: Registry, runner_settings: Settings) -> list[CronJob]:
+    """The registry's schedules as arq cron jobs (named `cron:<job>`, one run per tick per fleet)."""
+    jobs = []
+    for schedule in registry.schedules:
+        definition = registry.get(schedule.job)
+        jobs.append(
+            cron(
+                _entry_for(definition),
+                name=f"cron:{definition.name}",
+                month=_arq_field(schedule.month),
+                day=_arq_field(schedule.day),
+                weekday=_arq_field(schedule.weekday),
+                hour=_arq_field(schedule.hour),
+                minute=_arq_field(schedule.minute),
+                second=_arq_field(schedule.second),
+                microsecond=0,
+                run_at_startup=schedule.run_at_startup,
+                timeout=(definition.timeout or runner_settings.job_timeout) + _ARQ_TIMEOUT_SLACK_S,
+                max_tries=definition.max_tries or runner_settings.job_max_tries,
+            )
+        )
+    return jobs
 
 
 class _QuietArqFailures(logging.Filter):
@@ -206,9 +241,15 @@ class WorkerService:
         self.link = RedisLink(settings, role="worker", socket_timeout=settings.worker_redis_socket_timeout)
         self.deps = Deps(settings, cache=make_cache(settings))
         self.runner = JobRunner(settings, self.deps)
+        # Jobs queue follow-up jobs (emails) through a producer, inline while Redis is down.
+        self.producer = Producer(settings, registry=registry)
+        self.deps.provide(ENQUEUE, self.producer.enqueue_by_name)
+        self.deps.provide(EVENT_QUEUE, RedisEventQueue(self.link, settings))
         self.worker = JobWorker(
             link=self.link,
             functions=arq_functions(registry, settings),
+            cron_jobs=arq_cron_jobs(registry, settings),
+            timezone=UTC,
             queue_name=settings.queue_name,
             redis_pool=self.link.redis,
             burst=burst,
@@ -234,9 +275,12 @@ class WorkerService:
         logging.getLogger("arq.worker").addFilter(_QuietArqFailures())
         await self.link.start()
         try:
+            await migrate_at_start(self.settings)
+            await self.producer.start()
             if not self.link.usable:
                 await self.link.wait_until_up()
-            await self.worker.async_run()
+            if not self.worker.stopping:  # a stop requested during start-up
+                await self.worker.async_run()
         except asyncio.CancelledError:
             if not self.worker.stopping:
                 raise
@@ -249,6 +293,7 @@ class WorkerService:
         with contextlib.suppress(*REDIS_DOWN_ERRORS):
             await self.link.redis.delete(keys.health_check_key(self.settings.queue_name))
         await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
+        await self.producer.close()
         await self.deps.aclose()
         await self.link.aclose()
         log.info(
