@@ -179,7 +179,7 @@ async def write_daily_series(
     pool: asyncpg.Pool,
     *,
     artist: str,
-    track: str,
+    track: str | None,
     daily: dict[date, int],
     event_type: str = "stream",
     source: str = "spotify",
