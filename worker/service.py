@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from datetime import UTC
@@ -85,10 +86,14 @@ def _arq_field(value: int | frozenset[int] | None) -> int | set[int] | None:
 
 
 def arq_cron_jobs(registry: Registry, runner_settings: Settings) -> list[CronJob]:
-    """The registry's schedules as arq cron jobs (named `cron:<job>`, one run per tick per fleet)."""
+    """The registry's schedules as arq cron jobs (named `cron:<job>`, one run per tick per fleet).
+
+    A scheduled run gets one try: arq holds a finished cron job's lock for a minute, so a retry
+    would wait that long anyway, and the next tick is the retry.
+    """
     jobs = []
     for schedule in registry.schedules:
-        definition = registry.get(schedule.job)
+        definition = dataclasses.replace(registry.get(schedule.job), max_tries=1)
         jobs.append(
             cron(
                 _entry_for(definition),
@@ -102,7 +107,7 @@ def arq_cron_jobs(registry: Registry, runner_settings: Settings) -> list[CronJob
                 microsecond=0,
                 run_at_startup=schedule.run_at_startup,
                 timeout=(definition.timeout or runner_settings.job_timeout) + _ARQ_TIMEOUT_SLACK_S,
-                max_tries=definition.max_tries or runner_settings.job_max_tries,
+                max_tries=1,
             )
         )
     return jobs
@@ -290,8 +295,11 @@ class WorkerService:
 
     async def _shutdown(self) -> None:
         self.worker.stopping = True
+        # Bounded: arq cancels its poll loop mid-command on stop (a cron enqueue, say), which can
+        # leave a pooled connection waiting on a reply that never comes.
         with contextlib.suppress(*REDIS_DOWN_ERRORS):
-            await self.link.redis.delete(keys.health_check_key(self.settings.queue_name))
+            async with asyncio.timeout(1.0):
+                await self.link.redis.delete(keys.health_check_key(self.settings.queue_name))
         await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
         await self.producer.close()
         await self.deps.aclose()
