@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import orjson
@@ -31,6 +31,12 @@ from worker.redis_link import RedisLink
 __all__ = ["clean_analytics"]  # fixture used by name below
 
 # Only statements of the flush, only in this test's database.
+_SLOW_FLUSH = """
+CREATE FUNCTION test_slow_flush() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$;
+CREATE TRIGGER test_slow_flush BEFORE INSERT ON analytics_dirty_days
+FOR EACH STATEMENT EXECUTE FUNCTION test_slow_flush();
+"""
 _TERMINATE_FLUSHES = """
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
@@ -59,31 +65,44 @@ def _log_events(log_output: io.StringIO, event: str) -> list[dict[str, object]]:
     return [line for line in lines if line.get("event") == event]
 
 
+@pytest.fixture
+async def slow_flush(clean_analytics: str) -> AsyncIterator[str]:
+    """Each flush transaction lingers 30 ms in its INSERT, as on a slow disk, so a termination
+    reliably lands in the middle of one."""
+    conn = await asyncpg.connect(clean_analytics)
+    try:
+        await conn.execute(_SLOW_FLUSH)
+        yield clean_analytics
+    finally:
+        await conn.execute(
+            "DROP TRIGGER IF EXISTS test_slow_flush ON analytics_dirty_days;"
+            " DROP FUNCTION IF EXISTS test_slow_flush()"
+        )
+        await conn.close()
+
+
 async def test_flush_connection_terminated_mid_batch_loses_and_duplicates_nothing(
-    redis_server: RedisServer, clean_analytics: str, log_output: io.StringIO
+    redis_server: RedisServer, slow_flush: str, log_output: io.StringIO
 ) -> None:
     # Small batches: many flush transactions for the terminations to land in.
-    settings = analytics_settings(redis_server.url, clean_analytics, analytics_batch_bytes=32 * 1024)
-    killer = await asyncpg.connect(clean_analytics)
+    settings = analytics_settings(redis_server.url, slow_flush, analytics_batch_bytes=32 * 1024)
+    killer = await asyncpg.connect(slow_flush)
     terminated = 0
-    sent = 0
     worker = await start_analytics_worker(settings)
     try:
         async with Producer(settings, registry=TEST_ANALYTICS_REGISTRY) as producer:
-            for i in range(200):
+            for i in range(10):
                 await producer.track_events(make_events(1000, prefix=f"term-{i}"))
-                sent += 1000
-                for _ in range(20):
-                    terminated += await killer.fetchval(_TERMINATE_FLUSHES)
-                    await asyncio.sleep(0.002)
-                if terminated >= 3:
-                    break
-            await wait_until(lambda: _count_is(clean_analytics, "term", sent), timeout=20)
+            while terminated < 3:
+                terminated += await killer.fetchval(_TERMINATE_FLUSHES)
+                await asyncio.sleep(0.005)
+            await wait_until(lambda: _count_is(slow_flush, "term", 10_000), timeout=20)
     finally:
         await worker.stop()
         await killer.close()
-    assert terminated >= 3
-    assert any(line.get("outcome") == "retry" for line in _log_events(log_output, "job finished"))
+    # Each terminated flush failed as transient (the next tick is its retry) and gave its batch back.
+    cut_short = [line for line in _log_events(log_output, "job finished") if line.get("kind") == "transient"]
+    assert len(cut_short) >= 3
 
 
 async def test_postgres_briefly_gone_loses_and_duplicates_nothing(
@@ -111,8 +130,8 @@ async def test_postgres_briefly_gone_loses_and_duplicates_nothing(
     finally:
         await worker.stop()
     assert await count_events(pg_server.url, "gone") == 15_000
-    outcomes = {line.get("outcome") for line in _log_events(log_output, "job finished")}
-    assert {"retry", "complete"} <= outcomes
+    outcomes = {(line.get("outcome"), line.get("kind")) for line in _log_events(log_output, "job finished")}
+    assert {("failed", "transient"), ("retry", None), ("complete", None)} <= outcomes
 
 
 async def test_batch_of_a_dead_flusher_is_recovered_after_its_lease(
