@@ -6,6 +6,7 @@ and when the same events are sent twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,12 +90,18 @@ async def test_every_event_is_stored_once_through_redis(
             for i in range(0, len(events), 2000):
                 assert (await producer.track_events(events[i : i + 2000])).stored_in == "redis"
             await producer.track_events(events[:3000])  # a retried request: the same ids again
-            for i in range(50):
-                await producer.track_event(
-                    type="stream", artist_id="a1", track_id="t1", source="web", event_id=f"up-one-{i}"
+            # One event per call, from many concurrent callers (web requests): they share pushes.
+            ids = await asyncio.gather(
+                *(
+                    producer.track_event(
+                        type="stream", artist_id="a1", track_id="t1", source="web", event_id=f"up-one-{i}"
+                    )
+                    for i in range(500)
                 )
-            await wait_until(lambda: _count_is(clean_analytics, "up", 20_050), what="all events stored")
-            assert producer.events.stats["to_redis"] == 23_050
+            )
+            assert sorted(ids) == sorted(f"up-one-{i}" for i in range(500))
+            await wait_until(lambda: _count_is(clean_analytics, "up", 20_500), what="all events stored")
+            assert producer.events.stats["to_redis"] == 23_500
     finally:
         await worker.stop()
     assert Counter(await stored_ids(clean_analytics, "up")).most_common(1)[0][1] == 1

@@ -55,6 +55,9 @@ class MemoryEventBuffer:
 
     async def put(self, chunks: Sequence[bytes], counts: Sequence[int], *, timeout: float) -> bool:
         """Append all of `chunks`, waiting up to `timeout` s for room; False if there was none."""
+        # Exact-size copies: orjson's output keeps its growth buffer (up to ~2.5x its length),
+        # which would make the byte bound a fiction.
+        chunks = [memoryview(chunk).tobytes() for chunk in chunks]
         size = sum(len(chunk) for chunk in chunks)
         async with self._room:
             try:

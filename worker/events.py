@@ -1,8 +1,9 @@
 """Analytics ingestion at the producer: `Producer.track_event(s)` land here.
 
 Events are validated (a bad one is refused with a reason and counted; the rest go on), encoded
-into JSON chunks and appended to a Redis list in one round trip per call. The worker's flush
-job, every second, moves them into Postgres in batches. No job is queued per event.
+into JSON chunks and appended to a Redis list, concurrent calls sharing a round trip. The
+worker's flush job, every second, moves them into Postgres in batches. No job is queued per
+event.
 
 While Redis is unusable the chunks go to a bounded in-process buffer instead. A background
 drainer empties it: to Redis as soon as Redis answers again, else straight into Postgres by
@@ -42,6 +43,7 @@ from settings import Settings
 from worker import keys
 from worker.errors import EnqueueError, JobValidationError
 from worker.event_buffer import MemoryEventBuffer
+from worker.event_push import GroupPusher
 from worker.redis_link import NotSent, RedisLink, ReplyLost
 from worker.runner import JobRunner
 
@@ -92,6 +94,7 @@ class EventIngest:
         self._drainer: asyncio.Task[None] | None = None
         self._closing = False
         self._last_trigger = 0.0
+        self._pusher = GroupPusher(link, self._key, self._pushed)
 
     # -- accepting events ------------------------------------------------------------------------
 
@@ -137,19 +140,14 @@ class EventIngest:
         return str(event["event_id"])
 
     async def _store(self, chunks: list[bytes], events: int) -> StoredIn:
-        if self._link.usable:
-            try:
-                length = await self._link.list_push(self._key, chunks)
-            except NotSent:
-                pass
-            except ReplyLost:
-                log.warning("analytics push reply lost; keeping the events in memory too", events=events)
-            else:
-                self.stats["to_redis"] += events
-                await self._maybe_trigger_flush(length)
-                return "redis"
+        if self._link.usable and await self._pusher.push(chunks, events):
+            return "redis"
         await self._buffer(chunks, events)
         return "memory"
+
+    async def _pushed(self, events: int, length: int) -> None:
+        self.stats["to_redis"] += events
+        await self._maybe_trigger_flush(length)
 
     async def _buffer(self, chunks: list[bytes], events: int) -> None:
         size = sum(len(chunk) for chunk in chunks)
@@ -241,6 +239,7 @@ class EventIngest:
 
     async def close(self) -> None:
         """Empty the in-process buffer (to Redis or Postgres); raise if events remain."""
+        await self._pusher.aclose()
         self._closing = True
         self._wake.set()
         if self._drainer is None and not self.buffer.empty:
