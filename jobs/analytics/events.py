@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 import orjson
 from pydantic import (
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 EventType = Literal["play", "stream", "page_view", "link_click", "social_engagement", "sale"]
-EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 # Events that are about one track and make no sense without it.
 _TRACK_EVENTS = frozenset({"play", "stream"})
 
