@@ -21,7 +21,8 @@ from worker.errors import PermanentError
 
 __all__ = ["ENQUEUE", "Enqueue", "EnqueueOutcome"]
 
-EnqueueOutcome = Literal["queued", "duplicate", "inline"]
+# "spooled": held in a durable spool for later queueing, where the owner has one.
+EnqueueOutcome = Literal["queued", "duplicate", "inline", "spooled"]
 
 
 class Enqueue(Protocol):

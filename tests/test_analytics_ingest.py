@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from devservices.redis import RedisServer
+from jobs import Registry
 from tests.analytics_fixtures import (
     TEST_ANALYTICS_REGISTRY,
     analytics_settings,
@@ -25,9 +26,11 @@ from tests.analytics_fixtures import (
     stored_ids,
     wait_until,
 )
+from tests.conftest import RunningWorker
 from worker.errors import JobValidationError
 from worker.events import EventBufferFull, EventsNotDelivered, InvalidEvent
 from worker.producer import Producer
+from worker.service import WorkerService
 
 __all__ = ["clean_analytics", "own_redis"]  # fixtures used by name below
 
@@ -105,6 +108,22 @@ async def test_every_event_is_stored_once_through_redis(
     finally:
         await worker.stop()
     assert Counter(await stored_ids(clean_analytics, "up")).most_common(1)[0][1] == 1
+
+
+async def test_a_large_backlog_queues_a_flush_without_waiting_for_the_schedule(
+    redis_server: RedisServer, clean_analytics: str
+) -> None:
+    settings = analytics_settings(redis_server.url, clean_analytics, analytics_flush_trigger_events=5000)
+    unscheduled = Registry(list(TEST_ANALYTICS_REGISTRY))  # the same jobs, no flush every second
+    service = WorkerService(settings, registry=unscheduled, handle_signals=False)
+    worker = RunningWorker(service, asyncio.create_task(service.run()))
+    try:
+        async with Producer(settings, registry=unscheduled) as producer:
+            for i in range(10):
+                await producer.track_events(make_events(1000, prefix=f"trigger-{i}"))
+            await wait_until(lambda: _count_is(clean_analytics, "trigger", 10_000), timeout=10)
+    finally:
+        await worker.stop()
 
 
 async def test_every_event_is_stored_once_while_redis_is_down(clean_analytics: str) -> None:

@@ -253,7 +253,8 @@ class WorkerService:
         self.worker = JobWorker(
             link=self.link,
             functions=arq_functions(registry, settings),
-            cron_jobs=arq_cron_jobs(registry, settings),
+            # A burst run drains the queue and exits; schedules would keep refilling it.
+            cron_jobs=[] if burst else arq_cron_jobs(registry, settings),
             timezone=UTC,
             queue_name=settings.queue_name,
             redis_pool=self.link.redis,
