@@ -188,7 +188,7 @@ async def _generate(pool: asyncpg.Pool) -> None:
             track=track or None,
             daily=daily,
             event_type=event_type,
-            seed=i,  # type: ignore[arg-type]
+            seed=i,
         )
     await pool.executemany(
         "INSERT INTO analytics_contacts (artist_id, email, name, anomaly_alerts) VALUES ($1, $2, $3, $4)",
