@@ -36,8 +36,8 @@ __all__ = [
     "clean_analytics",
     "count_events",
     "make_events",
-    "own_postgres",
     "own_redis",
+    "pg_server",
     "start_analytics_worker",
     "stored_ids",
     "wait_until",
@@ -108,8 +108,8 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[str]:
-    """A migrated database on a PostgreSQL server this test may stop and restart."""
+def pg_server() -> Iterator[PostgresServer]:
+    """A migrated PostgreSQL server of this test's own, which it may stop and restart."""
     with PostgresServer() as server:
 
         async def migrate() -> None:
@@ -120,7 +120,7 @@ def own_postgres() -> Iterator[str]:
                 await conn.close()
 
         asyncio.run(migrate())
-        yield server.url
+        yield server
 
 
 async def start_analytics_worker(settings: Settings) -> RunningWorker:

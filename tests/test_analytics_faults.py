@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import orjson
@@ -20,44 +20,28 @@ from tests.analytics_fixtures import (
     clean_analytics,
     count_events,
     make_events,
+    pg_server,
     start_analytics_worker,
     wait_until,
 )
 from worker.event_queue import RedisEventQueue
-from worker.migrate import apply_migrations
 from worker.producer import Producer
 from worker.redis_link import RedisLink
 
-__all__ = ["clean_analytics"]  # fixture used by name below
+__all__ = ["clean_analytics", "pg_server"]  # fixtures used by name below
 
-# Only statements of the flush, only in this test's database.
 _SLOW_FLUSH = """
 CREATE FUNCTION test_slow_flush() RETURNS trigger LANGUAGE plpgsql AS
 $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$;
 CREATE TRIGGER test_slow_flush BEFORE INSERT ON analytics_dirty_days
 FOR EACH STATEMENT EXECUTE FUNCTION test_slow_flush();
 """
+# Only statements of the flush, only in this test's database.
 _TERMINATE_FLUSHES = """
 SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
   AND query LIKE '%analytics_events_staging%'
 """
-
-
-@pytest.fixture
-def pg_server() -> Iterator[PostgresServer]:
-    """A migrated PostgreSQL server this test may stop and restart."""
-    with PostgresServer() as server:
-
-        async def migrate() -> None:
-            conn = await asyncpg.connect(server.url)
-            try:
-                await apply_migrations(conn)
-            finally:
-                await conn.close()
-
-        asyncio.run(migrate())
-        yield server
 
 
 def _log_events(log_output: io.StringIO, event: str) -> list[dict[str, object]]:
