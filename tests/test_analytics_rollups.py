@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from jobs.analytics import detect_analytics_anomalies, rollup_analytics
 from jobs.analytics.anomaly import DetectorConfig, scan_series
 from jobs.analytics.events import ROW_COLUMNS
+from jobs.analytics.rollup import rollup_days
 from jobs.analytics.store import write_rows
 from settings import Settings
 from tests.analytics_fixtures import (
@@ -165,6 +167,35 @@ async def test_rollup_matches_the_raw_events_and_running_it_twice_changes_nothin
         await write_rows(pool, [_row("late-1", "stream", "ar-1", "t-0", d1, quantity=5), rows[1]])
         late = await (await producer.enqueue(rollup_analytics)).result()
         assert (late["days"], late["rows_changed"]) == ([d1.isoformat()], 1)
+
+
+async def test_rollups_racing_with_flushes_end_with_totals_that_match_the_events(
+    pool: asyncpg.Pool, clean_analytics: str
+) -> None:
+    # A flush that commits while a rollup recomputes its day must leave the day marked.
+    day = date(2025, 3, 12)
+    writing = True
+
+    async def flushes() -> None:
+        nonlocal writing
+        for i in range(150):
+            await write_rows(pool, [_row(f"race-{i}-{j}", "stream", "ar-9", "t-1", day) for j in range(20)])
+        writing = False
+
+    async with asyncpg.create_pool(clean_analytics, min_size=2, max_size=2) as roll_pool:
+        _, runs = await asyncio.gather(flushes(), _rollups_on(roll_pool, lambda: writing))
+        await rollup_days(roll_pool)
+    assert runs > 5
+    assert await pool.fetchval("SELECT sum(quantity) FROM analytics_daily WHERE day = $1", day) == 150 * 20
+    assert await pool.fetchval("SELECT count(*) FROM analytics_dirty_days") == 0
+
+
+async def _rollups_on(pool: asyncpg.Pool, busy: Callable[[], bool]) -> int:
+    runs = 0
+    while busy():
+        await rollup_days(pool)
+        runs += 1
+    return runs
 
 
 # --- detection on a generated data set ---------------------------------------------------------

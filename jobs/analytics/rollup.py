@@ -4,6 +4,11 @@ A day's totals are always computed from all of that day's events and written wit
 that replaces the old figures, so running the rollup twice gives the same numbers. Which days
 to recompute comes from `analytics_dirty_days`, marked by every flush that stored an event of
 that day (late events included).
+
+Each day is one statement (one snapshot), with no lock held that a flush would wait for. A
+day's mark is then deleted only if its version is unchanged: a flush that committed meanwhile
+bumped it, so the day stays marked for the next run. Runs are serialized by an advisory lock,
+so an older snapshot never overwrites a newer day's totals.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ from jobs.deps import POSTGRES
 
 __all__ = ["day_bounds", "rollup_analytics", "rollup_days"]
 
-# Rollups run one at a time: an older snapshot must never overwrite a newer day's totals.
 _ROLLUP_LOCK = 0x4D42_414E  # "MBAN"
 
-_TAKE_DIRTY = "DELETE FROM analytics_dirty_days RETURNING day"
-_CLEAR_DIRTY = "DELETE FROM analytics_dirty_days WHERE day = ANY($1::date[])"
+_MARKS = "SELECT day, version FROM analytics_dirty_days"
+_CLEAR_MARK = "DELETE FROM analytics_dirty_days WHERE day = $1 AND version = $2"
 _UPSERT_DAY = """
 INSERT INTO analytics_daily AS d (
     day, artist_id, track_id, source, event_type, events, quantity, amount_cents, updated_at
@@ -50,16 +54,19 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 async def rollup_days(pool: asyncpg.Pool, days: Sequence[date] | None = None) -> tuple[list[date], int]:
     """Recompute `days` (default: the marked ones); return the days and the rows changed."""
     changed = 0
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _ROLLUP_LOCK)
-        if days is None:
-            todo = sorted(row["day"] for row in await conn.fetch(_TAKE_DIRTY))
-        else:
-            todo = sorted(set(days))
-            await conn.execute(_CLEAR_DIRTY, todo)
-        for day in todo:
-            status = await conn.execute(_UPSERT_DAY, day, *day_bounds(day))
-            changed += int(status.rsplit(" ", 1)[-1])
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _ROLLUP_LOCK)
+        try:
+            marks = {row["day"]: row["version"] for row in await conn.fetch(_MARKS)}
+            todo = sorted(marks if days is None else set(days))
+            for day in todo:
+                status = await conn.execute(_UPSERT_DAY, day, *day_bounds(day))
+                changed += int(status.rsplit(" ", 1)[-1])
+                if day in marks:
+                    await conn.execute(_CLEAR_MARK, day, marks[day])
+        finally:
+            # If this fails the pool's reset on release unlocks (pg_advisory_unlock_all).
+            await conn.execute("SELECT pg_advisory_unlock($1)", _ROLLUP_LOCK)
     return todo, changed
 
 

@@ -28,8 +28,8 @@ CREATE TEMP TABLE IF NOT EXISTS analytics_events_staging (
     occurred_us bigint, quantity integer, amount_cents bigint, properties text
 ) ON COMMIT DELETE ROWS
 """
-# Days are marked with DO UPDATE, not DO NOTHING: the row lock makes a concurrent rollup that
-# clears the mark wait for this commit, so no stored event is left out of a day's totals.
+# A day already marked gets its version bumped, so a rollup that read the mark before this
+# commit leaves it in place and the day is recomputed again: no event is left out of a total.
 _MERGE = """
 WITH inserted AS (
     INSERT INTO analytics_events (
@@ -44,7 +44,8 @@ WITH inserted AS (
 ), marked AS (
     INSERT INTO analytics_dirty_days (day)
     SELECT DISTINCT (occurred_at AT TIME ZONE 'UTC')::date FROM inserted ORDER BY 1
-    ON CONFLICT (day) DO UPDATE SET marked_at = now()
+    ON CONFLICT (day) DO UPDATE
+    SET version = analytics_dirty_days.version + 1, marked_at = now()
 )
 SELECT count(*) FROM inserted
 """

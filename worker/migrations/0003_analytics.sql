@@ -19,9 +19,11 @@ CREATE TABLE analytics_events (
 -- cost per insert (a btree here would slow ingestion down).
 CREATE INDEX analytics_events_occurred_at_brin ON analytics_events USING brin (occurred_at);
 
--- Marked in the same transaction that stores a day's events; the rollup recomputes and clears.
+-- Marked in the same transaction that stores a day's events; the rollup recomputes the day and
+-- clears the mark only if its version is still the one it read before recomputing.
 CREATE TABLE analytics_dirty_days (
     day       date PRIMARY KEY,
+    version   bigint NOT NULL DEFAULT 1,
     marked_at timestamptz NOT NULL DEFAULT now()
 );
 
