@@ -13,6 +13,11 @@ At-least-once: if the enqueue command went out but the reply was lost (a blackho
 we cannot know whether the job landed. We run it inline (the caller never waits on a dead
 Redis) and, once Redis answers, withdraw the queued copy if no worker has started it. A worker
 may start it first; jobs are idempotent by job id, so the effect still happens once.
+
+Analytics events take another road, with no job per event (see `worker.events`):
+
+    await producer.track_event(type="stream", artist_id="a1", track_id="t1", source="spotify")
+    result = await producer.track_events(events)  # accepted / refused counts, with reasons
 """
 
 from __future__ import annotations
