@@ -143,6 +143,30 @@ class Settings(BaseSettings):
     ai_cache_ttl: float = Field(7 * 86400.0, ge=0, le=30 * 86400)  # 0 = no caching
     ai_max_output_retries: int = Field(2, ge=0, le=10)  # re-asks after invalid model output
 
+    # Analytics ingestion: events travel to Postgres in JSON chunks, through a Redis list while
+    # Redis is up and a bounded in-process buffer while it is down.
+    analytics_chunk_events: int = Field(500, ge=1, le=10_000)
+    analytics_batch_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    analytics_flush_max_s: float = Field(5.0, gt=0, le=3600)
+    analytics_flush_lease_s: float = Field(60.0, gt=0, le=86400)
+    analytics_flush_trigger_events: int = Field(100_000, ge=1)
+    analytics_buffer_max_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    analytics_buffer_full_timeout_s: float = Field(5.0, ge=0, le=3600)
+    analytics_buffer_flush_interval_s: float = Field(1.0, gt=0, le=3600)
+    analytics_close_timeout_s: float = Field(10.0, ge=0, le=3600)
+    # Analytics validation, at the producer.
+    analytics_max_events_per_call: int = Field(10_000, ge=1, le=1_000_000)
+    analytics_max_event_age_s: float = Field(7 * 86400.0, gt=0)
+    analytics_max_clock_skew_s: float = Field(300.0, ge=0, le=86400)
+    analytics_max_properties_bytes: int = Field(2048, ge=2, le=64 * 1024)
+    # Anomaly detection on daily totals (robust z-score: median and MAD, weekday-adjusted).
+    analytics_anomaly_history_days: int = Field(28, ge=7, le=366)
+    analytics_anomaly_min_history_days: int = Field(14, ge=7, le=366)
+    analytics_anomaly_scan_days: int = Field(3, ge=1, le=60)
+    analytics_anomaly_threshold: float = Field(4.0, gt=0, le=100)
+    analytics_anomaly_min_change: float = Field(0.5, ge=0, le=100)
+    analytics_anomaly_min_volume: int = Field(20, ge=0)
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, v: SecretStr) -> SecretStr:

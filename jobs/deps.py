@@ -2,7 +2,8 @@
 
 A job family declares each resource it needs as a `Resource` (a name, an async factory and
 an async closer) in its own module; `Deps.get(resource)` builds it on first use and
-`open_deps()` closes whatever was built. The worker and the inline runner both use
+`open_deps()` closes whatever was built. The owning process may `provide()` a resource it
+built itself (and closes itself). The worker and the inline runner both use
 `open_deps`, so a job sees the same kind of objects in both modes.
 """
 
@@ -66,6 +67,16 @@ class Deps:
                 self._built[resource.name] = await resource.create(self.settings)
                 self._order.append(resource)
         return cast(T, self._built[resource.name])
+
+    def provide(self, resource: Resource[T], value: T) -> None:
+        """Hand in a resource the owning process built (worker or producer); it also closes it.
+
+        This is how jobs reach what only the owner can make, such as its Redis-backed queues,
+        without importing the worker.
+        """
+        if resource.name in self._built:
+            raise RuntimeError(f"resource {resource.name!r} is already built or provided")
+        self._built[resource.name] = value
 
     async def aclose(self) -> None:
         self._closed = True

@@ -22,7 +22,7 @@ from jobs.context import JobContext
 from settings import Settings
 from worker.errors import JobValidationError, UnknownJobError
 
-__all__ = ["Fallback", "JobDefinition", "JobFunc", "Precheck", "Registry", "define"]
+__all__ = ["Fallback", "JobDefinition", "JobFunc", "Precheck", "Registry", "Schedule", "define"]
 
 P = ParamSpec("P")
 Fallback = Literal["inline", "spool", "reject"]
@@ -164,10 +164,44 @@ def define(
     )
 
 
-class Registry:
-    """The one list of jobs; duplicate names are refused when it is built."""
+TimeField = int | frozenset[int] | None
 
-    def __init__(self, definitions: Iterable[JobDefinition[Any, Any]]) -> None:
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the worker runs a registered job by itself, with no arguments (UTC, like cron).
+
+    Each field is one value, a set of values, or None for "any"; `weekday` 0 is Monday.
+    """
+
+    job: str
+    month: TimeField = None
+    day: TimeField = None
+    weekday: TimeField = None
+    hour: TimeField = None
+    minute: TimeField = None
+    second: TimeField = 0
+    run_at_startup: bool = False
+
+    @classmethod
+    def every_seconds(cls, job: str, seconds: int) -> Schedule:
+        if not 1 <= seconds <= 60 or 60 % seconds:
+            raise ValueError(f"schedule for {job!r}: {seconds} s does not divide a minute")
+        return cls(job, second=frozenset(range(0, 60, seconds)))
+
+    @classmethod
+    def every_minutes(cls, job: str, minutes: int, *, second: int = 0) -> Schedule:
+        if not 1 <= minutes <= 60 or 60 % minutes:
+            raise ValueError(f"schedule for {job!r}: {minutes} min does not divide an hour")
+        return cls(job, minute=frozenset(range(0, 60, minutes)), second=second)
+
+
+class Registry:
+    """The one list of jobs and their schedules; duplicate names are refused when it is built."""
+
+    def __init__(
+        self, definitions: Iterable[JobDefinition[Any, Any]], *, schedules: Iterable[Schedule] = ()
+    ) -> None:
         self._by_name: dict[str, JobDefinition[Any, Any]] = {}
         self._by_func: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
         for definition in definitions:
@@ -176,6 +210,13 @@ class Registry:
             self._by_name[definition.name] = definition
             # A coroutine registered under several names is found by function as its first name.
             self._by_func.setdefault(definition.func, definition)
+        self.schedules: tuple[Schedule, ...] = tuple(schedules)
+        for schedule in self.schedules:
+            if schedule.job not in self._by_name:
+                raise ValueError(f"schedule for {schedule.job!r}: no such job in the registry")
+            fields = self._by_name[schedule.job].args_model.model_fields.values()
+            if any(field.is_required() for field in fields):
+                raise ValueError(f"schedule for {schedule.job!r}: a scheduled job cannot need arguments")
 
     def __iter__(self) -> Any:
         return iter(self._by_name.values())

@@ -1,4 +1,4 @@
-"""`python -m worker run | enqueue | status | jobs`: the command line for ops and developers."""
+"""`python -m worker run | enqueue | status | jobs | migrate`: the command line for ops and developers."""
 
 from __future__ import annotations
 
@@ -116,9 +116,19 @@ async def _migrate(settings: Settings) -> int:
 
     from worker.migrate import apply_migrations
 
-    conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    try:
+        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        sys.stderr.write(
+            f"error: cannot connect to Postgres at {settings.database_url_redacted}: {exc}; "
+            "check DATABASE_URL and that the server is up\n"
+        )
+        return 2
     try:
         applied = await apply_migrations(conn)
+    except asyncpg.PostgresError as exc:
+        sys.stderr.write(f"error: migration failed: {type(exc).__name__}: {exc}\n")
+        return 1
     finally:
         await conn.close()
     _print_json({"applied": applied})
@@ -167,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     dead_retry.add_argument("--all", action="store_true", help="every dead letter")
     dead_purge = dead_sub.add_parser("purge", help="delete dead letters")
     dead_purge.add_argument("--older-than-days", type=float, default=None)
-    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("migrate", help="apply pending Postgres migrations and print the versions applied")
     doctor = sub.add_parser(
         "doctor", help="check Redis, Postgres, email and AI; say what works and how to fix"
     )

@@ -14,6 +14,11 @@ __all__ = [
     "CACHE_PREFIX",
     "IN_PROGRESS_PATTERN",
     "WORKER_STATS_PATTERN",
+    "analytics_batch_key",
+    "analytics_batch_prefix",
+    "analytics_dead_key",
+    "analytics_events_key",
+    "analytics_inflight_key",
     "cache_key",
     "health_check_key",
     "in_progress_key",
@@ -62,3 +67,31 @@ def worker_stats_key(worker_id: str) -> str:
 
 
 IN_PROGRESS_PATTERN = in_progress_key_prefix + "*"
+
+
+# Analytics event buffer, per queue so a producer and a worker sharing QUEUE_NAME find each
+# other. Our own keys live under `mb:`.
+
+
+def analytics_events_key(queue: str) -> str:
+    """List of JSON chunks of events waiting to be written to Postgres."""
+    return f"mb:analytics:{queue}:events"
+
+
+def analytics_inflight_key(queue: str) -> str:
+    """Sorted set: batch id -> lease deadline (ms) of batches a flush has claimed."""
+    return f"mb:analytics:{queue}:inflight"
+
+
+def analytics_batch_prefix(queue: str) -> str:
+    return f"mb:analytics:{queue}:batch:"
+
+
+def analytics_batch_key(queue: str, batch_id: str) -> str:
+    """List holding the chunks of one claimed batch until its commit is acknowledged."""
+    return analytics_batch_prefix(queue) + batch_id
+
+
+def analytics_dead_key(queue: str) -> str:
+    """List of chunks that could not be decoded or stored, kept for inspection."""
+    return f"mb:analytics:{queue}:dead"

@@ -6,19 +6,32 @@ own transaction and is recorded in `schema_migrations`. Applying is idempotent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import structlog
 
-__all__ = ["MIGRATIONS_DIR", "Migration", "apply_migrations", "available_migrations", "pending_migrations"]
+from settings import Settings
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "Migration",
+    "apply_migrations",
+    "available_migrations",
+    "migrate_at_start",
+    "pending_migrations",
+]
 
 log = structlog.get_logger("worker.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # An arbitrary constant that identifies "our schema" among advisory locks.
 _LOCK_KEY = 0x4D42_4A4F  # "MBJO"
+# Bounds the whole start-up step (connect, wait for another worker's lock, apply).
+_START_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +82,30 @@ async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATION
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now
+
+
+async def migrate_at_start(settings: Settings, *, timeout: float = _START_TIMEOUT_S) -> list[str] | None:
+    """Apply pending migrations as a worker starts; on any trouble log it and carry on.
+
+    A worker must not die because Postgres is away: jobs that do not need it keep running, and
+    the rest fail with transient errors until it is back (then `python -m worker migrate`, or
+    the next worker start, applies what is missing). Returns the versions applied, or None.
+    """
+    conn: asyncpg.Connection | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=min(timeout, 10))
+            return await apply_migrations(conn)
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.warning(
+            "postgres unreachable at start, migrations not applied",
+            url=settings.database_url_redacted,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    except asyncpg.PostgresError as exc:
+        log.error("migration failed at start", error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+    return None

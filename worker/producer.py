@@ -13,6 +13,11 @@ At-least-once: if the enqueue command went out but the reply was lost (a blackho
 we cannot know whether the job landed. We run it inline (the caller never waits on a dead
 Redis) and, once Redis answers, withdraw the queued copy if no worker has started it. A worker
 may start it first; jobs are idempotent by job id, so the effect still happens once.
+
+Analytics events take another road, with no job per event (see `worker.events`):
+
+    await producer.track_event(type="stream", artist_id="a1", track_id="t1", source="spotify")
+    result = await producer.track_events(events)  # accepted / refused counts, with reasons
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast
 
@@ -31,10 +36,13 @@ import structlog
 from jobs import REGISTRY
 from jobs.context import JobContext
 from jobs.deps import Deps
+from jobs.enqueue import ENQUEUE
+from jobs.enqueue import EnqueueOutcome as Outcome
 from jobs.registry import JobDefinition, Registry
 from settings import Settings, load_settings
 from worker.cache import make_cache
 from worker.errors import EnqueueError, JobFailed
+from worker.events import EventIngest, TrackResult
 from worker.journal import Journal
 from worker.metrics import Metrics
 from worker.redis_link import EnqueueOutcome, LinkState, NotSent, RedisLink, ReplyLost, WithdrawOutcome
@@ -125,6 +133,8 @@ class Producer:
         self.metrics = Metrics()
         self.metrics.watch_breaker(lambda: not self._link.usable)
         self._runner = JobRunner(self.settings, self._deps, self.metrics)
+        self._deps.provide(ENQUEUE, self.enqueue_by_name)  # follow-up jobs of inline runs
+        self.events = EventIngest(self.settings, self._link, self._runner, self._deps, self.enqueue_by_name)
         self._background: set[asyncio.Future[Any]] = set()
         self._background_slots = asyncio.Semaphore(self.settings.inline_max_background)
         self._ambiguous: dict[str, str] = {}  # job id -> queue, for enqueues whose reply was lost
@@ -153,6 +163,7 @@ class Producer:
 
     async def start(self) -> None:
         self._link.on_up(self._withdraw_ambiguous)
+        self._link.on_up(self._events_redis_back)
         state = await self._link.start()
         if self._link.usable:
             log.info("Redis primary client connected, jobs are queued", url=self.settings.redis_url_redacted)
@@ -160,16 +171,22 @@ class Producer:
             log.warning("Redis not available, falling back to inline execution", redis=state.value)
 
     async def close(self) -> None:
-        """Wait for background inline jobs, then release Redis and the job dependencies."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self._runner.journal.drain()
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
-        await self._link.aclose()
-        await self._deps.aclose()
+        """Write buffered events, wait for background inline jobs, then release Redis and deps.
+
+        Raises `EventsNotDelivered` if analytics events held in memory could not be written.
+        """
+        try:
+            await self.events.close()
+        finally:
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
+            await self._runner.journal.drain()
+            if self._relay_task is not None:
+                self._relay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._relay_task
+            await self._link.aclose()
+            await self._deps.aclose()
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -250,7 +267,26 @@ class Producer:
             return await self._start_inline(definition, payload, job_id or uuid.uuid4().hex, background=False)
         return await self._submit(definition, payload, job_id, None, False)
 
+    async def enqueue_by_name(self, job: str, kwargs: Mapping[str, Any], *, job_id: str) -> Outcome:
+        """The `Enqueue` seam jobs reach through `ENQUEUE`: queue (or run inline) by name."""
+        handle = await self.enqueue_job(job, kwargs, job_id=job_id)
+        return "duplicate" if handle.duplicate else handle.mode
+
+    async def track_event(self, **event: Any) -> str:
+        """Record one analytics event (fields of `jobs.analytics.events.Event`); return its id.
+
+        Raises `InvalidEvent` when refused. No job is queued: see `worker.events`.
+        """
+        return await self.events.track_one(event)
+
+    async def track_events(self, events: Iterable[Mapping[str, Any]]) -> TrackResult:
+        """Record analytics events; invalid ones are refused with reasons, the rest accepted."""
+        return await self.events.track(events)
+
     # -- internals -------------------------------------------------------------------------------
+
+    async def _events_redis_back(self) -> None:
+        self.events.redis_back()
 
     async def _submit(
         self,

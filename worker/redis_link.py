@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -140,6 +140,70 @@ for i = 4, #ARGV do
   end
 end
 return extended
+"""
+
+
+# Reliable batches over Redis lists: a consumer moves a batch from the source list to a list of
+# its own, registered with a lease deadline, and deletes it only after the batch is processed.
+# A consumer that dies leaves the batch behind; once the lease passes it is returned.
+
+# KEYS: list; ARGV: items. Returns the new length.
+_LIST_PUSH_LUA = """
+local n = 0
+for i = 1, #ARGV, 1000 do
+  n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return n
+"""
+
+# KEYS: source, inflight zset, batch list; ARGV: max bytes, max items, lease deadline ms, batch id.
+# Takes items from the head until max bytes is reached (at least one item). Returns them.
+_LIST_CLAIM_LUA = """
+local max_bytes, max_items = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, size, start = {}, 0, 0
+while size < max_bytes and #out < max_items do
+  local page = redis.call('LRANGE', KEYS[1], start, start + 99)
+  if #page == 0 then break end
+  for _, item in ipairs(page) do
+    out[#out + 1] = item
+    size = size + #item
+    if size >= max_bytes or #out >= max_items then break end
+  end
+  start = start + #page
+end
+if #out == 0 then return out end
+redis.call('LTRIM', KEYS[1], #out, -1)
+for i = 1, #out, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(out, i, math.min(i + 999, #out)))
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return out
+"""
+
+# KEYS: inflight zset, batch list, dead list; ARGV: batch id, dead items...
+_LIST_ACK_LUA = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+return 1
+"""
+
+# Puts a batch back at the head of the source list, in its order, and forgets it.
+# KEYS: source, inflight zset; ARGV: batch key prefix, now ms (return those whose lease is over)
+# or -1 with a batch id (return that one), limit.
+_LIST_RETURN_LUA = """
+local ids
+if ARGV[2] == '-1' then ids = {ARGV[4]}
+else ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3])) end
+local returned = 0
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local items = redis.call('LRANGE', key, 0, -1)
+  for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
+  redis.call('DEL', key)
+  returned = returned + redis.call('ZREM', KEYS[2], id)
+end
+return returned
 """
 
 
@@ -395,6 +459,44 @@ class RedisLink:
         if not job_ids:
             return 0
         return int(await self._eval(_RELEASE_LUA, (), (keys.in_progress_key(""), token, *job_ids)))
+
+    # -- reliable batches over lists (the analytics event buffer) ---------------------------
+
+    async def list_push(self, key: str, items: Sequence[bytes]) -> int:
+        """Append `items` in one round trip; return the list's length. NotSent covers a refusal."""
+        if not self.usable:
+            raise NotSent(f"Redis is {self._state.value}")
+        try:
+            return int(await self._eval(_LIST_PUSH_LUA, (key,), tuple(items)))
+        except ResponseError as exc:  # e.g. OOM: a refused write wrote nothing
+            raise NotSent(f"Redis refused the write: {exc}") from exc
+
+    async def list_claim(
+        self, source: str, inflight: str, batch_key: str, batch_id: str, *, max_bytes: int, max_items: int,
+        lease_s: float,
+    ) -> list[bytes]:  # fmt: skip
+        """Move a batch from the head of `source` into `batch_key` under a lease; return its items."""
+        deadline_ms = int((time.time() + lease_s) * 1000)
+        args = (max_bytes, max_items, deadline_ms, batch_id)
+        return list(await self._eval(_LIST_CLAIM_LUA, (source, inflight, batch_key), args))
+
+    async def list_ack(
+        self, inflight: str, batch_key: str, batch_id: str, *, dead_key: str, dead: Sequence[bytes] = ()
+    ) -> None:
+        """Forget a processed batch; `dead` items are kept aside in `dead_key` for inspection."""
+        await self._eval(_LIST_ACK_LUA, (inflight, batch_key, dead_key), (batch_id, *dead))
+
+    async def list_return(self, source: str, inflight: str, batch_prefix: str, batch_id: str) -> int:
+        """Put one claimed batch back at the head of `source` (its processing failed)."""
+        args = (batch_prefix, -1, 1, batch_id)
+        return int(await self._eval(_LIST_RETURN_LUA, (source, inflight), args))
+
+    async def list_return_expired(
+        self, source: str, inflight: str, batch_prefix: str, *, limit: int = 100
+    ) -> int:
+        """Put back every batch whose lease is over (its consumer died); return how many."""
+        args = (batch_prefix, int(time.time() * 1000), limit)
+        return int(await self._eval(_LIST_RETURN_LUA, (source, inflight), args))
 
     async def _eval(self, script: str, keys_: tuple[str, ...], args: tuple[Any, ...]) -> Any:
         """EVALSHA on a connection we hold ourselves, so we know whether the command went out."""

@@ -13,25 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import uuid
+from datetime import UTC
 from typing import Any
 
 import structlog
+from arq.cron import CronJob, cron
 from arq.jobs import deserialize_result
 from arq.utils import poll
 from arq.worker import Function, Retry, Worker, func
 
 from jobs import REGISTRY
+from jobs.analytics.queue import EVENT_QUEUE
 from jobs.deps import POSTGRES, Deps
+from jobs.enqueue import ENQUEUE
 from jobs.registry import JobDefinition, Registry
 from settings import Settings
 from worker import keys
 from worker.cache import make_cache
 from worker.errors import JobFailed
+from worker.event_queue import RedisEventQueue
 from worker.http import HealthServer
 from worker.metrics import Metrics
+from worker.migrate import migrate_at_start
+from worker.producer import Producer
 from worker.reconciler import DurableReconciler
 from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, RedisLink, ReplyLost
 from worker.runner import JobRunner
@@ -39,7 +47,7 @@ from worker.serializer import deserialize, error_from_payload, serialize
 from worker.spool import PG_DOWN_ERRORS, SpoolRelay
 from worker.stats import publish_forever
 
-__all__ = ["JobWorker", "WorkerService", "arq_functions", "run_worker"]
+__all__ = ["JobWorker", "WorkerService", "arq_cron_jobs", "arq_functions", "run_worker"]
 
 log = structlog.get_logger("worker.service")
 
@@ -80,6 +88,38 @@ def arq_functions(registry: Registry, runner_settings: Settings) -> list[Functio
             func(_entry_for(definition), name=definition.name, timeout=timeout, max_tries=max_tries)
         )
     return functions
+
+
+def _arq_field(value: int | frozenset[int] | None) -> int | set[int] | None:
+    return set(value) if isinstance(value, frozenset) else value
+
+
+def arq_cron_jobs(registry: Registry, runner_settings: Settings) -> list[CronJob]:
+    """The registry's schedules as arq cron jobs (named `cron:<job>`, one run per tick per fleet).
+
+    A scheduled run gets one try: arq holds a finished cron job's lock for a minute, so a retry
+    would wait that long anyway, and the next tick is the retry.
+    """
+    jobs = []
+    for schedule in registry.schedules:
+        definition = dataclasses.replace(registry.get(schedule.job), max_tries=1)
+        jobs.append(
+            cron(
+                _entry_for(definition),
+                name=f"cron:{definition.name}",
+                month=_arq_field(schedule.month),
+                day=_arq_field(schedule.day),
+                weekday=_arq_field(schedule.weekday),
+                hour=_arq_field(schedule.hour),
+                minute=_arq_field(schedule.minute),
+                second=_arq_field(schedule.second),
+                microsecond=0,
+                run_at_startup=schedule.run_at_startup,
+                timeout=(definition.timeout or runner_settings.job_timeout) + _ARQ_TIMEOUT_SLACK_S,
+                max_tries=1,
+            )
+        )
+    return jobs
 
 
 class _QuietArqFailures(logging.Filter):
@@ -317,6 +357,10 @@ class WorkerService:
         self.metrics = Metrics()
         self.metrics.watch_breaker(lambda: not self.link.usable)
         self.runner = JobRunner(settings, self.deps, self.metrics)
+        # Jobs queue follow-up jobs (emails) through a producer, inline while Redis is down.
+        self.producer = Producer(settings, registry=registry)
+        self.deps.provide(ENQUEUE, self.producer.enqueue_by_name)
+        self.deps.provide(EVENT_QUEUE, RedisEventQueue(self.link, settings))
         self.http: HealthServer | None = None
         self._stop_requested = asyncio.Event()
         if settings.worker_http_port:
@@ -332,6 +376,9 @@ class WorkerService:
             link=self.link,
             lock_timeout_s=settings.worker_lock_timeout,
             functions=arq_functions(registry, settings),
+            # A burst run drains the queue and exits; schedules would keep refilling it.
+            cron_jobs=[] if burst else arq_cron_jobs(registry, settings),
+            timezone=UTC,
             queue_name=settings.queue_name,
             redis_pool=self.link.redis,
             burst=burst,
@@ -371,6 +418,8 @@ class WorkerService:
             asyncio.create_task(self.worker.extend_locks_forever()),
         ]
         try:
+            await migrate_at_start(self.settings)
+            await self.producer.start()
             if not self.link.usable and not await self._redis_or_stop():
                 return 0
             # A stop asked for before the main task existed is honoured as soon as it does.
@@ -416,13 +465,17 @@ class WorkerService:
 
     async def _shutdown(self) -> None:
         self.worker.stopping = True
+        # Bounded: a stop can cancel a command mid-flight, which can leave a pooled connection
+        # waiting on a reply that never comes.
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.link.redis.delete(
-                keys.health_check_key(self.settings.queue_name), keys.worker_stats_key(self.worker.token)
-            )
+            async with asyncio.timeout(1.0):
+                await self.link.redis.delete(
+                    keys.health_check_key(self.settings.queue_name), keys.worker_stats_key(self.worker.token)
+                )
         await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
         if self.http is not None:
             await self.http.stop()
+        await self.producer.close()
         await self.deps.aclose()
         await self.link.aclose()
         log.info(

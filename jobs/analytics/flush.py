@@ -1,0 +1,56 @@
+"""The flush job: buffered analytics events into Postgres, batch by batch.
+
+The worker runs it every second (and a producer queues one when the buffer grows large); a
+producer runs it inline to empty its in-process buffer while Redis is down. One run drains
+until the buffer is empty or ANALYTICS_FLUSH_MAX_S has passed; a run that finds another flush
+busy in the same process returns at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from jobs.analytics.queue import EVENT_QUEUE, ClaimedBatch, EventQueue
+from jobs.analytics.store import write_chunks
+from jobs.context import JobContext
+from jobs.deps import POSTGRES
+
+__all__ = ["flush_analytics_events"]
+
+
+async def _release(ctx: JobContext, queue: EventQueue, batch: ClaimedBatch) -> None:
+    # If the buffer is unreachable too, the batch's lease runs out and a later flush recovers it.
+    with contextlib.suppress(Exception):
+        await queue.release(batch)
+        return
+    ctx.log.warning("analytics batch not released; it is recovered when its lease ends", batch=batch.batch_id)
+
+
+async def flush_analytics_events(ctx: JobContext) -> dict[str, Any]:
+    """Write buffered analytics events to Postgres; a batch leaves the buffer once committed."""
+    queue = await ctx.deps.get(EVENT_QUEUE)
+    if queue.lock.locked():
+        return {"busy": True}
+    async with queue.lock:
+        pool = await ctx.deps.get(POSTGRES)
+        totals = {"recovered": await queue.recover(), "batches": 0, "events": 0, "inserted": 0, "dead": 0}
+        deadline = time.monotonic() + ctx.deps.settings.analytics_flush_max_s
+        while time.monotonic() < deadline:
+            batch = await queue.claim()
+            if batch is None:
+                break
+            try:
+                result = await write_chunks(pool, batch.chunks)
+            except BaseException:
+                await _release(ctx, queue, batch)
+                raise
+            await queue.ack(batch, dead=result.dead)
+            totals["batches"] += 1
+            totals["events"] += result.events
+            totals["inserted"] += result.inserted
+            totals["dead"] += len(result.dead)
+    if totals["dead"]:
+        ctx.log.error("analytics chunks set aside", chunks=totals["dead"])
+    return totals

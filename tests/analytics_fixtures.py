@@ -1,0 +1,203 @@
+"""Shared pieces of the analytics tests: a registry with a stand-in `send_email`, fast settings,
+a clean analytics schema per test, event generators and a worker running that registry.
+
+The stand-in records what the analytics jobs asked to send, so tests count emails without the
+email family's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from devservices.postgres import PostgresServer
+from devservices.redis import RedisServer
+from jobs import ANALYTICS_JOBS, JobContext, Registry, Schedule, define, ping
+from jobs.analytics.events import ROW_COLUMNS
+from jobs.analytics.store import write_rows
+from settings import Settings
+from tests.conftest import RunningWorker, make_settings
+from worker.migrate import apply_migrations
+from worker.service import WorkerService
+
+__all__ = [
+    "ANALYTICS_TABLES",
+    "SENT",
+    "TEST_ANALYTICS_REGISTRY",
+    "analytics_settings",
+    "clean_analytics",
+    "count_events",
+    "make_events",
+    "own_redis",
+    "pg_server",
+    "start_analytics_worker",
+    "stored_ids",
+    "wait_until",
+    "write_daily_series",
+]
+
+# Every email the analytics jobs queued: (job id, recipient, subject, idempotency key, mode).
+SENT: list[tuple[str, str, str, str | None, str]] = []
+
+ANALYTICS_TABLES = (
+    "analytics_events",
+    "analytics_dirty_days",
+    "analytics_daily",
+    "analytics_alerts",
+    "analytics_contacts",
+    "analytics_digests",
+)
+
+
+async def send_email(
+    ctx: JobContext, *, message: dict[str, Any], idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Stand-in for the email family's job: record the request."""
+    SENT.append((ctx.job_id, message["to"][0]["email"], message["subject"], idempotency_key, ctx.mode))
+    return {"sent": True}
+
+
+TEST_ANALYTICS_REGISTRY = Registry(
+    [define(ping), *ANALYTICS_JOBS, define(send_email, max_tries=2)],
+    schedules=[Schedule.every_seconds("flush_analytics_events", 1)],
+)
+
+
+def analytics_settings(redis_url: str, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "analytics_buffer_flush_interval_s": 0.05,
+        "analytics_buffer_full_timeout_s": 2.0,
+        "analytics_flush_lease_s": 2.0,
+        "analytics_close_timeout_s": 10.0,
+        "analytics_batch_bytes": 256 * 1024,
+        **overrides,
+    }
+    return make_settings(redis_url, **values)
+
+
+@pytest.fixture
+def clean_analytics(database_url: str) -> str:
+    """The session database with empty analytics tables, and the stand-in's record cleared."""
+
+    async def truncate() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f"TRUNCATE {', '.join(ANALYTICS_TABLES)}")
+        finally:
+            await conn.close()
+
+    asyncio.run(truncate())
+    SENT.clear()
+    return database_url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server this test may stop; it keeps its data across a graceful restart."""
+    with RedisServer(persistent=True) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_server() -> Iterator[PostgresServer]:
+    """A migrated PostgreSQL server of this test's own, which it may stop and restart."""
+    with PostgresServer() as server:
+
+        async def migrate() -> None:
+            conn = await asyncpg.connect(server.url)
+            try:
+                await apply_migrations(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(migrate())
+        yield server
+
+
+async def start_analytics_worker(settings: Settings) -> RunningWorker:
+    service = WorkerService(settings, registry=TEST_ANALYTICS_REGISTRY, handle_signals=False)
+    return RunningWorker(service, asyncio.create_task(service.run()))
+
+
+def make_events(
+    n: int, *, prefix: str, artist: str = "artist-1", tracks: int = 10, when: datetime | None = None
+) -> list[dict[str, Any]]:
+    """`n` valid stream events with ids `{prefix}-{i}`."""
+    now = when or datetime.now(UTC)
+    return [
+        {
+            "event_id": f"{prefix}-{i}",
+            "type": "stream",
+            "artist_id": artist,
+            "track_id": f"track-{i % tracks}",
+            "source": "spotify",
+            "occurred_at": now - timedelta(seconds=i % 3600),
+        }
+        for i in range(n)
+    ]
+
+
+async def count_events(dsn: str, prefix: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM analytics_events WHERE event_id LIKE $1", prefix + "-%")
+        )
+    finally:
+        await conn.close()
+
+
+async def stored_ids(dsn: str, prefix: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT event_id FROM analytics_events WHERE event_id LIKE $1", prefix + "-%")
+    finally:
+        await conn.close()
+    return [row["event_id"] for row in rows]
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def write_daily_series(
+    pool: asyncpg.Pool,
+    *,
+    artist: str,
+    track: str | None,
+    daily: dict[date, int],
+    event_type: str = "stream",
+    source: str = "spotify",
+    seed: int = 0,
+) -> None:
+    """Raw events whose quantities add up to `daily[day]` on each day, a few events per day."""
+    rng = random.Random(seed)
+    rows: list[list[Any]] = []
+    for day, total in daily.items():
+        remaining = total
+        part = 0
+        while remaining > 0:
+            quantity = min(remaining, rng.randint(1, max(1, total // 3)))
+            remaining -= quantity
+            moment = datetime(day.year, day.month, day.day, 12, tzinfo=UTC) + timedelta(minutes=part)
+            occurred_us = int(moment.timestamp() * 1_000_000)
+            event_id = f"gen-{artist}-{track}-{event_type}-{day.isoformat()}-{part}-{os.urandom(4).hex()}"
+            rows.append([event_id, event_type, artist, track, source, occurred_us, quantity, 0, None])
+            part += 1
+    assert all(len(row) == len(ROW_COLUMNS) for row in rows)
+    await write_rows(pool, rows)

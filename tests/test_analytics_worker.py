@@ -1,0 +1,135 @@
+"""The worker pieces analytics needs: schedules as cron jobs, migrations at start and on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import orjson
+import pytest
+
+from devservices.redis import RedisServer
+from jobs import REGISTRY, Registry, Schedule, define, ping
+from tests.analytics_fixtures import analytics_settings, start_analytics_worker
+from worker.migrate import apply_migrations, available_migrations
+from worker.producer import Producer
+from worker.service import arq_cron_jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSIONS = [m.version for m in available_migrations()]
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> Iterator[str]:
+    """An empty database (no migrations) on the test server, dropped afterwards."""
+    name = f"mbtest_mig_{uuid.uuid4().hex[:8]}"
+    server = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_schedules_become_arq_cron_jobs_and_bad_ones_are_refused() -> None:
+    settings = analytics_settings("redis://localhost:1/0", "postgresql://localhost/x")
+    crons = {job.name: job for job in arq_cron_jobs(REGISTRY, settings)}
+    assert set(crons) == {f"cron:{s.job}" for s in REGISTRY.schedules}
+    flush = crons["cron:flush_analytics_events"]
+    assert flush.second == set(range(60))
+    weekly = crons["cron:send_weekly_insights"]
+    assert (weekly.weekday, weekly.hour, weekly.minute, weekly.second) == (0, 7, 0, 0)
+
+    async def needs_args(ctx: Any, *, artist: str) -> None:
+        """Cannot run on a schedule."""
+
+    with pytest.raises(ValueError, match="no such job"):
+        Registry([define(ping)], schedules=[Schedule("nope")])
+    with pytest.raises(ValueError, match="cannot need arguments"):
+        Registry([define(needs_args)], schedules=[Schedule("needs_args")])
+    with pytest.raises(ValueError, match="does not divide a minute"):
+        Schedule.every_seconds("ping", 7)
+
+
+async def test_worker_applies_migrations_at_start(redis_server: RedisServer, fresh_database: str) -> None:
+    settings = analytics_settings(redis_server.url, fresh_database)
+    worker = await start_analytics_worker(settings)
+    try:
+        async with Producer(settings) as producer:
+            assert (await (await producer.enqueue(ping)).result(timeout=5))["mode"] == "queued"
+    finally:
+        await worker.stop()
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        applied = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+    finally:
+        await conn.close()
+    assert applied == VERSIONS
+
+
+async def test_worker_starts_and_runs_jobs_while_postgres_is_unreachable(
+    redis_server: RedisServer, log_output: io.StringIO
+) -> None:
+    settings = analytics_settings(redis_server.url, "postgresql://postgres@127.0.0.1:1/postgres")
+    worker = await start_analytics_worker(settings)
+    try:
+        async with Producer(settings) as producer:
+            assert (await (await producer.enqueue(ping)).result(timeout=5))["mode"] == "queued"
+    finally:
+        assert await worker.stop() == 0
+    lines = [orjson.loads(line) for line in log_output.getvalue().splitlines() if line.startswith("{")]
+    warning = next(
+        line for line in lines if line["event"] == "postgres unreachable at start, migrations not applied"
+    )
+    assert warning["level"] == "warning"
+    assert "127.0.0.1:1" in str(warning["url"])
+
+
+async def test_concurrent_migrators_apply_each_version_once(fresh_database: str) -> None:
+    conns = [await asyncpg.connect(fresh_database) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(apply_migrations(conn) for conn in conns))
+        count = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert sorted(v for applied in results for v in applied) == VERSIONS
+    assert count == len(VERSIONS)
+
+
+def _cli(database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "LOG_FORMAT": "json"}
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_migrate_command_prints_what_it_applied(fresh_database: str) -> None:
+    first = _cli(fresh_database)
+    assert first.returncode == 0, first.stderr
+    assert orjson.loads(first.stdout.strip().splitlines()[-1]) == {"applied": VERSIONS}
+    again = _cli(fresh_database)
+    assert orjson.loads(again.stdout.strip().splitlines()[-1]) == {"applied": []}
+    down = _cli("postgresql://postgres@127.0.0.1:1/postgres")
+    assert down.returncode == 2
+    assert "cannot connect to Postgres at postgresql://postgres@127.0.0.1:1/postgres" in down.stderr
