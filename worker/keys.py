@@ -16,6 +16,7 @@ __all__ = [
     "job_key",
     "result_key",
     "retry_key",
+    "wake_key",
 ]
 
 
@@ -37,3 +38,8 @@ def retry_key(job_id: str) -> str:
 
 def health_check_key(queue: str) -> str:
     return queue + health_check_key_suffix
+
+
+def wake_key(queue: str) -> str:
+    """Touched by every enqueue; idle workers block on it (BZPOPMIN) instead of polling."""
+    return queue + ":wake"

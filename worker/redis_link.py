@@ -5,41 +5,40 @@ open callers are told at once that Redis is unusable (no network I/O), and a bac
 closes it again when Redis answers PING. Each outage is logged once when it starts
 (`redis unavailable`) and once when it ends (`redis connected`).
 
-Enqueueing is one atomic Lua script (one round trip) that keeps arq's data model: the job key
-holds arq's job record and the queue sorted set holds the id scored by its start time, so an
-arq worker, arq's `Job` API and our worker all read it.
+Job-state changes are the Lua scripts in `worker.scripts`, sent as EVALSHA (several pipelined
+in one write when there are many) on a connection we hold ourselves, so we know whether a
+command went out; `worker.queue_store` turns them into operations. An idle worker blocks on
+BZPOPMIN on a dedicated connection whose reply timeout covers the block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
-from arq.jobs import serialize_job
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from settings import Settings
 from worker import keys
+from worker.scripts import Script
 from worker.serializer import deserialize, serialize
 
 __all__ = [
     "REDIS_DOWN_ERRORS",
     "REDIS_ERRORS",
-    "EnqueueOutcome",
     "LinkState",
     "NotSent",
     "RedisLink",
     "ReplyLost",
-    "WithdrawOutcome",
 ]
 
 log = structlog.get_logger("worker.redis")
@@ -56,61 +55,6 @@ REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 # Any error from Redis or the client library, including refusals such as OOM or NOPERM.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, *REDIS_DOWN_ERRORS)
 
-# KEYS: job key, result key, queue; ARGV: job record, expiry ms, score, job id.
-# Returns 1 when queued, 0 when a job or result with this id already exists (deduplication).
-_ENQUEUE_LUA = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 1
-"""
-
-# Removes a queued job that has not started; used when an enqueue whose reply was lost turns
-# out to have landed after all, and the job already ran inline. KEYS: queue, job key, in-progress
-# key, result key; ARGV: job id. Returns 1 when withdrawn, 0 when the job never reached Redis,
-# 2 when a worker already started or finished it.
-_WITHDRAW_LUA = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
-return 0
-"""
-
-
-# Claims due jobs for a worker in one round trip: for each id still due in the queue, set its
-# in-progress lock (holding the worker's token) if no other worker holds it. KEYS: queue;
-# ARGV: now ms, lock ms, in-progress key prefix, token, ids... Returns a flat list of id, score.
-_CLAIM_LUA = """
-local claimed = {}
-for i = 5, #ARGV do
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= tonumber(ARGV[1]) then
-    if redis.call('SET', ARGV[3] .. id, ARGV[4], 'NX', 'PX', ARGV[2]) then
-      claimed[#claimed + 1] = id
-      claimed[#claimed + 1] = score
-    end
-  end
-end
-return claimed
-"""
-
-
-# Drops in-progress locks that still hold the given token. ARGV: prefix, token, ids...
-_RELEASE_LUA = """
-local released = 0
-for i = 3, #ARGV do
-  if redis.call('GET', ARGV[1] .. ARGV[i]) == ARGV[2] then
-    redis.call('DEL', ARGV[1] .. ARGV[i])
-    released = released + 1
-  end
-end
-return released
-"""
-
 
 class LinkState(StrEnum):
     UP = "up"
@@ -118,33 +62,23 @@ class LinkState(StrEnum):
     DISABLED = "disabled"
 
 
-class EnqueueOutcome(StrEnum):
-    QUEUED = "queued"
-    DUPLICATE = "duplicate"
-
-
-class WithdrawOutcome(StrEnum):
-    WITHDRAWN = "withdrawn"
-    NEVER_ARRIVED = "never_arrived"
-    ALREADY_STARTED = "already_started"
-
-
 class NotSent(Exception):
     """Redis was unusable and the command certainly did not reach it."""
 
 
 class ReplyLost(Exception):
-    """The command may have reached Redis but no reply came back: the outcome is unknown."""
+    """The command may have reached Redis but no reply came back: the outcome is unknown.
+
+    `replies` holds the replies that did arrive, in order, for a pipelined batch.
+    """
+
+    def __init__(self, message: str, replies: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.replies = replies or []
 
 
 # Everything that means "Redis went away", including our own two signals.
 _OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
-
-
-def _sha1(script: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
 class RedisLink:
@@ -159,6 +93,7 @@ class RedisLink:
         self._probe_task: asyncio.Task[None] | None = None
         self._up_event = asyncio.Event()
         self._on_up: list[Callable[[], Awaitable[None]]] = []
+        self._wake_conn: AbstractConnection | None = None
         self.outages = 0
         if settings.redis_enabled:
             pool = ConnectionPool.from_url(
@@ -225,6 +160,8 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
             self._probe_task = None
+        if self._wake_conn is not None:
+            await self._wake_conn.disconnect()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
 
@@ -281,85 +218,100 @@ class RedisLink:
 
     # -- commands ----------------------------------------------------------------------------
 
-    async def enqueue(
-        self,
-        *,
-        job_id: str,
-        name: str,
-        payload: dict[str, Any],
-        queue: str,
-        defer_by_s: float | None = None,
-        job_try: int | None = None,
-    ) -> EnqueueOutcome:
-        """Queue one job atomically in one round trip.
+    async def run_script(self, script: Script, keys_: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """One EVALSHA; raises `NotSent` or `ReplyLost` (breaker opened) when Redis is unusable."""
+        reply = (await self.run_scripts(script, [(keys_, args)]))[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
-        Raises `NotSent` when Redis is unusable and the job certainly was not written, and
-        `ReplyLost` when the command went out but no reply came back (it may have landed).
-        Either way the breaker is open afterwards.
+    async def run_scripts(
+        self, script: Script, calls: Sequence[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """Many EVALSHA calls of one script, pipelined in one write; replies in order.
+
+        A call Redis refused comes back as its `ResponseError`. Raises `NotSent` when nothing
+        was sent and `ReplyLost` (carrying the replies that did arrive) when the connection
+        failed after sending.
         """
-        if not self.usable:
-            raise NotSent(f"Redis is {self._state.value}")
-        now_ms = int(time.time() * 1000)
-        score = now_ms + int((defer_by_s or 0) * 1000)
-        expires_ms = score - now_ms + 86_400_000
-        record = serialize_job(name, (), payload, job_try, now_ms, serializer=serialize)
-        keys_ = (keys.job_key(job_id), keys.result_key(job_id), queue)
-        args = (record, expires_ms, score, job_id)
-        reply = await self._eval(_ENQUEUE_LUA, keys_, args)
-        return EnqueueOutcome.QUEUED if reply == 1 else EnqueueOutcome.DUPLICATE
-
-    async def withdraw_if_pending(self, job_id: str, queue: str) -> WithdrawOutcome:
-        """Remove a queued job that no worker has started."""
-        keys_ = (queue, keys.job_key(job_id), keys.in_progress_key(job_id), keys.result_key(job_id))
-        reply = await self._eval(_WITHDRAW_LUA, keys_, (job_id,))
-        return {1: WithdrawOutcome.WITHDRAWN, 0: WithdrawOutcome.NEVER_ARRIVED}.get(
-            reply, WithdrawOutcome.ALREADY_STARTED
-        )
-
-    async def claim(self, queue: str, job_ids: list[str], lock_ms: int, token: str) -> list[tuple[str, int]]:
-        """Take the in-progress lock of each due job no other worker holds; return (id, score)."""
-        if not job_ids:
-            return []
-        now_ms = int(time.time() * 1000)
-        args = (now_ms, lock_ms, keys.in_progress_key(""), token, *job_ids)
-        flat = await self._eval(_CLAIM_LUA, (queue,), args)
-        return [(flat[i].decode(), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
-
-    async def release_claims(self, job_ids: list[str], token: str) -> int:
-        """Drop locks this token holds, for claims whose reply was lost; return how many."""
-        if not job_ids:
-            return 0
-        return int(await self._eval(_RELEASE_LUA, (), (keys.in_progress_key(""), token, *job_ids)))
-
-    async def _eval(self, script: str, keys_: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """EVALSHA on a connection we hold ourselves, so we know whether the command went out."""
         pool = self.redis.connection_pool
-        deadline = self._settings.redis_connect_timeout + 2 * self._socket_timeout
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(self._settings.redis_connect_timeout + 2 * self._socket_timeout):
                 conn = await pool.get_connection()
         except REDIS_DOWN_ERRORS as exc:
             self._open(exc)
             raise NotSent(f"{type(exc).__name__}: {exc}") from exc
+        replies: list[Any] = []
         try:
-            async with asyncio.timeout(deadline):
-                try:
-                    await conn.send_command("EVALSHA", _sha1(script), len(keys_), *keys_, *args)
-                    return await conn.read_response()
-                except NoScriptError:
-                    await conn.send_command("EVAL", script, len(keys_), *keys_, *args)
-                    return await conn.read_response()
-        except ResponseError:
-            raise
+            replies = await self._evalsha_pipelined(conn, script, calls, replies)
         except REDIS_DOWN_ERRORS as exc:
             await conn.disconnect()
             self._open(exc)
-            raise ReplyLost(f"{type(exc).__name__}: {exc}") from exc
+            raise ReplyLost(f"{type(exc).__name__}: {exc}", replies) from exc
         except BaseException:
             await conn.disconnect()
             raise
         finally:
             await pool.release(conn)
+        return replies
+
+    async def _evalsha_pipelined(
+        self,
+        conn: AbstractConnection,
+        script: Script,
+        calls: Sequence[tuple[tuple[str, ...], tuple[Any, ...]]],
+        replies: list[Any],
+    ) -> list[Any]:
+        # Every read is bounded by the connection's socket timeout; the whole by one per reply.
+        async with asyncio.timeout(self._socket_timeout * (2 + len(calls))):
+            commands = [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls]
+            await conn.send_packed_command(conn.pack_commands(commands))
+            await self._read_into(conn, len(commands), replies)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                # First use on this server (or after a restart): load it, resend only those.
+                await conn.send_command("SCRIPT", "LOAD", script.source)
+                await conn.read_response()
+                again = [commands[i] for i in missing]
+                await conn.send_packed_command(conn.pack_commands(again))
+                fresh: list[Any] = []
+                await self._read_into(conn, len(again), fresh)
+                for i, reply in zip(missing, fresh, strict=True):
+                    replies[i] = reply
+        return replies
+
+    @staticmethod
+    async def _read_into(conn: AbstractConnection, count: int, replies: list[Any]) -> None:
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # a refused call; the connection stays in step
+                replies.append(exc)
+
+    async def wait_for_wake(self, key: str, timeout_s: float) -> bool:
+        """Block on BZPOPMIN `key` for up to `timeout_s` on a dedicated connection.
+
+        True when woken, False on timeout. The connection's reply timeout is the block plus the
+        worker's socket timeout, so a blackholed Redis is still noticed.
+        """
+        if self._wake_conn is None:
+            pool = self.redis.connection_pool
+            self._wake_conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        conn = self._wake_conn
+        try:
+            async with asyncio.timeout(
+                timeout_s + self._socket_timeout + self._settings.redis_connect_timeout
+            ):
+                await conn.send_command("BZPOPMIN", key, f"{max(timeout_s, 0.001):.3f}")
+                reply = await conn.read_response()
+        except REDIS_DOWN_ERRORS as exc:
+            await conn.disconnect()
+            self._open(exc)
+            raise
+        except BaseException:
+            await conn.disconnect()  # a cancelled block leaves a reply in flight
+            raise
+        return reply is not None
 
     async def fetch_result(self, job_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(keys.result_key(job_id))

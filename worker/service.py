@@ -1,236 +1,37 @@
-"""The arq worker: registry jobs wrapped in our execution path, and survival of Redis outages.
+"""One worker process's lifetime: Redis link, dependencies, the job engine, clean shutdown.
 
-arq fetches, locks and records jobs; `JobRunner` runs each attempt, so retries, timeouts and
-log lines match the inline runner. A transient failure becomes arq's `Retry` with our backoff;
-a permanent one (or exhausted retries) becomes a stored structured error.
-
-arq's worker exits on the first Redis error. Here a Redis error in the poll loop opens the
-breaker; the worker logs `redis unavailable` once, waits for the probe to see Redis again
-(`redis connected`) and carries on with the same process, jobs and connection pool.
+The engine (`worker.engine`) claims, runs and records jobs in arq's data model; `JobRunner`
+runs each attempt, so retries, timeouts and log lines match the inline runner. Redis outages
+never end the process: the worker logs `redis unavailable` once, waits for the probe to see
+Redis again (`redis connected`) and carries on with the same process and jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
-import uuid
-from typing import Any
 
 import structlog
-from arq.jobs import deserialize_result
-from arq.utils import poll
-from arq.worker import Function, Retry, Worker, func
 
 from jobs import REGISTRY
 from jobs.deps import Deps
-from jobs.registry import JobDefinition, Registry
+from jobs.registry import Registry
 from settings import Settings
 from worker import keys
 from worker.cache import make_cache
-from worker.errors import JobFailed
-from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, RedisLink, ReplyLost
+from worker.engine import JobEngine
+from worker.queue_store import QueueStore
+from worker.redis_link import REDIS_ERRORS, RedisLink
 from worker.runner import JobRunner
-from worker.serializer import deserialize, error_from_payload, serialize
 
-__all__ = ["JobWorker", "WorkerService", "arq_functions", "run_worker"]
+__all__ = ["WorkerService", "run_worker"]
 
 log = structlog.get_logger("worker.service")
 
-# What tells the worker that Redis is gone (as opposed to refusing a command).
-_REDIS_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
-
-# Slack over the job's own timeout, so our timeout (which the inline runner shares) fires first.
-_ARQ_TIMEOUT_SLACK_S = 5.0
-
-
-def _entry_for(definition: JobDefinition[Any, Any]) -> Any:
-    async def entry(ctx: dict[str, Any], **payload: Any) -> Any:
-        runner: JobRunner = ctx["runner"]
-        attempt = await runner.attempt(
-            definition,
-            job_id=ctx["job_id"],
-            payload=payload,
-            job_try=ctx["job_try"],
-            mode="queued",
-            enqueue_time=ctx.get("enqueue_time"),
-        )
-        if attempt.outcome == "retry":
-            raise Retry(defer=attempt.retry_in)
-        if attempt.error is not None:
-            raise attempt.error
-        return attempt.result
-
-    entry.__qualname__ = entry.__name__ = definition.name
-    return entry
-
-
-def arq_functions(registry: Registry, runner_settings: Settings) -> list[Function]:
-    functions = []
-    for definition in registry:
-        timeout = (definition.timeout or runner_settings.job_timeout) + _ARQ_TIMEOUT_SLACK_S
-        max_tries = definition.max_tries or runner_settings.job_max_tries
-        functions.append(
-            func(_entry_for(definition), name=definition.name, timeout=timeout, max_tries=max_tries)
-        )
-    return functions
-
-
-class _QuietArqFailures(logging.Filter):
-    """Drop arq's log record for failures and retries our runner has already logged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, JobFailed | Retry)
-
-
-class JobWorker(Worker):
-    """arq's Worker, made to survive Redis outages and to log arq-side failures our way."""
-
-    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.link = link
-        self.stopping = False
-        self.token = uuid.uuid4().hex  # marks the in-progress locks this worker holds
-        self._unsure_claims: set[str] = set()
-
-    async def main(self) -> None:
-        self.ctx["redis"] = self.pool
-        if self.on_startup:
-            await self.on_startup(self.ctx)
-        log.info(
-            "worker started",
-            jobs=sorted(self.functions),
-            queue=self.queue_name,
-            max_jobs=self.max_jobs,
-            poll_delay_s=self.poll_delay_s,
-            burst=self.burst,
-        )
-        async for _ in poll(self.poll_delay_s):
-            await self._poll_iteration()
-            if self.burst and await self._burst_done():
-                return
-
-    async def _burst_done(self) -> bool:
-        if 0 <= self.max_burst_jobs <= self._jobs_started():
-            await asyncio.gather(*self.tasks.values())
-            return True
-        try:
-            queued = await self.pool.zcard(self.queue_name)
-        except REDIS_DOWN_ERRORS as exc:
-            await self._wait_for_redis(exc)
-            return False
-        if queued == 0:
-            await asyncio.gather(*self.tasks.values())
-            return True
-        return False
-
-    async def _poll_iteration(self) -> None:
-        try:
-            await super()._poll_iteration()
-        except _REDIS_OUTAGE as exc:
-            await self._wait_for_redis(exc)
-        except REDIS_ERRORS as exc:
-            # A refusal (OOM, NOPERM, ...) would repeat on every poll; say so and slow down.
-            log.error("redis refused a worker command", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(1.0)
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim up to the free slots in one round trip, then start a task per claimed job.
-
-        Claiming before touching the slot counters means a Redis error mid-claim leaks nothing.
-        """
-        free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
-            return
-        lock_ms = int(self.in_progress_timeout_s * 1000)
-        candidates = [job_id.decode() for job_id in job_ids[:free]]
-        try:
-            claimed = await self.link.claim(self.queue_name, candidates, lock_ms, self.token)
-        except ReplyLost:
-            # Some locks may be ours without our knowing; drop them once Redis is back.
-            self._unsure_claims.update(candidates)
-            raise
-        for job_id, score in claimed:
-            await self.sem.acquire()
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
-
-    async def _wait_for_redis(self, exc: BaseException) -> None:
-        self.link.report_failure(exc)
-        await self.link.wait_until_up()
-        if self._unsure_claims:
-            ids = [job_id for job_id in self._unsure_claims if job_id not in self.tasks]
-            self._unsure_claims.clear()
-            released = await self.link.release_claims(ids, self.token)
-            log.info("released job locks whose claim reply was lost", released=released)
-
-    async def _record(self, what: str, job_id: str, write: Any) -> None:
-        # A finished job's record must reach Redis, or the job would run again; wait out an outage.
-        while True:
-            try:
-                await write()
-                return
-            except REDIS_DOWN_ERRORS as exc:
-                if self.stopping:
-                    log.error("could not record job outcome, it will run again", job_id=job_id, what=what)
-                    return
-                self.link.report_failure(exc)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        await self.link.wait_until_up()
-
-    async def run_job(self, job_id: str, score: int) -> None:
-        try:
-            await super().run_job(job_id, score)
-        except REDIS_DOWN_ERRORS as exc:
-            # Redis went away as the job was being loaded: it did not run. Release our claim once
-            # Redis is back, or the job would wait for the in-progress lock to expire (minutes).
-            self.link.report_failure(exc)
-            await self._record("release", job_id, lambda: self.pool.delete(keys.in_progress_key(job_id)))
-            log.warning("job not started, Redis was unavailable; released for another try", job_id=job_id)
-
-    async def finish_job(self, job_id: str, *args: Any) -> None:
-        parent = super().finish_job
-        await self._record("result", job_id, lambda: parent(job_id, *args))
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        # Reached only for failures arq decides itself: bad payload, unknown job, expired job,
-        # tries exhausted by crashes. Our runner's failures go through finish_job.
-        error: dict[str, Any] = {}
-        if result_data:
-            with contextlib.suppress(Exception):
-                error = (
-                    error_from_payload(deserialize_result(result_data, deserializer=deserialize).result) or {}
-                )
-        log.error(
-            "job finished",
-            job_id=job_id,
-            outcome="failed",
-            mode="queued",
-            error_type=error.get("type"),
-            error=error.get("message"),
-            kind="permanent",
-        )
-        parent = super().finish_failed_job
-        await self._record("failure", job_id, lambda: parent(job_id, result_data))
-
-    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
-        self.stopping = True
-        log.info(
-            "shutdown requested, finishing running jobs",
-            signal=signal.Signals(signum).name,
-            running=sum(not t.done() for t in self.tasks.values()),
-            grace_s=self._job_completion_wait,
-        )
-        super().handle_sig_wait_for_completion(signum)
-
 
 class WorkerService:
-    """One worker process's lifetime: Redis link, dependencies, the arq worker, clean shutdown."""
+    """Build once, `await run()`; `request_stop()` (or SIGTERM/SIGINT) ends it gracefully."""
 
     def __init__(
         self,
@@ -244,49 +45,43 @@ class WorkerService:
         self.link = RedisLink(settings, role="worker", socket_timeout=settings.worker_redis_socket_timeout)
         self.deps = Deps(settings, cache=make_cache(settings))
         self.runner = JobRunner(settings, self.deps)
-        self.worker = JobWorker(
-            link=self.link,
-            functions=arq_functions(registry, settings),
-            queue_name=settings.queue_name,
-            redis_pool=self.link.redis,
-            burst=burst,
-            handle_signals=handle_signals,
-            job_completion_wait=max(settings.worker_shutdown_grace, 0.001),
-            max_jobs=settings.worker_max_jobs,
-            job_timeout=settings.job_timeout + _ARQ_TIMEOUT_SLACK_S,
-            keep_result=settings.job_keep_result,
-            poll_delay=settings.worker_poll_delay,
-            max_tries=settings.job_max_tries,
-            ctx={"runner": self.runner},
-            job_serializer=serialize,
-            job_deserializer=deserialize,
-            log_results=False,
-        )
+        self.store = QueueStore(self.link, settings.queue_name)
+        self.worker = JobEngine(settings, self.store, self.runner, registry, burst=burst)
+        self._handle_signals = handle_signals
 
-    def request_stop(self) -> None:
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What SIGTERM does: stop taking jobs, give running ones the grace period, then exit."""
-        self.worker.handle_sig_wait_for_completion(signal.SIGTERM)
+        if self.worker.stopping:
+            return
+        log.info(
+            "shutdown requested, finishing running jobs",
+            signal=signal.Signals(signum).name,
+            running=len(self.worker.tasks),
+            grace_s=self.settings.worker_shutdown_grace,
+        )
+        self.worker.request_stop()
 
     async def run(self) -> int:
         """Run until stopped (or, in burst mode, until the queue is empty); return an exit code."""
-        logging.getLogger("arq.worker").addFilter(_QuietArqFailures())
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop, signum)
         await self.link.start()
         try:
-            if not self.link.usable:
-                await self.link.wait_until_up()
-            await self.worker.async_run()
-        except asyncio.CancelledError:
-            if not self.worker.stopping:
-                raise
+            await self.worker.run()
         finally:
             await self._shutdown()
         return 0
 
     async def _shutdown(self) -> None:
-        self.worker.stopping = True
-        with contextlib.suppress(*REDIS_DOWN_ERRORS):
-            await self.link.redis.delete(keys.health_check_key(self.settings.queue_name))
-        await asyncio.gather(*self.worker.tasks.values(), return_exceptions=True)
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        if self.link.usable:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.link.redis.delete(keys.health_check_key(self.settings.queue_name))
         await self.deps.aclose()
         await self.link.aclose()
         log.info(
