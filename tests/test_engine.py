@@ -1,0 +1,155 @@
+"""The worker engine: wake-up instead of polling, deferred jobs, batched outcomes, dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+from arq.jobs import Job
+
+from settings import Settings
+from tests.conftest import start_worker
+from tests.sample_jobs import RUNS, TEST_REGISTRY
+from worker import keys
+from worker.producer import Producer
+from worker.queue_store import QueueStore
+from worker.serializer import deserialize
+from worker.status import job_status
+
+
+def _idle_settings(settings: Settings) -> Settings:
+    # A block far longer than any test: only the wake-up can start these jobs in time.
+    return settings.model_copy(update={"worker_idle_block": 60.0, "worker_health_interval": 600.0})
+
+
+async def test_job_enqueued_into_an_idle_worker_is_woken_and_runs(settings: Settings) -> None:
+    settings = _idle_settings(settings)
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            await asyncio.sleep(0.3)  # the worker is now blocked on its wake-up
+            for key in ("one", "two"):
+                handle = await producer.enqueue_job("record", {"key": key})
+                assert (await handle.result(timeout=5))["key"] == key
+                await asyncio.sleep(0.1)
+    finally:
+        await worker.stop()
+    assert [key for key, _, _ in RUNS] == ["one", "two"]
+
+
+async def test_deferred_jobs_run_in_order_and_never_early(settings: Settings) -> None:
+    settings = _idle_settings(settings)
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            enqueued = time.time()
+            late = await producer.enqueue_job("ping", {"message": "late"}, defer_by=0.6)
+            early = await producer.enqueue_job("ping", {"message": "early"}, defer_by=0.3)
+            started = {r["message"]: r["at"] for r in [await early.result(5), await late.result(5)]}
+    finally:
+        await worker.stop()
+    early_at = datetime.fromisoformat(started["early"]).timestamp() - enqueued
+    late_at = datetime.fromisoformat(started["late"]).timestamp() - enqueued
+    assert 0.3 <= early_at < late_at
+    assert late_at >= 0.6
+
+
+async def test_batched_outcomes_are_readable_by_status_and_by_arq(settings: Settings) -> None:
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            handles = await producer.enqueue_many("record", [{"key": f"r{i}"} for i in range(60)])
+            failing = await producer.enqueue_job("refuse", {"reason": "no"})
+            for handle in handles:
+                await handle.result(timeout=10)
+            report = await job_status(producer.link, handles[7].job_id, settings.queue_name)
+            assert report["status"] == "complete"
+            assert report["result"] == {"key": "r7", "mode": "queued"}
+            info = await Job(
+                handles[7].job_id,
+                producer.link.redis,
+                _queue_name=settings.queue_name,
+                _deserializer=deserialize,
+            ).result_info()
+            assert info is not None
+            assert (info.success, info.function, info.job_try) == (True, "record", 1)
+            await asyncio.sleep(0.2)
+            failed = await job_status(producer.link, failing.job_id, settings.queue_name)
+            assert failed["status"] == "failed"
+            assert failed["error"]["type"] == "PermanentError"
+            # Nothing is left behind but the results.
+            assert await producer.link.redis.zcard(settings.queue_name) == 0
+            assert await producer.link.redis.exists(keys.retry_key(handles[7].job_id)) == 0
+            assert await producer.link.redis.exists(keys.in_progress_key(handles[7].job_id)) == 0
+    finally:
+        await worker.stop()
+
+
+async def test_job_of_a_dead_worker_runs_again_once_its_lock_expires(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "orphan"})
+        # A worker claims it and dies: its lock (and the job's visibility) lasts 0.4 s.
+        dead = QueueStore(producer.link, settings.queue_name)
+        claimed = await dead.claim(limit=10, lock_ms=400, token="dead-worker")
+        assert [job.job_id for job in claimed.jobs] == [handle.job_id]
+        report = await job_status(producer.link, handle.job_id, settings.queue_name)
+        assert report["status"] == "in_progress"
+        worker = await start_worker(_idle_settings(settings))
+        try:
+            assert (await handle.result(timeout=5))["key"] == "orphan"
+        finally:
+            await worker.stop()
+    assert RUNS == [("orphan", "queued", 2)]  # the dead worker's try counted
+
+
+async def test_a_job_that_keeps_killing_workers_fails_after_its_tries(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "poison"})  # max_tries=3
+        dead = QueueStore(producer.link, settings.queue_name)
+        for _ in range(3):
+            assert len((await dead.claim(limit=1, lock_ms=1, token="dead")).jobs) == 1
+            await asyncio.sleep(0.01)
+        await producer.link.redis.delete(keys.in_progress_key(handle.job_id))
+        worker = await start_worker(settings)
+        try:
+            report: dict[str, object] = {}
+            for _ in range(100):
+                report = await job_status(producer.link, handle.job_id, settings.queue_name)
+                if report["status"] == "failed":
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.stop()
+    assert report["error"] == {
+        "type": "JobExecutionFailed",
+        "message": "max 3 tries exceeded",
+        "kind": "permanent",
+    }
+    assert RUNS == []
+
+
+async def test_lost_claim_is_released_for_another_try(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "lost"})
+        store = QueueStore(producer.link, settings.queue_name)
+        now_ms = int(time.time() * 1000)
+        await store.claim(limit=5, lock_ms=60_000, token="me", now_ms=now_ms)
+        assert await store.release_claims(now_ms + 60_000, "other") == 0  # someone else's: kept
+        assert await store.release_claims(now_ms + 60_000, "me") == 1
+        again = await store.claim(limit=5, lock_ms=60_000, token="me")
+        assert [(job.job_id, job.job_try) for job in again.jobs] == [(handle.job_id, 1)]
+
+
+async def test_worker_writes_arqs_health_key(settings: Settings) -> None:
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            handle = await producer.enqueue_job("record", {"key": "h"})
+            await handle.result(timeout=5)
+            health = await producer.link.redis.get(keys.health_check_key(settings.queue_name))
+            assert health is not None
+            assert b"j_ongoing=" in health
+            assert b"queued=" in health
+    finally:
+        await worker.stop()
