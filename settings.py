@@ -25,6 +25,9 @@ _FIX_HINTS: dict[str, str] = {
     "log_format": "use json, console or auto",
     "email_transport": "use sendgrid, smtp, file or auto",
     "smtp_url": "use smtp://user:password@host:port or smtps://...",
+    "worker_batch_size": "use 1 to 1000 jobs per claim and per outcome write (default 100)",
+    "worker_idle_block": "use 0.05 to 3600 seconds; longer blocks cost an idle worker fewer commands",
+    "worker_health_interval": "use 1 to 86400 seconds; the health key lives 10 s longer than this",
 }
 
 

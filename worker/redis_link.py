@@ -43,6 +43,12 @@ __all__ = [
 
 log = structlog.get_logger("worker.redis")
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # hiredis packs commands in C, ~25x faster than redis-py's Python packer (bulk enqueue)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
+    _hiredis_pack = None
+
 # Errors that mean "Redis is not usable right now"; the breaker opens on any of them.
 REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -79,6 +85,12 @@ class ReplyLost(Exception):
 
 # Everything that means "Redis went away", including our own two signals.
 _OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
+
+
+def _pack(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    if _hiredis_pack is None:
+        return conn.pack_commands(commands)
+    return [_hiredis_pack(command) for command in commands]
 
 
 class RedisLink:
@@ -265,7 +277,7 @@ class RedisLink:
         # Every read is bounded by the connection's socket timeout; the whole by one per reply.
         async with asyncio.timeout(self._socket_timeout * (2 + len(calls))):
             commands = [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls]
-            await conn.send_packed_command(conn.pack_commands(commands))
+            await conn.send_packed_command(_pack(conn, commands))
             await self._read_into(conn, len(commands), replies)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
@@ -273,7 +285,7 @@ class RedisLink:
                 await conn.send_command("SCRIPT", "LOAD", script.source)
                 await conn.read_response()
                 again = [commands[i] for i in missing]
-                await conn.send_packed_command(conn.pack_commands(again))
+                await conn.send_packed_command(_pack(conn, again))
                 fresh: list[Any] = []
                 await self._read_into(conn, len(again), fresh)
                 for i, reply in zip(missing, fresh, strict=True):
