@@ -153,3 +153,27 @@ async def test_worker_writes_arqs_health_key(settings: Settings) -> None:
             assert b"queued=" in health
     finally:
         await worker.stop()
+
+
+async def test_job_still_running_after_the_grace_runs_again(settings: Settings) -> None:
+    settings = settings.model_copy(update={"worker_shutdown_grace": 0.2})
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("ping", {"message": "slow", "sleep": 1.0})
+        first = await start_worker(settings)
+        for _ in range(100):
+            if (await job_status(producer.link, handle.job_id, settings.queue_name))[
+                "status"
+            ] == "in_progress":
+                break
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        assert await first.stop() == 0
+        assert time.monotonic() - started < 0.9  # cancelled after the grace, not finished
+        report = await job_status(producer.link, handle.job_id, settings.queue_name)
+        assert report["status"] == "queued"  # due again at once
+        second = await start_worker(settings)
+        try:
+            result = await handle.result(timeout=5)
+        finally:
+            await second.stop()
+    assert (result["message"], result["try"]) == ("slow", 2)

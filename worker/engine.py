@@ -112,7 +112,7 @@ class JobEngine:
         running = list(self.tasks.values())
         if not running:
             return
-        _, late = await asyncio.wait(running, timeout=self.settings.worker_shutdown_grace or None)
+        _, late = await asyncio.wait(running, timeout=self.settings.worker_shutdown_grace)
         for task in late:
             task.cancel()
         if late:
@@ -140,6 +140,8 @@ class JobEngine:
                 await self._idle(batch.next_due_ms)
 
     async def _claim(self, limit: int) -> ClaimBatch | None:
+        if self._lost_claims and not await self._release_lost_claims():
+            return None
         now_ms = _now_ms()
         health, ttl_ms = self._health_due()
         try:
@@ -223,6 +225,9 @@ class JobEngine:
             return False
         if self.tasks:
             await self._wait_slot()
+        elif self._recorder.pending:
+            # Our own finished jobs still sit in the queue (scored in the future) until recorded.
+            await self._until_stopped(self._recorder.wait_idle())
         elif batch.next_due_ms is not None:
             delay = min(max((batch.next_due_ms - _now_ms()) / 1000, 0.001), 1.0)
             await self._until_stopped(asyncio.sleep(delay))
@@ -243,16 +248,18 @@ class JobEngine:
     async def _wait_for_redis(self, exc: BaseException) -> None:
         self.link.report_failure(exc)
         await self.link.wait_until_up()
+
+    async def _release_lost_claims(self) -> bool:
+        """Undo claims whose reply was lost, so their jobs need not wait for the locks to expire."""
         while self._lost_claims:
-            score = self._lost_claims[0]
             try:
-                released = await self.store.release_claims(score, self.token)
-            except REDIS_ERRORS as again:
-                self.link.report_failure(again)
-                await self.link.wait_until_up()
-                continue
+                released = await self.store.release_claims(self._lost_claims[0], self.token)
+            except _OUTAGE as exc:
+                await self._until_stopped(self._wait_for_redis(exc))
+                return False
             self._lost_claims.pop(0)
             log.info("released job locks whose claim reply was lost", released=released)
+        return True
 
     async def _until_stopped(self, waiting: Awaitable[T]) -> T | None:
         """Await `waiting` unless stop is requested first (then cancel it and return None)."""

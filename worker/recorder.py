@@ -47,6 +47,10 @@ class OutcomeRecorder:
     def pending(self) -> int:
         return len(self._pending)
 
+    async def wait_idle(self) -> None:
+        """Until everything added so far is written."""
+        await self._idle.wait()
+
     def add(self, item: Finished) -> None:
         self._pending.append(item)
         self._idle.clear()
