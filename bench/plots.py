@@ -33,12 +33,14 @@ def latency_cdf(series: dict[str, list[float]], path: Path, title: str) -> None:
 
 
 def drain_curves(series: dict[str, list[tuple[float, int]]], path: Path, title: str) -> None:
-    """Jobs left in the queue against seconds since they came due, one line per kind."""
+    """Jobs run against seconds since the backlog came due, one line per kind."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for kind, curve in series.items():
-        ax.plot([t for t, _ in curve], [n for _, n in curve], label=kind, color=COLORS.get(kind))
+        total = curve[0][1]
+        label = f"{kind} ({total:,} jobs)"
+        ax.plot([t for t, _ in curve], [total - n for _, n in curve], label=label, color=COLORS.get(kind))
     ax.set_xlabel("seconds since the backlog came due")
-    ax.set_ylabel("jobs left in the queue")
+    ax.set_ylabel("jobs run")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -48,7 +50,7 @@ def drain_curves(series: dict[str, list[tuple[float, int]]], path: Path, title: 
 
 
 def memory_curve(series: dict[str, list[tuple[int, float]]], path: Path) -> None:
-    """Worker RSS against jobs run, one line per kind."""
+    """Worker RSS against jobs run, one line per kind (one run each)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for kind, points in series.items():
         ax.plot(
