@@ -3,7 +3,7 @@ memory and enqueue rates, for this runner and, side by side in the same run, pla
 default settings and tuned. Prints a markdown section; writes bench/results/worker.json and
 PNG plots into bench/.
 
-    python -m bench.bench_worker          # BENCH_QUICK=1 for a fast smoke run
+    python -m bench.bench_worker   # BENCH_QUICK=1: a fast smoke run; BENCH_REUSE=1: re-render the last run
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ class Report:
         unit: str = "",
         higher_is_better: bool = True,
         met: Callable[[float], bool] | None = None,
+        ratios: bool = True,
     ) -> None:
         sums = {k: summarize(v) for k, v in samples.items() if v}
         self.data[figure] = {k: s.as_dict() for k, s in sums.items()}
@@ -138,7 +139,7 @@ class Report:
             cells.append(_fmt(sums[kind], digits, unit) if kind in sums else "not run")
         for kind in ("arq-tuned", "arq-default"):
             other = sums[kind].median if kind in sums else 0.0
-            cells.append(_ratio(ours, other, higher_is_better))
+            cells.append(_ratio(ours, other, higher_is_better) if ratios else "—")
         cells.append("—" if met is None else ("yes" if met(ours) else "**no**"))
         self.rows.append(cells)
 
@@ -251,6 +252,7 @@ def _build(r: dict[str, Any], plan: dict[str, Any]) -> tuple[Report, dict[str, A
         digits=1,
         higher_is_better=False,
         met=_at_most(1.0),
+        ratios=False,
     )
     rep.add(
         "enqueue, one call at a time (jobs/s)",
@@ -453,14 +455,14 @@ def main() -> None:
     quiet = Settings(_env_file=None, redis_url=SecretStr(""), log_format="json")  # type: ignore[call-arg]
     configure_logging(quiet, stream=io.StringIO())
     plan = _plan()
-    reuse = os.environ.get("BENCH_REUSE")  # re-render a saved run: BENCH_REUSE=path.pickle
-    if reuse and Path(reuse).exists():
-        r, calibration = pickle.loads(Path(reuse).read_bytes())  # noqa: S301 - our own file
+    saved = RESULTS.with_suffix(".pickle")  # every run's raw figures, to re-render the report
+    if os.environ.get("BENCH_REUSE") == "1":
+        r, calibration = pickle.loads(saved.read_bytes())  # noqa: S301 - written by this module
     else:
         shutil.rmtree(scenarios.LOGS, ignore_errors=True)
         r, calibration = asyncio.run(_collect(plan))
-        if reuse:
-            Path(reuse).write_bytes(pickle.dumps((r, calibration)))
+        saved.parent.mkdir(exist_ok=True)
+        saved.write_bytes(pickle.dumps((r, calibration)))
     rep, data = _build(r, plan)
     _plots(r)
     RESULTS.parent.mkdir(exist_ok=True)
