@@ -15,6 +15,7 @@ from worker import keys
 from worker.producer import Producer
 from worker.queue_store import QueueStore
 from worker.serializer import deserialize
+from worker.service import WorkerService
 from worker.status import job_status
 
 
@@ -177,3 +178,30 @@ async def test_job_still_running_after_the_grace_runs_again(settings: Settings) 
         finally:
             await second.stop()
     assert (result["message"], result["try"]) == ("slow", 2)
+
+
+async def test_records_that_are_not_arq_job_records_fail_without_running(settings: Settings) -> None:
+    records = {
+        "list": b"[1, 2]",
+        "no-function": b'{"k": {}, "et": 1}',
+        "positional": b'{"f": "record", "a": ["x"], "k": {}, "et": 1}',
+    }
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        redis = producer.link.redis
+        now_ms = int(time.time() * 1000)
+        for job_id, raw in records.items():
+            await redis.set(keys.job_key(job_id), raw)
+            await redis.zadd(settings.queue_name, {job_id: now_ms})
+        # A valid record with an absurd enqueue time still runs.
+        await redis.set(keys.job_key("odd-time"), b'{"f": "record", "a": [], "k": {"key": "t"}, "et": 1e300}')
+        await redis.zadd(settings.queue_name, {"odd-time": now_ms})
+        service = WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False)
+        assert await asyncio.wait_for(service.run(), 10) == 0
+        reports = {job_id: await job_status(producer.link, job_id, settings.queue_name) for job_id in records}
+        odd = await job_status(producer.link, "odd-time", settings.queue_name)
+    assert {r["status"] for r in reports.values()} == {"failed"}
+    assert reports["list"]["error"]["type"] == "DeserializationError"
+    assert reports["no-function"]["error"]["type"] == "DeserializationError"
+    assert reports["positional"]["error"]["message"] == "jobs take keyword arguments only"
+    assert odd["status"] == "complete"
+    assert RUNS == [("t", "queued", 1)]

@@ -186,6 +186,11 @@ class JobEngine:
             self.jobs_retried += 1
             self._recorder.add(Finished(job.job_id, run_again_at_ms=_now_ms()))
             raise
+        except Exception:
+            # A bug on our side, not the job's (the runner catches those): keep the worker going;
+            # the job runs again when its lock expires, and counts against its tries.
+            log.exception("could not finish a job; it will run again", job_id=job.job_id)
+            return
         if outcome.label == "complete":
             self.jobs_complete += 1
         elif outcome.label == "failed":

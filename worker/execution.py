@@ -90,7 +90,8 @@ class Execution:
             raise _Refused("DeserializationError", "unable to deserialize job: not an arq job record")
         if record.get("a"):
             raise _Refused("JobExecutionFailed", "jobs take keyword arguments only")
-        if not isinstance(record.get("et"), int | float):
+        enqueued = record.get("et")
+        if not isinstance(enqueued, int | float) or not 0 <= enqueued < 1e14:  # ms; year 5138
             record["et"] = _now_ms()
         return record
 
