@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from pydantic import SecretStr
 
@@ -77,3 +79,11 @@ async def test_redis_killed_before_a_bulk_enqueue_runs_each_job_inline_once(data
             assert await producer.link.redis.zcard(settings.queue_name) == 1
             assert await producer.link.redis.exists(keys.job_key(handles[0].job_id)) == 0
     assert [key for key, _, _ in RUNS] == [f"d{i}" for i in range(5)]
+
+
+async def test_generated_ids_are_unique_uuid4_hex(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handles = await producer.enqueue_many("record", [{"key": "u"}] * 500)
+    ids = [h.job_id for h in handles]
+    assert len(set(ids)) == 500
+    assert all(uuid.UUID(hex=job_id).version == 4 and uuid.UUID(hex=job_id).hex == job_id for job_id in ids)
