@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 # Exports REDIS_URL and DATABASE_URL; fails the target if provisioning fails.
 SERVICES = envs=$$($(PY) -m devservices env) && eval "$$envs"
 
@@ -45,7 +46,12 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-bench: install
+# Benchmarks also need the `bench` extra (matplotlib for the plots, py-spy for profiling).
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP)
 	@$(SERVICES) && $(PY) -m bench
 
 services: install

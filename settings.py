@@ -35,6 +35,9 @@ _FIX_HINTS: dict[str, str] = {
     "ai_max_output_retries": "use a whole number from 0 to 10",
     "smtp_starttls": "use auto (upgrade when offered), require or off",
     "email_from": 'use "Name <address@example.com>" or address@example.com',
+    "worker_batch_size": "use 1 to 1000 jobs per claim and per outcome write (default 100)",
+    "worker_idle_block": "use 0.05 to 3600 seconds; longer blocks cost an idle worker fewer commands",
+    "worker_health_interval": "use 1 to 86400 seconds; the health key lives 10 s longer than this",
 }
 
 
@@ -103,6 +106,13 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_max_jobs: int = Field(100, ge=1, le=10000)
+    # Most jobs one claim takes and one outcome write records; also the bulk-enqueue chunk.
+    worker_batch_size: int = Field(100, ge=1, le=1000)
+    # Seconds an idle worker blocks on its wake-up before sending the next block.
+    worker_idle_block: float = Field(30.0, ge=0.05, le=3600)
+    # Seconds between writes of the health key (arq's `<queue>:health-check`).
+    worker_health_interval: float = Field(300.0, ge=1, le=86400)
+    # Ignored since the worker waits on a wake-up instead of polling; kept so configs still load.
     worker_poll_delay: float = Field(0.05, gt=0, le=60)
     worker_shutdown_grace: float = Field(30.0, ge=0, le=3600)
     # A running job's lock lives this long unless its worker, while alive, keeps extending it; a

@@ -276,8 +276,6 @@ async def running_producer(
         return
     service = WorkerService(settings, registry=registry, handle_signals=False)
     task = asyncio.create_task(service.run())
-    # A stop requested before arq's main task exists is lost (WorkerService race), so wait for it.
-    await wait_until(lambda: service.worker.main_task is not None or task.done())
     try:
         async with Producer(settings, registry=registry) as producer:
             yield producer

@@ -393,10 +393,6 @@ async def _stop_worker(service: WorkerService, task: asyncio.Task[int]) -> None:
     the cancellation lands in redis-py's hiredis readiness check, whose `asyncio.timeout(0)`
     can swallow it (fixed upstream in redis-py PR #4063). Repeating SIGTERM is what ops would do.
     """
-    for _ in range(500):
-        if task.done() or service.worker.main_task is not None:
-            break
-        await asyncio.sleep(0.01)
     for _ in range(20):
         if task.done():
             break

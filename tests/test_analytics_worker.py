@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +23,7 @@ from jobs import REGISTRY, Registry, Schedule, define, ping
 from tests.analytics_fixtures import analytics_settings, start_analytics_worker
 from worker.migrate import apply_migrations, available_migrations
 from worker.producer import Producer
-from worker.service import arq_cron_jobs
+from worker.scheduler import next_run
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = [m.version for m in available_migrations()]
@@ -46,14 +47,13 @@ def fresh_database(database_url: str) -> Iterator[str]:
     asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def test_schedules_become_arq_cron_jobs_and_bad_ones_are_refused() -> None:
-    settings = analytics_settings("redis://localhost:1/0", "postgresql://localhost/x")
-    crons = {job.name: job for job in arq_cron_jobs(REGISTRY, settings)}
-    assert set(crons) == {f"cron:{s.job}" for s in REGISTRY.schedules}
-    flush = crons["cron:flush_analytics_events"]
-    assert flush.second == set(range(60))
-    weekly = crons["cron:send_weekly_insights"]
-    assert (weekly.weekday, weekly.hour, weekly.minute, weekly.second) == (0, 7, 0, 0)
+def test_schedules_fire_when_due_and_bad_ones_are_refused() -> None:
+    schedules = {s.job: s for s in REGISTRY.schedules}
+    start = datetime(2026, 11, 26, 10, 15, 30, tzinfo=UTC)  # a Thursday
+    flush = next_run(schedules["flush_analytics_events"], start)
+    assert flush.replace(microsecond=0) == datetime(2026, 11, 26, 10, 15, 31, tzinfo=UTC)
+    weekly = next_run(schedules["send_weekly_insights"], start)
+    assert weekly.replace(microsecond=0) == datetime(2026, 11, 30, 7, 0, 0, tzinfo=UTC)  # Monday 07:00
 
     async def needs_args(ctx: Any, *, artist: str) -> None:
         """Cannot run on a schedule."""

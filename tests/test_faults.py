@@ -87,7 +87,7 @@ async def test_redis_restarted_queueing_resumes_without_restarting_anything(
                 server.stop()
                 during = await producer.enqueue(record, key="during")
                 assert during.mode == "inline"
-                await asyncio.sleep(0.3)  # the worker notices the outage in its poll loop
+                await asyncio.sleep(0.3)  # the worker's blocked wake-up sees the connection drop
 
                 server.restart()
                 await _until(lambda: producer.link.usable and worker.service.link.usable)

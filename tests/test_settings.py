@@ -24,6 +24,12 @@ from settings import SettingsError, load_settings
         ({"JOB_TIMEOUT": "soon"}, "JOB_TIMEOUT: Input should be a valid number"),
         ({"JOB_MAX_TRIES": "0"}, "JOB_MAX_TRIES: Input should be greater than or equal to 1 (got '0')"),
         ({"REDIS_CONNECT_TIMEOUT": "-1"}, "REDIS_CONNECT_TIMEOUT: Input should be greater than 0"),
+        (
+            {"WORKER_BATCH_SIZE": "5000"},
+            "WORKER_BATCH_SIZE: Input should be less than or equal to 1000 (got '5000'); use 1 to 1000",
+        ),
+        ({"WORKER_IDLE_BLOCK": "0"}, "WORKER_IDLE_BLOCK: Input should be greater than or equal to 0.05"),
+        ({"WORKER_HEALTH_INTERVAL": "often"}, "WORKER_HEALTH_INTERVAL: Input should be a valid number"),
     ],
 )
 def test_invalid_values_name_variable_value_and_fix(

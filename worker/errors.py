@@ -53,7 +53,14 @@ class UnknownJobError(JobValidationError):
 
 
 class EnqueueError(RuntimeError):
-    """The job could be neither queued nor run; the caller must handle it."""
+    """The job could be neither queued nor run; the caller must handle it.
+
+    From `enqueue_many`, `queued` holds the handles of the jobs that did reach Redis.
+    """
+
+    def __init__(self, message: str, *, queued: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.queued = queued or []
 
 
 class JobFailed(Exception):

@@ -25,6 +25,7 @@ __all__ = [
     "job_key",
     "result_key",
     "retry_key",
+    "wake_key",
     "worker_stats_key",
 ]
 
@@ -95,3 +96,8 @@ def analytics_batch_key(queue: str, batch_id: str) -> str:
 def analytics_dead_key(queue: str) -> str:
     """List of chunks that could not be decoded or stored, kept for inspection."""
     return f"mb:analytics:{queue}:dead"
+
+
+def wake_key(queue: str) -> str:
+    """Touched by every enqueue; idle workers block on it (BZPOPMIN) instead of polling."""
+    return queue + ":wake"

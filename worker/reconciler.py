@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 import structlog
 
+from worker.queue_store import QueueStore
 from worker.redis_link import REDIS_ERRORS, NotSent, RedisLink, ReplyLost
 from worker.spool import PG_DOWN_ERRORS
 
@@ -55,11 +56,10 @@ class DurableReconciler:
             await self._pool.execute("DELETE FROM durable_jobs WHERE job_id = ANY($1::text[])", done)
         for row in lost:
             delay = (row["run_at"] - datetime.now(UTC)) / timedelta(seconds=1)
-            await self._link.enqueue(
+            await QueueStore(self._link, row["queue"]).enqueue(
                 job_id=row["job_id"],
                 name=row["job_name"],
                 payload=orjson.loads(row["payload"]),
-                queue=row["queue"],
                 defer_by_s=max(delay, 0.0) or None,
             )
             await self._pool.execute(

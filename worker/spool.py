@@ -18,7 +18,8 @@ import asyncpg
 import orjson
 import structlog
 
-from worker.redis_link import EnqueueOutcome, NotSent, RedisLink, ReplyLost
+from worker.queue_store import EnqueueOutcome, QueueStore
+from worker.redis_link import NotSent, RedisLink, ReplyLost
 
 __all__ = ["NOTIFY_CHANNEL", "SpoolRelay", "spool_job"]
 
@@ -124,11 +125,11 @@ class SpoolRelay:
 
     async def _deliver(self, row: asyncpg.Record) -> EnqueueOutcome:
         delay = (row["run_at"] - datetime.now(UTC)) / timedelta(seconds=1)
-        return await self._link.enqueue(
+        store = QueueStore(self._link, row["queue"])
+        return await store.enqueue(
             job_id=row["job_id"],
             name=row["job_name"],
             payload=orjson.loads(row["payload"]),
-            queue=row["queue"],
             defer_by_s=max(delay, 0.0) or None,
         )
 

@@ -154,7 +154,8 @@ async def collect_stats(link: RedisLink, queue: str) -> dict[str, Any]:
         in_progress += 1
     snapshot_keys = [k async for k in redis.scan_iter(match=keys.WORKER_STATS_PATTERN, count=1000)]
     raw = await redis.mget(snapshot_keys) if snapshot_keys else []
-    snapshots = [orjson.loads(r) for r in raw if r]
+    # Workers of other queues share the key space; count only this queue's.
+    snapshots = [s for s in (orjson.loads(r) for r in raw if r) if s.get("queue") == queue]
     return {
         "queue": queue,
         "due": due,

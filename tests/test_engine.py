@@ -1,0 +1,207 @@
+"""The worker engine: wake-up instead of polling, deferred jobs, batched outcomes, dead workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+from arq.jobs import Job
+
+from settings import Settings
+from tests.conftest import start_worker
+from tests.sample_jobs import RUNS, TEST_REGISTRY
+from worker import keys
+from worker.producer import Producer
+from worker.queue_store import QueueStore
+from worker.serializer import deserialize
+from worker.service import WorkerService
+from worker.status import job_status
+
+
+def _idle_settings(settings: Settings) -> Settings:
+    # A block far longer than any test: only the wake-up can start these jobs in time.
+    return settings.model_copy(update={"worker_idle_block": 60.0, "worker_health_interval": 600.0})
+
+
+async def test_job_enqueued_into_an_idle_worker_is_woken_and_runs(settings: Settings) -> None:
+    settings = _idle_settings(settings)
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            await asyncio.sleep(0.3)  # the worker is now blocked on its wake-up
+            for key in ("one", "two"):
+                handle = await producer.enqueue_job("record", {"key": key})
+                assert (await handle.result(timeout=5))["key"] == key
+                await asyncio.sleep(0.1)
+    finally:
+        await worker.stop()
+    assert [key for key, _, _ in RUNS] == ["one", "two"]
+
+
+async def test_deferred_jobs_run_in_order_and_never_early(settings: Settings) -> None:
+    settings = _idle_settings(settings)
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            enqueued = time.time()
+            late = await producer.enqueue_job("ping", {"message": "late"}, defer_by=0.6)
+            early = await producer.enqueue_job("ping", {"message": "early"}, defer_by=0.3)
+            started = {r["message"]: r["at"] for r in [await early.result(5), await late.result(5)]}
+    finally:
+        await worker.stop()
+    early_at = datetime.fromisoformat(started["early"]).timestamp() - enqueued
+    late_at = datetime.fromisoformat(started["late"]).timestamp() - enqueued
+    assert 0.3 <= early_at < late_at
+    assert late_at >= 0.6
+
+
+async def test_batched_outcomes_are_readable_by_status_and_by_arq(settings: Settings) -> None:
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            handles = await producer.enqueue_many("record", [{"key": f"r{i}"} for i in range(60)])
+            failing = await producer.enqueue_job("refuse", {"reason": "no"})
+            for handle in handles:
+                await handle.result(timeout=10)
+            report = await job_status(producer.link, handles[7].job_id, settings.queue_name)
+            assert report["status"] == "complete"
+            assert report["result"] == {"key": "r7", "mode": "queued"}
+            info = await Job(
+                handles[7].job_id,
+                producer.link.redis,
+                _queue_name=settings.queue_name,
+                _deserializer=deserialize,
+            ).result_info()
+            assert info is not None
+            assert (info.success, info.function, info.job_try) == (True, "record", 1)
+            await asyncio.sleep(0.2)
+            failed = await job_status(producer.link, failing.job_id, settings.queue_name)
+            assert failed["status"] == "failed"
+            assert failed["error"]["type"] == "PermanentError"
+            # Nothing is left behind but the results.
+            assert await producer.link.redis.zcard(settings.queue_name) == 0
+            assert await producer.link.redis.exists(keys.retry_key(handles[7].job_id)) == 0
+            assert await producer.link.redis.exists(keys.in_progress_key(handles[7].job_id)) == 0
+    finally:
+        await worker.stop()
+
+
+async def test_job_of_a_dead_worker_runs_again_once_its_lock_expires(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "orphan"})
+        # A worker claims it and dies: its lock (and the job's visibility) lasts 0.4 s.
+        dead = QueueStore(producer.link, settings.queue_name)
+        claimed = await dead.claim(limit=10, lock_ms=400, token="dead-worker")
+        assert [job.job_id for job in claimed.jobs] == [handle.job_id]
+        report = await job_status(producer.link, handle.job_id, settings.queue_name)
+        assert report["status"] == "in_progress"
+        worker = await start_worker(_idle_settings(settings))
+        try:
+            assert (await handle.result(timeout=5))["key"] == "orphan"
+        finally:
+            await worker.stop()
+    assert RUNS == [("orphan", "queued", 2)]  # the dead worker's try counted
+
+
+async def test_a_job_that_keeps_killing_workers_fails_after_its_tries(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "poison"})  # max_tries=3
+        dead = QueueStore(producer.link, settings.queue_name)
+        for _ in range(3):
+            assert len((await dead.claim(limit=1, lock_ms=1, token="dead")).jobs) == 1
+            await asyncio.sleep(0.01)
+        await producer.link.redis.delete(keys.in_progress_key(handle.job_id))
+        worker = await start_worker(settings)
+        try:
+            report: dict[str, object] = {}
+            for _ in range(100):
+                report = await job_status(producer.link, handle.job_id, settings.queue_name)
+                if report["status"] == "failed":
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await worker.stop()
+    assert report["error"] == {
+        "type": "JobExecutionFailed",
+        "message": "max 3 tries exceeded",
+        "kind": "permanent",
+    }
+    assert RUNS == []
+
+
+async def test_lost_claim_is_released_for_another_try(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "lost"})
+        store = QueueStore(producer.link, settings.queue_name)
+        now_ms = int(time.time() * 1000)
+        await store.claim(limit=5, lock_ms=60_000, token="me", now_ms=now_ms)
+        assert await store.release_claims(now_ms + 60_000, "other") == 0  # someone else's: kept
+        assert await store.release_claims(now_ms + 60_000, "me") == 1
+        again = await store.claim(limit=5, lock_ms=60_000, token="me")
+        assert [(job.job_id, job.job_try) for job in again.jobs] == [(handle.job_id, 1)]
+
+
+async def test_worker_writes_arqs_health_key(settings: Settings) -> None:
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            handle = await producer.enqueue_job("record", {"key": "h"})
+            await handle.result(timeout=5)
+            health = await producer.link.redis.get(keys.health_check_key(settings.queue_name))
+            assert health is not None
+            assert b"j_ongoing=" in health
+            assert b"queued=" in health
+    finally:
+        await worker.stop()
+
+
+async def test_job_still_running_after_the_grace_runs_again(settings: Settings) -> None:
+    settings = settings.model_copy(update={"worker_shutdown_grace": 0.2})
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("ping", {"message": "slow", "sleep": 1.0})
+        first = await start_worker(settings)
+        for _ in range(100):
+            if (await job_status(producer.link, handle.job_id, settings.queue_name))[
+                "status"
+            ] == "in_progress":
+                break
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        assert await first.stop() == 0
+        assert time.monotonic() - started < 0.9  # cancelled after the grace, not finished
+        report = await job_status(producer.link, handle.job_id, settings.queue_name)
+        assert report["status"] == "queued"  # due again at once
+        second = await start_worker(settings)
+        try:
+            result = await handle.result(timeout=5)
+        finally:
+            await second.stop()
+    assert (result["message"], result["try"]) == ("slow", 2)
+
+
+async def test_records_that_are_not_arq_job_records_fail_without_running(settings: Settings) -> None:
+    records = {
+        "list": b"[1, 2]",
+        "no-function": b'{"k": {}, "et": 1}',
+        "positional": b'{"f": "record", "a": ["x"], "k": {}, "et": 1}',
+    }
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        redis = producer.link.redis
+        now_ms = int(time.time() * 1000)
+        for job_id, raw in records.items():
+            await redis.set(keys.job_key(job_id), raw)
+            await redis.zadd(settings.queue_name, {job_id: now_ms})
+        # A valid record with an absurd enqueue time still runs.
+        await redis.set(keys.job_key("odd-time"), b'{"f": "record", "a": [], "k": {"key": "t"}, "et": 1e300}')
+        await redis.zadd(settings.queue_name, {"odd-time": now_ms})
+        service = WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False)
+        assert await asyncio.wait_for(service.run(), 10) == 0
+        reports = {job_id: await job_status(producer.link, job_id, settings.queue_name) for job_id in records}
+        odd = await job_status(producer.link, "odd-time", settings.queue_name)
+    assert {r["status"] for r in reports.values()} == {"failed"}
+    assert reports["list"]["error"]["type"] == "DeserializationError"
+    assert reports["no-function"]["error"]["type"] == "DeserializationError"
+    assert reports["positional"]["error"]["message"] == "jobs take keyword arguments only"
+    assert odd["status"] == "complete"
+    assert RUNS == [("t", "queued", 1)]
