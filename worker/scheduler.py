@@ -57,6 +57,10 @@ class Scheduler:
         while True:
             await asyncio.sleep(max((due - datetime.now(UTC)).total_seconds(), 0))
             job_id = f"cron:{schedule.job}:{int(due.timestamp())}"
+            if not self._store.link.usable:
+                # The outage is logged once by the link; a missed tick is caught by the next one.
+                due = next_run(schedule, max(due, datetime.now(UTC)))
+                continue
             try:
                 await self._store.enqueue(job_id=job_id, name=schedule.job, payload={})
             except _SKIPPABLE as exc:
