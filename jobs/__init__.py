@@ -51,8 +51,11 @@ ANALYTICS_JOBS: list[JobDefinition[Any, Any]] = [
     define(send_weekly_insights, timeout=1800, max_tries=3, fallback="spool"),
 ]
 ANALYTICS_SCHEDULES = [
-    Schedule.every_seconds("flush_analytics_events", 1),
-    Schedule.every_minutes("rollup_analytics", 5, second=30),
+    # Flushes are triggered by the producer when events arrive, and each flush that wrote rows
+    # queues a rollup; these two-hourly runs only sweep up leftovers (an expired batch lease, a
+    # trigger lost in an outage), so an idle worker costs Redis almost nothing.
+    Schedule("flush_analytics_events", hour=frozenset(range(0, 24, 2)), minute=0, second=5),
+    Schedule("rollup_analytics", hour=frozenset(range(0, 24, 2)), minute=1, second=0),
     Schedule("detect_analytics_anomalies", minute=10, second=0),
     Schedule("send_weekly_insights", weekday=0, hour=7, minute=0, second=0),
 ]

@@ -170,10 +170,13 @@ class EventIngest:
             self._wake.set()
 
     async def _maybe_trigger_flush(self, length: int) -> None:
-        """Queue a flush at once when the Redis backlog is large, rather than wait for the cron."""
+        """Queue a flush when events arrive (at most one a second per producer), so the worker
+        runs flushes when there is work instead of on a per-second schedule that costs Redis
+        commands when idle. A large backlog triggers at once, whatever the last trigger."""
         backlog = length * self._settings.analytics_chunk_events  # an upper bound
         now = time.monotonic()
-        if backlog < self._settings.analytics_flush_trigger_events or now - self._last_trigger < 1.0:
+        urgent = backlog >= self._settings.analytics_flush_trigger_events
+        if not urgent and now - self._last_trigger < 1.0:
             return
         self._last_trigger = now
         job_id = f"analytics-flush:{self._settings.queue_name}:{int(time.time())}"

@@ -1,7 +1,8 @@
 """The flush job: buffered analytics events into Postgres, batch by batch.
 
-The worker runs it every second (and a producer queues one when the buffer grows large); a
-producer runs it inline to empty its in-process buffer while Redis is down. One run drains
+A producer queues one when events arrive (at most one a second), the worker sweeps every two
+hours, and a producer runs it inline to empty its in-process buffer while Redis is down. A
+flush that wrote rows queues the rollup. One run drains
 until the buffer is empty or ANALYTICS_FLUSH_MAX_S has passed; a run that finds another flush
 busy in the same process returns at once.
 """
@@ -16,6 +17,8 @@ from jobs.analytics.queue import EVENT_QUEUE, ClaimedBatch, EventQueue
 from jobs.analytics.store import write_chunks
 from jobs.context import JobContext
 from jobs.deps import POSTGRES
+from jobs.enqueue import ENQUEUE
+from worker.errors import EnqueueError, JobValidationError
 
 __all__ = ["flush_analytics_events"]
 
@@ -53,4 +56,17 @@ async def flush_analytics_events(ctx: JobContext) -> dict[str, Any]:
             totals["dead"] += len(result.dead)
     if totals["dead"]:
         ctx.log.error("analytics chunks set aside", chunks=totals["dead"])
+    if totals["inserted"]:
+        await _queue_rollup(ctx)
     return totals
+
+
+async def _queue_rollup(ctx: JobContext) -> None:
+    """One rollup per five-minute window after rows landed (the two-hourly sweep catches a
+    window's last events when no later flush comes)."""
+    window = int(time.time() // 300)
+    enqueue = await ctx.deps.get(ENQUEUE)
+    try:
+        await enqueue("rollup_analytics", {}, job_id=f"analytics-rollup:{window}")
+    except (JobValidationError, EnqueueError) as exc:  # a registry without rollups, Redis and PG down
+        ctx.log.warning("rollup not queued after a flush", error=str(exc))
