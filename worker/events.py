@@ -94,6 +94,7 @@ class EventIngest:
         self._drainer: asyncio.Task[None] | None = None
         self._closing = False
         self._last_trigger = 0.0
+        self._trailing: asyncio.Task[None] | None = None
         self._pusher = GroupPusher(link, self._key, self._pushed)
 
     # -- accepting events ------------------------------------------------------------------------
@@ -170,17 +171,24 @@ class EventIngest:
             self._wake.set()
 
     async def _maybe_trigger_flush(self, length: int) -> None:
-        """Queue a flush when events arrive (at most one a second per producer), so the worker
-        runs flushes when there is work instead of on a per-second schedule that costs Redis
-        commands when idle. A large backlog triggers at once, whatever the last trigger."""
+        """Queue a flush when events arrive, at most one a second per producer, so the worker
+        flushes when there is work instead of on a per-second schedule that costs Redis commands
+        when idle. Pushes inside the second get one trailing flush when the second is over, so
+        the last events of a burst are never left waiting for the two-hourly sweep. A large
+        backlog triggers at once."""
         backlog = length * self._settings.analytics_chunk_events  # an upper bound
-        now = time.monotonic()
-        urgent = backlog >= self._settings.analytics_flush_trigger_events
-        if not urgent and now - self._last_trigger < 1.0:
-            return
-        self._last_trigger = now
-        job_id = f"analytics-flush:{self._settings.queue_name}:{int(time.time())}"
-        with contextlib.suppress(JobValidationError):  # a registry without the flush job
+        wait = 1.0 - (time.monotonic() - self._last_trigger)
+        if backlog >= self._settings.analytics_flush_trigger_events or wait <= 0:
+            await self._trigger_flush()
+        elif self._trailing is None or self._trailing.done():
+            self._trailing = asyncio.get_running_loop().create_task(self._trigger_flush(after=wait))
+
+    async def _trigger_flush(self, after: float = 0.0) -> None:
+        if after:
+            await asyncio.sleep(after)
+        self._last_trigger = time.monotonic()
+        job_id = f"analytics-flush:{self._settings.queue_name}:{time.time_ns()}"
+        with contextlib.suppress(JobValidationError, EnqueueError):  # no flush job here; Redis and PG down
             await self._enqueue(FLUSH_ANALYTICS_EVENTS.name, {}, job_id=job_id)
 
     # -- draining the in-process buffer ---------------------------------------------------------
@@ -243,6 +251,8 @@ class EventIngest:
     async def close(self) -> None:
         """Empty the in-process buffer (to Redis or Postgres); raise if events remain."""
         await self._pusher.aclose()
+        if self._trailing is not None:
+            await self._trailing  # the last pushed events get their flush
         self._closing = True
         self._wake.set()
         if self._drainer is None and not self.buffer.empty:

@@ -253,15 +253,7 @@ class Producer:
         definition.check_settings(self.settings)
         payload = definition.payload(kwargs or {}, max_bytes=self.settings.max_payload_bytes)
         job_id = job_id or uuid.uuid4().hex
-        await spool_job(
-            conn,
-            job_id=job_id,
-            name=definition.name,
-            payload=payload,
-            queue=self.settings.queue_name,
-            run_at=_run_at(defer_by),
-            durable=definition.durable,
-        )
+        await self._spool(conn, definition, payload, job_id, defer_by)
         return JobHandle(job_id, definition.name, "spooled", link=self._link)
 
     async def status(self, job_id: str) -> dict[str, Any]:
@@ -453,21 +445,31 @@ class Producer:
         try:
             async with asyncio.timeout(5):
                 pool = await self._runner.journal.pool()
-                await spool_job(
-                    pool,
-                    job_id=job_id,
-                    name=definition.name,
-                    payload=payload,
-                    queue=self.settings.queue_name,
-                    run_at=_run_at(defer_by),
-                    durable=definition.durable,
-                )
+                await self._spool(pool, definition, payload, job_id, defer_by)
         except PG_DOWN_ERRORS as exc:
             log.error("could not spool job: Postgres unreachable", job_id=job_id, error=str(exc))
             return False
         log.info("job spooled until Redis returns", job_id=job_id, job=definition.name)
         self._start_relay(pool)
         return True
+
+    async def _spool(
+        self,
+        conn: asyncpg.Connection | asyncpg.Pool,
+        definition: JobDefinition[Any, Any],
+        payload: dict[str, Any],
+        job_id: str,
+        defer_by: float | None,
+    ) -> None:
+        await spool_job(
+            conn,
+            job_id=job_id,
+            name=definition.name,
+            payload=payload,
+            queue=self.settings.queue_name,
+            run_at=_run_at(defer_by),
+            durable=definition.durable,
+        )
 
     def _start_relay(self, pool: asyncpg.Pool) -> None:
         if self._relay_task is None or self._relay_task.done():
