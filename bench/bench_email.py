@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -181,6 +182,8 @@ def _job_scenario(settings: Settings) -> Scenario:
 
 def _table(scenarios: list[Scenario], count: int, runs: int) -> str:
     lines = [
+        "## Email delivery",
+        "",
         f"Email throughput in messages/s: {count} messages per run, {runs} runs, "
         f"{CONCURRENCY} concurrent senders",
         "",
@@ -243,7 +246,7 @@ async def main(count: int, runs: int) -> None:
                 scenario.rates.append(count / elapsed)
             for sink in (plain, starttls):
                 sink.received.clear()
-            print(f"round {round_ + 1}/{runs} done", flush=True)
+            print(f"round {round_ + 1}/{runs} done", file=sys.stderr, flush=True)
     finally:
         sendgrid.stop()
         servers.run(plain.stop())
@@ -276,7 +279,7 @@ async def main(count: int, runs: int) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(_table(scenarios, count, runs))
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {RESULTS}", file=sys.stderr)
 
 
 def cli() -> None:

@@ -65,6 +65,7 @@ def test_full_run_logs_json_only_and_never_a_secret(database_url: str) -> None:
             raw = redis.Redis.from_url(redis_server.url)
             raw.set("arq:job:forged", b"\x80not-json")
             raw.zadd(env["QUEUE_NAME"], {"forged": int(time.time() * 1000)})
+            raw.zadd(env["QUEUE_NAME"] + ":wake", {"w": 0})  # what our enqueue does to wake a worker
             raw.close()
             time.sleep(0.5)
             redis_server.kill()

@@ -12,7 +12,6 @@ from arq.constants import (
 
 __all__ = [
     "CACHE_PREFIX",
-    "IN_PROGRESS_PATTERN",
     "WORKER_STATS_PATTERN",
     "analytics_batch_key",
     "analytics_batch_prefix",
@@ -65,9 +64,6 @@ WORKER_STATS_PATTERN = "mb:stats:worker:*"
 
 def worker_stats_key(worker_id: str) -> str:
     return f"mb:stats:worker:{worker_id}"
-
-
-IN_PROGRESS_PATTERN = in_progress_key_prefix + "*"
 
 
 # Analytics event buffer, per queue so a producer and a worker sharing QUEUE_NAME find each

@@ -149,9 +149,6 @@ async def collect_stats(link: RedisLink, queue: str) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
     total = int(await redis.zcard(queue))
     due = int(await redis.zcount(queue, "-inf", now_ms))
-    in_progress = 0
-    async for _ in redis.scan_iter(match=keys.IN_PROGRESS_PATTERN, count=1000):
-        in_progress += 1
     snapshot_keys = [k async for k in redis.scan_iter(match=keys.WORKER_STATS_PATTERN, count=1000)]
     raw = await redis.mget(snapshot_keys) if snapshot_keys else []
     # Workers of other queues share the key space; count only this queue's.
@@ -160,7 +157,8 @@ async def collect_stats(link: RedisLink, queue: str) -> dict[str, Any]:
         "queue": queue,
         "due": due,
         "deferred": total - due,
-        "in_progress": in_progress,
+        # Lock keys do not name their queue, so the reporting workers' own counts are used.
+        "in_progress": sum(int(s.get("running", 0)) for s in snapshots),
         "workers": [
             {"worker": s["worker"], "host": s["host"], "pid": s["pid"], "running": s["running"]}
             for s in snapshots
