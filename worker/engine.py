@@ -31,9 +31,9 @@ import structlog
 from jobs.registry import Registry
 from settings import Settings
 from worker.execution import Execution
-from worker.queue_store import ClaimBatch, ClaimedJob, Finished, QueueStore
+from worker.queue_store import ClaimBatch, ClaimedJob, Finished, QueueStore, epoch_ms
 from worker.recorder import OutcomeRecorder
-from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, ReplyLost
+from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, REDIS_OUTAGE, ReplyLost
 from worker.runner import JobRunner
 
 __all__ = ["JobEngine"]
@@ -42,14 +42,9 @@ log = structlog.get_logger("worker.service")
 
 T = TypeVar("T")
 
-_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
 
 # How long a stopping worker waits for Redis to record the outcomes of finished jobs.
 _RECORD_AT_STOP_S = 5.0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class JobEngine:
@@ -141,7 +136,7 @@ class JobEngine:
     async def _claim(self, limit: int) -> ClaimBatch | None:
         if self._lost_claims and not await self._release_lost_claims():
             return None
-        now_ms = _now_ms()
+        now_ms = epoch_ms()
         health, ttl_ms = self._health_due()
         try:
             batch = await self.store.claim(
@@ -157,7 +152,7 @@ class JobEngine:
             self._lost_claims.append(now_ms + self._lock_ms)
             await self._until_stopped(self._wait_for_redis(exc))
             return None
-        except _OUTAGE as exc:
+        except REDIS_OUTAGE as exc:
             await self._until_stopped(self._wait_for_redis(exc))
             return None
         except REDIS_ERRORS as exc:
@@ -183,7 +178,7 @@ class JobEngine:
             outcome = await self._execution.run(job)
         except asyncio.CancelledError:
             self.jobs_retried += 1
-            self._recorder.add(Finished(job.job_id, run_again_at_ms=_now_ms()))
+            self._recorder.add(Finished(job.job_id, run_again_at_ms=epoch_ms()))
             raise
         except Exception:
             # A bug on our side, not the job's (the runner catches those): keep the worker going;
@@ -211,7 +206,7 @@ class JobEngine:
         while not self.stopping:
             timeout = self.settings.worker_idle_block
             if next_due_ms is not None:
-                timeout = min(timeout, (next_due_ms - _now_ms()) / 1000)
+                timeout = min(timeout, (next_due_ms - epoch_ms()) / 1000)
             timeout = min(timeout, self._next_health - time.monotonic())
             if timeout <= 0:
                 return
@@ -233,7 +228,7 @@ class JobEngine:
             # Our own finished jobs still sit in the queue (scored in the future) until recorded.
             await self._until_stopped(self._recorder.wait_idle())
         elif batch.next_due_ms is not None:
-            delay = min(max((batch.next_due_ms - _now_ms()) / 1000, 0.001), 1.0)
+            delay = min(max((batch.next_due_ms - epoch_ms()) / 1000, 0.001), 1.0)
             await self._until_stopped(asyncio.sleep(delay))
         return True
 
@@ -256,7 +251,7 @@ class JobEngine:
                 continue
             try:
                 held = await self.store.extend_claims(running, self.token, self._lock_ms)
-            except (*_OUTAGE, *REDIS_ERRORS):
+            except (*REDIS_OUTAGE, *REDIS_ERRORS):
                 continue  # the claim loop deals with outages
             if held < len(running):
                 log.warning("running jobs lost their lock and may run twice", lost=len(running) - held)
@@ -272,7 +267,7 @@ class JobEngine:
         while self._lost_claims:
             try:
                 released = await self.store.release_claims(self._lost_claims[0], self.token)
-            except _OUTAGE as exc:
+            except REDIS_OUTAGE as exc:
                 await self._until_stopped(self._wait_for_redis(exc))
                 return False
             self._lost_claims.pop(0)

@@ -8,7 +8,6 @@ under them too often).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +16,7 @@ import structlog
 
 from jobs.registry import JobDefinition, Registry
 from worker.errors import JobFailed, UnknownJobError
-from worker.queue_store import ClaimedJob, Finished
+from worker.queue_store import ClaimedJob, Finished, epoch_ms
 from worker.runner import JobRunner
 from worker.serializer import deserialize, serialize
 
@@ -30,10 +29,6 @@ log = structlog.get_logger("worker.engine")
 class Outcome:
     finished: Finished
     label: str  # complete, failed or retry
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class _Refused(Exception):
@@ -54,7 +49,7 @@ class Execution:
         self._queue = queue
 
     async def run(self, job: ClaimedJob) -> Outcome:
-        start_ms = _now_ms()
+        start_ms = epoch_ms()
         record: dict[str, Any] = {}
         try:
             record = self._decode(job)
@@ -72,7 +67,7 @@ class Execution:
             enqueue_time=datetime.fromtimestamp(record["et"] / 1000, UTC),
         )
         if attempt.outcome == "retry":
-            again = _now_ms() + int((attempt.retry_in or 0) * 1000)
+            again = epoch_ms() + int((attempt.retry_in or 0) * 1000)
             return Outcome(Finished(job.job_id, run_again_at_ms=again), "retry")
         success = attempt.error is None
         value = attempt.result if success else attempt.error
@@ -92,7 +87,7 @@ class Execution:
             raise _Refused("JobExecutionFailed", "jobs take keyword arguments only")
         enqueued = record.get("et")
         if not isinstance(enqueued, int | float) or not 0 <= enqueued < 1e14:  # ms; year 5138
-            record["et"] = _now_ms()
+            record["et"] = epoch_ms()
         return record
 
     def _definition(self, record: dict[str, Any]) -> JobDefinition[Any, Any]:
@@ -156,7 +151,7 @@ class Execution:
                 "s": success,
                 "r": value,
                 "st": start_ms,
-                "ft": _now_ms(),
+                "ft": epoch_ms(),
                 "q": self._queue,
                 "id": job.job_id,
             }

@@ -26,6 +26,7 @@ __all__ = [
     "NewJob",
     "QueueStore",
     "WithdrawOutcome",
+    "epoch_ms",
     "job_record",
 ]
 
@@ -82,7 +83,7 @@ def job_record(name: str, payload: dict[str, Any], enqueue_ms: int, job_try: int
     return orjson.dumps({"t": job_try, "f": name, "a": [], "k": payload, "et": enqueue_ms})
 
 
-def _now_ms() -> int:
+def epoch_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -100,7 +101,7 @@ class QueueStore:
         """Queue one job atomically in one round trip (raises `NotSent` or `ReplyLost`)."""
         if not self.link.usable:
             raise NotSent(f"Redis is {self.link.state.value}")
-        now_ms = _now_ms()
+        now_ms = epoch_ms()
         score = now_ms + int((defer_by_s or 0) * 1000)
         keys_ = (keys.job_key(job_id), keys.result_key(job_id), self.queue, self.wake_key)
         args = (job_record(name, payload, now_ms), score - now_ms + EXPIRES_EXTRA_MS, score, job_id)
@@ -111,7 +112,7 @@ class QueueStore:
         """Queue many jobs in pipelined script calls of `batch_size` jobs; one outcome per job."""
         if not self.link.usable:
             return [EnqueueOutcome.NOT_SENT] * len(jobs)
-        head = (keys.job_key(""), keys.result_key(""), _now_ms(), EXPIRES_EXTRA_MS)
+        head = (keys.job_key(""), keys.result_key(""), epoch_ms(), EXPIRES_EXTRA_MS)
         chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
         calls = []
         for chunk in chunks:
@@ -152,7 +153,7 @@ class QueueStore:
         """
         keys_ = (self.queue, keys.health_check_key(self.queue))
         args = (
-            now_ms or _now_ms(),
+            now_ms or epoch_ms(),
             lock_ms,
             limit,
             token,
@@ -188,12 +189,12 @@ class QueueStore:
 
     async def release_claims(self, claimed_score: int, token: str) -> int:
         """Undo a claim whose reply was lost (jobs scored `claimed_score`, locked by `token`)."""
-        args = (_now_ms(), claimed_score, keys.in_progress_key(""), keys.retry_key(""), token)
+        args = (epoch_ms(), claimed_score, keys.in_progress_key(""), keys.retry_key(""), token)
         return int(await self.link.run_script(scripts.RELEASE, (self.queue,), args))
 
     async def extend_claims(self, job_ids: list[str], token: str, lock_ms: int) -> int:
         """Push back the locks this token still holds (and the jobs' queue scores with them)."""
-        args = (_now_ms(), lock_ms, keys.in_progress_key(""), token, *job_ids)
+        args = (epoch_ms(), lock_ms, keys.in_progress_key(""), token, *job_ids)
         return int(await self.link.run_script(scripts.EXTEND, (self.queue,), args))
 
     async def withdraw_if_pending(self, job_id: str) -> WithdrawOutcome:

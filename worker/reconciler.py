@@ -16,7 +16,7 @@ import orjson
 import structlog
 
 from worker.queue_store import QueueStore
-from worker.redis_link import REDIS_ERRORS, NotSent, RedisLink, ReplyLost
+from worker.redis_link import REDIS_FAILURES, RedisLink
 from worker.spool import PG_DOWN_ERRORS
 
 __all__ = ["DurableReconciler"]
@@ -24,7 +24,7 @@ __all__ = ["DurableReconciler"]
 log = structlog.get_logger("worker.reconciler")
 
 _MIN_AGE_S = 10
-_SKIPPABLE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_ERRORS, *PG_DOWN_ERRORS)
+_SKIPPABLE: tuple[type[BaseException], ...] = (*REDIS_FAILURES, *PG_DOWN_ERRORS)
 _BATCH = 1000
 
 

@@ -15,13 +15,11 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from worker.queue_store import Finished, QueueStore
-from worker.redis_link import REDIS_DOWN_ERRORS, REDIS_ERRORS, NotSent, ReplyLost
+from worker.redis_link import REDIS_ERRORS, REDIS_OUTAGE
 
 __all__ = ["OutcomeRecorder"]
 
 log = structlog.get_logger("worker.recorder")
-
-_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
 
 
 class OutcomeRecorder:
@@ -85,7 +83,7 @@ class OutcomeRecorder:
     async def _write(self, batch: list[Finished]) -> bool:
         try:
             await self._store.finish(batch, keep_result_ms=self._keep_result_ms)
-        except _OUTAGE as exc:
+        except REDIS_OUTAGE as exc:
             # Writing a batch twice is harmless, so a lost reply is simply retried.
             await self._wait_for_redis(exc)
             return False

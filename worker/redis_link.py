@@ -36,6 +36,8 @@ from worker.serializer import deserialize, serialize
 __all__ = [
     "REDIS_DOWN_ERRORS",
     "REDIS_ERRORS",
+    "REDIS_FAILURES",
+    "REDIS_OUTAGE",
     "LinkState",
     "NotSent",
     "RedisLink",
@@ -85,7 +87,9 @@ class ReplyLost(Exception):
 
 
 # Everything that means "Redis went away", including our own two signals.
-_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
+REDIS_OUTAGE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_DOWN_ERRORS)
+# Everything a Redis call can raise: an outage, or a refusal such as OOM or NOPERM.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_ERRORS)
 
 
 def _pack(conn: AbstractConnection, commands: list[tuple[Any, ...]]) -> list[bytes]:
@@ -243,7 +247,7 @@ class RedisLink:
             try:
                 for callback in self._on_up:
                     await callback()
-            except _OUTAGE as exc:
+            except REDIS_OUTAGE as exc:
                 # Redis went away again mid-callback: keep probing; callbacks run next time.
                 self._open(exc)
                 continue

@@ -14,13 +14,11 @@ from arq.cron import next_cron
 
 from jobs.registry import Registry, Schedule, TimeField
 from worker.queue_store import QueueStore
-from worker.redis_link import REDIS_ERRORS, NotSent, ReplyLost
+from worker.redis_link import REDIS_FAILURES
 
 __all__ = ["Scheduler", "next_run"]
 
 log = structlog.get_logger("worker.scheduler")
-
-_SKIPPABLE: tuple[type[BaseException], ...] = (NotSent, ReplyLost, *REDIS_ERRORS)
 
 
 def _field(value: TimeField) -> int | set[int] | None:
@@ -63,7 +61,7 @@ class Scheduler:
                 continue
             try:
                 await self._store.enqueue(job_id=job_id, name=schedule.job, payload={})
-            except _SKIPPABLE as exc:
+            except REDIS_FAILURES as exc:
                 log.warning(
                     "scheduled run not queued", job=schedule.job, error=f"{type(exc).__name__}: {exc}"
                 )
