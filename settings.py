@@ -112,8 +112,6 @@ class Settings(BaseSettings):
     worker_idle_block: float = Field(30.0, ge=0.05, le=3600)
     # Seconds between writes of the health key (arq's `<queue>:health-check`).
     worker_health_interval: float = Field(300.0, ge=1, le=86400)
-    # Ignored since the worker waits on a wake-up instead of polling; kept so configs still load.
-    worker_poll_delay: float = Field(0.05, gt=0, le=60)
     worker_shutdown_grace: float = Field(30.0, ge=0, le=3600)
     # A running job's lock lives this long unless its worker, while alive, keeps extending it; a
     # SIGKILLed worker's jobs run again elsewhere within about this time.

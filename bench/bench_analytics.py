@@ -15,26 +15,23 @@ import contextlib
 import io
 import json
 import logging
-import os
 import statistics
 import time
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import SecretStr
 
+from bench.database import SERVER_DSN, scratch_database
 from devservices.redis import RedisServer
 from settings import Settings
 from worker.events import EventBufferFull, EventsNotDelivered
 from worker.logs import configure_logging
-from worker.migrate import apply_migrations
 from worker.producer import Producer
 from worker.service import WorkerService
 
@@ -45,7 +42,6 @@ BASELINE_EVENTS = 20_000  # per naive run: it is slow
 SINGLE_EVENTS = 20_000  # per run of one-event calls
 CALLERS = 50  # concurrent callers of track_event, like web requests
 RESULTS = Path(__file__).parent / "results" / "analytics.json"
-SERVER_DSN = os.environ.get("DATABASE_URL") or "postgresql://postgres@localhost:5432/postgres"
 
 
 def _settings(redis_url: str, database_url: str, **extra: Any) -> Settings:
@@ -57,27 +53,6 @@ def _settings(redis_url: str, database_url: str, **extra: Any) -> Settings:
         log_format="json",
         **extra,
     )
-
-
-def _with_db(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-
-
-@asynccontextmanager
-async def scratch_database() -> AsyncIterator[str]:
-    name = f"mbbench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(SERVER_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(_with_db(SERVER_DSN, name))
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
-        yield _with_db(SERVER_DSN, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def _template() -> list[dict[str, Any]]:

@@ -26,11 +26,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 from pydantic import SecretStr
 
+from bench.database import scratch_database
 from jobs.email.addresses import Mailbox
 from jobs.email.mime import Outgoing, make_message_id
 from jobs.email.templates import render_template
@@ -39,7 +38,6 @@ from jobs.email.transports.smtp import SmtpConfig
 from settings import Settings, load_settings
 from tests.email_fixtures import FakeSendGrid, SmtpSink, make_tls_files
 from worker.logs import configure_logging
-from worker.migrate import apply_migrations
 from worker.producer import Producer
 
 T = TypeVar("T")
@@ -126,34 +124,6 @@ def _smtp(url: str, *, reuse: bool, ca_file: str | None = None) -> Callable[[], 
     return lambda: SmtpTransport(SmtpConfig.from_settings(settings), CONCURRENCY, reuse=reuse)
 
 
-async def _bench_database(server_dsn: str) -> str | None:
-    """A fresh, migrated database for the full-job scenario, or None if Postgres is not there."""
-    name = f"mbbench_{uuid.uuid4().hex[:10]}"
-    try:
-        conn = await asyncpg.connect(server_dsn, timeout=3)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = urlunsplit(urlsplit(server_dsn)._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
-    return dsn
-
-
-async def _drop_database(server_dsn: str, dsn: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(dsn).path.lstrip("/")}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 def _job_scenario(settings: Settings) -> Scenario:
     async def run(count: int) -> float:
         message = {
@@ -198,6 +168,11 @@ def _table(scenarios: list[Scenario], count: int, runs: int) -> str:
 
 
 async def main(count: int, runs: int) -> None:
+    async with scratch_database() as job_dsn:
+        await _measure(job_dsn, count, runs)
+
+
+async def _measure(job_dsn: str, count: int, runs: int) -> None:
     servers = LoopThread()
     scratch = Path(tempfile.mkdtemp(prefix="bench-email-"))
     tls = make_tls_files(scratch)
@@ -207,8 +182,6 @@ async def main(count: int, runs: int) -> None:
     base = load_settings()
     configure_logging(base.model_copy(update={"log_level": "WARNING"}))
     logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's per-session chatter
-    server_dsn = base.database_url.get_secret_value()
-    job_dsn = await _bench_database(server_dsn)
     scenarios = [
         _transport_scenario("SMTP, pooled connections (reuse)", _smtp(plain.url(), reuse=True)),
         _transport_scenario("SMTP, new connection per message", _smtp(plain.url(), reuse=False)),
@@ -228,17 +201,16 @@ async def main(count: int, runs: int) -> None:
             note="one HTTP request per message through python_http_client/urllib, no keep-alive",
         ),
     ]
-    if job_dsn is not None:
-        job_settings = base.model_copy(
-            update={
-                "redis_url": SecretStr(""),
-                "database_url": SecretStr(job_dsn),
-                "email_transport": "smtp",
-                "smtp_url": SecretStr(plain.url()),
-                "smtp_pool_size": CONCURRENCY,
-            }
-        )
-        scenarios.append(_job_scenario(job_settings))
+    job_settings = base.model_copy(
+        update={
+            "redis_url": SecretStr(""),
+            "database_url": SecretStr(job_dsn),
+            "email_transport": "smtp",
+            "smtp_url": SecretStr(plain.url()),
+            "smtp_pool_size": CONCURRENCY,
+        }
+    )
+    scenarios.append(_job_scenario(job_settings))
     try:
         for round_ in range(runs):
             for scenario in scenarios:
@@ -252,8 +224,6 @@ async def main(count: int, runs: int) -> None:
         servers.run(plain.stop())
         servers.run(starttls.stop())
         servers.stop()
-        if job_dsn is not None:
-            await _drop_database(server_dsn, job_dsn)
 
     report = {
         "benchmark": "email",
@@ -274,7 +244,6 @@ async def main(count: int, runs: int) -> None:
             }
             for s in scenarios
         ],
-        "skipped": [] if job_dsn is not None else ["send_email job: Postgres not reachable at DATABASE_URL"],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

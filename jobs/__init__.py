@@ -7,6 +7,7 @@ worker run a job by itself (cron-like, UTC).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from jobs.ai import ai_email_variants, ai_not_configured, ai_social_captions, ai_track_tags, ai_week_narrative
@@ -50,14 +51,16 @@ ANALYTICS_JOBS: list[JobDefinition[Any, Any]] = [
     define(detect_analytics_anomalies, timeout=900, max_tries=3, fallback="spool"),
     define(send_weekly_insights, timeout=1800, max_tries=3, fallback="spool"),
 ]
+EVERY_2H = frozenset(range(0, 24, 2))
 ANALYTICS_SCHEDULES = [
     # Flushes are triggered by the producer when events arrive, and each flush that wrote rows
     # queues a rollup; these two-hourly runs only sweep up leftovers (an expired batch lease, a
     # trigger lost in an outage), so an idle worker costs Redis almost nothing.
-    Schedule("flush_analytics_events", hour=frozenset(range(0, 24, 2)), minute=0, second=5),
-    Schedule("rollup_analytics", hour=frozenset(range(0, 24, 2)), minute=1, second=0),
-    Schedule("detect_analytics_anomalies", minute=10, second=0),
-    Schedule("send_weekly_insights", weekday=0, hour=7, minute=0, second=0),
+    # A run missed while no worker was up (a deploy at 07:00 on a Monday, say) is run late.
+    Schedule("flush_analytics_events", hour=EVERY_2H, minute=0, second=5, catch_up=timedelta(hours=2)),
+    Schedule("rollup_analytics", hour=EVERY_2H, minute=1, second=0, catch_up=timedelta(hours=2)),
+    Schedule("detect_analytics_anomalies", minute=10, second=0, catch_up=timedelta(hours=1)),
+    Schedule("send_weekly_insights", weekday=0, hour=7, minute=0, second=0, catch_up=timedelta(days=6)),
 ]
 
 REGISTRY = Registry(

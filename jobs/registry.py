@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, get_type_hints
 
 import orjson
@@ -172,6 +173,8 @@ class Schedule:
     """When the worker runs a registered job by itself, with no arguments (UTC, like cron).
 
     Each field is one value, a set of values, or None for "any"; `weekday` 0 is Monday.
+    `catch_up`: a run missed because no worker was up, or Redis was away, at its due time is
+    run late if it was due at most this long ago (only the latest missed run; None: never).
     """
 
     job: str
@@ -182,6 +185,11 @@ class Schedule:
     minute: TimeField = None
     second: TimeField = 0
     run_at_startup: bool = False
+    catch_up: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.catch_up is not None and self.catch_up <= timedelta(0):
+            raise ValueError(f"schedule for {self.job!r}: catch_up must be positive, or None for never")
 
     @classmethod
     def every_seconds(cls, job: str, seconds: int) -> Schedule:

@@ -68,6 +68,24 @@ def _with_db(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+@pytest.fixture
+def fresh_database(database_url: str) -> Iterator[str]:
+    """An empty database (no migrations) on the test server, dropped afterwards."""
+    name = f"mbtest_mig_{uuid.uuid4().hex[:8]}"
+    server = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server owned by the test session, so tests may flush and inspect it freely."""
@@ -83,7 +101,6 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         "retry_backoff_base": 0.01,
         "retry_backoff_max": 0.05,
         "redis_probe_interval": 0.05,
-        "worker_poll_delay": 0.01,
         "worker_shutdown_grace": 2.0,
         "worker_http_port": 0,
         "database_url": _SESSION_DATABASE.get("url") or _server_dsn(),

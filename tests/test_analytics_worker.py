@@ -7,12 +7,9 @@ import io
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -27,24 +24,6 @@ from worker.scheduler import next_run
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = [m.version for m in available_migrations()]
-
-
-@pytest.fixture
-def fresh_database(database_url: str) -> Iterator[str]:
-    """An empty database (no migrations) on the test server, dropped afterwards."""
-    name = f"mbtest_mig_{uuid.uuid4().hex[:8]}"
-    server = urlunsplit(urlsplit(database_url)._replace(path="/postgres"))
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}"))
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_schedules_fire_when_due_and_bad_ones_are_refused() -> None:

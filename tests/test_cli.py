@@ -24,7 +24,6 @@ def _env(redis_url: str, database_url: str, queue: str) -> dict[str, str]:
         DATABASE_URL=database_url,
         QUEUE_NAME=queue,
         LOG_FORMAT="json",
-        WORKER_POLL_DELAY="0.01",
         WORKER_SHUTDOWN_GRACE="10",
         WORKER_HTTP_PORT="0",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
@@ -250,7 +251,6 @@ async def test_sigkilled_workers_jobs_run_again_within_seconds(own_redis: RedisS
         "QUEUE_NAME": settings.queue_name,
         "LOG_LEVEL": "WARNING",
         "WORKER_HTTP_PORT": "0",
-        "WORKER_POLL_DELAY": "0.02",
         "WORKER_MAX_JOBS": "40",
     }
 
@@ -287,3 +287,19 @@ async def test_sigkilled_workers_jobs_run_again_within_seconds(own_redis: RedisS
     gaps = [min(i.start_time.timestamp() - k for k in kills if k <= i.start_time.timestamp()) for i in rerun]
     assert max(gaps) < 30, gaps
     print(f"\nkill-to-rerun: {len(rerun)} jobs re-run; gap max {max(gaps):.1f}s, min {min(gaps):.1f}s")
+
+
+async def test_unmigrated_database_is_reported_with_the_fix(
+    settings: Settings, fresh_database: str, log_output: io.StringIO
+) -> None:
+    """Inline jobs still run; each outcome not recorded gets a line that says what to do."""
+    no_tables = SecretStr(fresh_database)
+    empty = settings.model_copy(update={"redis_url": SecretStr(""), "database_url": no_tables})
+    async with Producer(empty, registry=TEST_REGISTRY) as producer:
+        handles = [await producer.enqueue_job("record", {"key": f"k{i}"}) for i in range(5)]
+        await producer.journal.drain()
+    assert [h.mode for h in handles] == ["inline"] * 5
+    assert [(f"k{i}", "inline", 1) for i in range(5)] == RUNS
+    lines = [line for line in log_output.getvalue().splitlines() if "could not record" in line]
+    assert len(lines) == 5, lines  # one per outcome not written, none silent
+    assert all("no runner tables" in line and "python -m worker migrate" in line for line in lines)

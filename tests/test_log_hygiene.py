@@ -47,7 +47,6 @@ def test_full_run_logs_json_only_and_never_a_secret(database_url: str) -> None:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "DEBUG",
             "WORKER_HTTP_PORT": "0",
-            "WORKER_POLL_DELAY": "0.01",
             "REDIS_PROBE_INTERVAL": "0.1",
         }
         outputs: list[str] = []

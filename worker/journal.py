@@ -29,12 +29,19 @@ def _json(value: Any) -> str:
 
 
 _RETRY_PG_AFTER_S = 5.0
+# A database without our tables will not grow them by itself: look again after a minute.
+_RETRY_SCHEMA_AFTER_S = 60.0
+_SCHEMA_MISSING = (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError)
+_MIGRATE_FIX = "run `python -m worker migrate` (a worker also applies migrations when it starts)"
 
 
 class Journal:
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
-        self._pg_down_until = 0.0  # a small breaker, so a dead Postgres costs one try per 5 s
+        # A small breaker: a dead Postgres, or one without our tables, costs one query per
+        # back-off instead of a failing query per job.
+        self._pg_down_until = 0.0
+        self._down_reason = ""
         self._pending: set[asyncio.Task[bool]] = set()
 
     async def pool(self) -> asyncpg.Pool:
@@ -42,7 +49,8 @@ class Journal:
 
     async def _execute(self, what: str, job_id: str, query: str, *args: Any) -> bool:
         if time.monotonic() < self._pg_down_until:
-            log.error(f"could not record {what}: Postgres unreachable", job_id=job_id)
+            # Still one line per record not written, so nothing goes unrecorded silently.
+            log.error(f"could not record {what}: {self._down_reason}", job_id=job_id)
             return False
         try:
             async with asyncio.timeout(_RETRY_PG_AFTER_S):
@@ -50,10 +58,27 @@ class Journal:
                 await pool.execute(query, *args)
         except PG_DOWN_ERRORS as exc:
             self._pg_down_until = time.monotonic() + _RETRY_PG_AFTER_S
-            log.error(f"could not record {what}: Postgres unreachable", job_id=job_id, error=str(exc))
+            self._down_reason = "Postgres unreachable"
+            log.error(
+                f"could not record {what}: Postgres unreachable",
+                job_id=job_id,
+                error=str(exc),
+                next_try_in_s=_RETRY_PG_AFTER_S,
+            )
+            return False
+        except _SCHEMA_MISSING as exc:
+            self._pg_down_until = time.monotonic() + _RETRY_SCHEMA_AFTER_S
+            self._down_reason = f"the database has no runner tables; {_MIGRATE_FIX}"
+            log.error(
+                f"could not record {what}: the database has no runner tables",
+                job_id=job_id,
+                error=f"{type(exc).__name__}: {exc}",
+                fix=_MIGRATE_FIX,
+                next_try_in_s=_RETRY_SCHEMA_AFTER_S,
+            )
             return False
         except asyncpg.PostgresError as exc:
-            # A schema problem (migrations not applied, say) must not turn into a job failure.
+            # Bookkeeping trouble must not turn into a job failure.
             log.error(f"could not record {what}", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
             return False
         return True

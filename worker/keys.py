@@ -24,6 +24,7 @@ __all__ = [
     "job_key",
     "result_key",
     "retry_key",
+    "schedule_key",
     "wake_key",
     "worker_stats_key",
 ]
@@ -60,6 +61,11 @@ def health_check_key(queue: str) -> str:
 
 # Our own keys live under `mb:` so ACL rules can grant exactly `arq:*` and `mb:*`.
 WORKER_STATS_PATTERN = "mb:stats:worker:*"
+
+
+def schedule_key(queue: str, job: str) -> str:
+    """The due time (epoch seconds) of the latest scheduled run of `job` that was queued."""
+    return f"mb:schedule:{queue}:{job}"
 
 
 def worker_stats_key(worker_id: str) -> str:

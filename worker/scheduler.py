@@ -1,24 +1,32 @@
 """The registry's schedules: each due run is enqueued once per fleet, under a job id made of the
 job's name and the due time, so several workers scheduling the same tick queue one job.
 
-Ticks missed while the worker was down are not caught up: the next one is.
+A run missed while no worker was up, or while Redis was away, is queued late when its schedule
+allows (`Schedule.catch_up`): only the latest one, and only if Redis's note of the latest
+queued run is older. Other schedules just wait for their next run.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from arq.cron import next_cron
 
 from jobs.registry import Registry, Schedule, TimeField
+from worker import keys
 from worker.queue_store import QueueStore
 from worker.redis_link import REDIS_FAILURES
 
-__all__ = ["Scheduler", "next_run"]
+__all__ = ["Scheduler", "latest_run", "next_run"]
 
 log = structlog.get_logger("worker.scheduler")
+
+# While a missed run waits for Redis to come back, look again this often.
+_RECHECK_S = 1.0
+# A schedule's catch-up window is walked tick by tick; this bounds the walk for tiny periods.
+_MAX_TICKS_WALKED = 100_000
 
 
 def _field(value: TimeField) -> int | set[int] | None:
@@ -39,6 +47,22 @@ def next_run(schedule: Schedule, after: datetime) -> datetime:
     )
 
 
+def latest_run(schedule: Schedule, now: datetime, within: timedelta) -> datetime | None:
+    """The last time at or before `now`, and after `now - within`, that `schedule` was due."""
+    found = None
+    due = next_run(schedule, now - within)
+    for _ in range(_MAX_TICKS_WALKED):
+        if due > now:
+            break
+        found = due
+        due = next_run(schedule, due)
+    return found
+
+
+def _job_id(schedule: Schedule, due: datetime) -> str:
+    return f"cron:{schedule.job}:{int(due.timestamp())}"
+
+
 class Scheduler:
     def __init__(self, registry: Registry, store: QueueStore) -> None:
         self._schedules = registry.schedules
@@ -52,17 +76,65 @@ class Scheduler:
     async def _run(self, schedule: Schedule) -> None:
         now = datetime.now(UTC)
         due = now if schedule.run_at_startup else next_run(schedule, now)
+        # A run that came due while no worker was up.
+        missed = latest_run(schedule, now, schedule.catch_up) if schedule.catch_up else None
         while True:
-            await asyncio.sleep(max((due - datetime.now(UTC)).total_seconds(), 0))
-            job_id = f"cron:{schedule.job}:{int(due.timestamp())}"
+            wait = (due - datetime.now(UTC)).total_seconds()
+            if missed is not None:
+                wait = min(wait, _RECHECK_S)
+            await asyncio.sleep(max(wait, 0))
+            if missed is not None and self._store.link.usable and await self._catch_up(schedule, missed):
+                missed = None
+            if datetime.now(UTC) < due:
+                continue
             if not self._store.link.usable:
-                # The outage is logged once by the link; a missed tick is caught by the next one.
+                # The outage is logged once by the link; the run is queued late when it ends if
+                # the schedule allows, else the next run is the one that happens.
+                if schedule.catch_up:
+                    missed = due
                 due = next_run(schedule, max(due, datetime.now(UTC)))
                 continue
-            try:
-                await self._store.enqueue(job_id=job_id, name=schedule.job, payload={})
-            except REDIS_FAILURES as exc:
-                log.warning(
-                    "scheduled run not queued", job=schedule.job, error=f"{type(exc).__name__}: {exc}"
-                )
+            if not await self._queue(schedule, due) and schedule.catch_up:
+                missed = due
             due = next_run(schedule, max(due, datetime.now(UTC)))
+
+    async def _queue(self, schedule: Schedule, due: datetime) -> bool:
+        """Queue the run due at `due` and note it; False when Redis failed (logged)."""
+        try:
+            await self._store.enqueue(job_id=_job_id(schedule, due), name=schedule.job, payload={})
+            if schedule.catch_up:
+                note = str(int(due.timestamp())).encode()
+                await self._store.link.set_bytes(self._note_key(schedule), note, _note_ttl_s(schedule))
+        except REDIS_FAILURES as exc:
+            log.warning(
+                "scheduled run not queued",
+                job=schedule.job,
+                due=due.isoformat(),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True
+
+    async def _catch_up(self, schedule: Schedule, due: datetime) -> bool:
+        """Queue a missed run unless a later (or the same) one was queued; False to try again."""
+        assert schedule.catch_up is not None
+        if datetime.now(UTC) - due > schedule.catch_up:
+            log.warning("missed scheduled run is too old to catch up", job=schedule.job, due=due.isoformat())
+            return True
+        try:
+            note = await self._store.link.get_bytes(self._note_key(schedule))
+        except REDIS_FAILURES:
+            return False
+        if note is not None and int(note) >= int(due.timestamp()):
+            return True
+        log.info("queueing a missed scheduled run", job=schedule.job, due=due.isoformat())
+        return await self._queue(schedule, due)
+
+    def _note_key(self, schedule: Schedule) -> str:
+        return keys.schedule_key(self._store.queue, schedule.job)
+
+
+def _note_ttl_s(schedule: Schedule) -> float:
+    # Long enough to cover the catch-up window after the next run; no key lives forever.
+    assert schedule.catch_up is not None
+    return schedule.catch_up.total_seconds() + 8 * 86_400
