@@ -14,24 +14,18 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
 
 from devservices.redis import RedisServer
-from jobs import REGISTRY
 from jobs.context import Mode
-from jobs.registry import Registry
 from settings import Settings
 from tests.conftest import make_settings
-from worker.producer import Producer
-from worker.service import WorkerService
 
 __all__ = [
     "AI_KEY",
@@ -45,7 +39,6 @@ __all__ = [
     "log_events",
     "make_ai_settings",
     "mode",
-    "running_producer",
     "wait_until",
 ]
 
@@ -261,25 +254,3 @@ def ai_settings(redis_server: RedisServer, fake_ai: FakeAI) -> Settings:
 def mode(request: pytest.FixtureRequest) -> Mode:
     value: Mode = request.param
     return value
-
-
-@asynccontextmanager
-async def running_producer(
-    settings: Settings, mode: Mode, *, registry: Registry = REGISTRY
-) -> AsyncIterator[Producer]:
-    """A producer (on `jobs.REGISTRY` by default): with an in-process worker behind Redis, or,
-    inline, with Redis not configured."""
-    if mode == "inline":
-        inline_settings = settings.model_copy(update={"redis_url": SecretStr("")})
-        async with Producer(inline_settings, registry=registry) as producer:
-            yield producer
-        return
-    service = WorkerService(settings, registry=registry, handle_signals=False)
-    task = asyncio.create_task(service.run())
-    try:
-        async with Producer(settings, registry=registry) as producer:
-            yield producer
-    finally:
-        if not task.done():
-            service.request_stop()
-        await asyncio.wait_for(task, 10)

@@ -7,6 +7,7 @@ import io
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,6 +16,9 @@ import pytest
 from pydantic import SecretStr
 
 from devservices.redis import RedisServer
+from jobs import REGISTRY
+from jobs.context import Mode
+from jobs.registry import Registry
 from settings import Settings
 from tests.sample_jobs import RUNS, TEST_REGISTRY, TRIES
 from worker.logs import configure_logging
@@ -152,18 +156,28 @@ async def worker(settings: Settings) -> AsyncIterator[RunningWorker]:
     await running.stop()
 
 
-@pytest.fixture(params=["queued", "inline"])
-async def producer(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Producer]:
-    """A producer in each mode: with a worker behind Redis, or with Redis not configured."""
-    mode = request.param
+@asynccontextmanager
+async def running_producer(
+    settings: Settings, mode: Mode, *, registry: Registry = REGISTRY
+) -> AsyncIterator[Producer]:
+    """A producer (on `jobs.REGISTRY` by default) in either mode: queued, with an in-process worker
+    behind Redis, or inline, with Redis not configured."""
     if mode == "inline":
         inline_settings = settings.model_copy(update={"redis_url": SecretStr("")})
-        async with Producer(inline_settings, registry=TEST_REGISTRY) as inline_producer:
+        async with Producer(inline_settings, registry=registry) as inline_producer:
             yield inline_producer
         return
-    running = await start_worker(settings)
+    service = WorkerService(settings, registry=registry, handle_signals=False)
+    running = RunningWorker(service, asyncio.create_task(service.run()))
     try:
-        async with Producer(settings, registry=TEST_REGISTRY) as queued_producer:
+        async with Producer(settings, registry=registry) as queued_producer:
             yield queued_producer
     finally:
         await running.stop()
+
+
+@pytest.fixture(params=["queued", "inline"])
+async def producer(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Producer]:
+    """A producer on the test registry in each mode."""
+    async with running_producer(settings, request.param, registry=TEST_REGISTRY) as each:
+        yield each

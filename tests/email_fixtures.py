@@ -20,11 +20,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -32,14 +31,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pydantic import SecretStr
 
 from devservices.redis import RedisServer
-from jobs import REGISTRY
 from settings import Settings
 from tests.conftest import make_settings
-from worker.producer import Producer
-from worker.service import WorkerService
 
 __all__ = [
     "FakeSendGrid",
@@ -49,13 +44,10 @@ __all__ = [
     "TlsFiles",
     "email_settings",
     "make_tls_files",
-    "producer_in_mode",
     "sendgrid_server",
     "smtp_sink",
     "tls_files",
 ]
-
-Mode = Literal["queued", "inline"]
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -367,35 +359,3 @@ def email_settings(redis_server: RedisServer, database_url: str) -> Any:
         return make_settings(redis_server.url, **{"database_url": database_url, **overrides})
 
     return build
-
-
-@asynccontextmanager
-async def producer_in_mode(mode: Mode, settings: Settings) -> AsyncIterator[Producer]:
-    """A producer on the real registry: queued (with an in-process worker) or inline."""
-    if mode == "inline":
-        inline = settings.model_copy(update={"redis_url": SecretStr("")})
-        async with Producer(inline, registry=REGISTRY) as producer:
-            yield producer
-        return
-    service = WorkerService(settings, registry=REGISTRY, handle_signals=False)
-    task = asyncio.create_task(service.run())
-    try:
-        async with Producer(settings, registry=REGISTRY) as producer:
-            yield producer
-    finally:
-        await _stop_worker(service, task)
-
-
-async def _stop_worker(service: WorkerService, task: asyncio.Task[int]) -> None:
-    """Stop the in-process worker the way SIGTERM does, repeating the request if it is lost.
-
-    A stop is lost if it comes before arq's main task exists (arq has nothing to cancel), or if
-    the cancellation lands in redis-py's hiredis readiness check, whose `asyncio.timeout(0)`
-    can swallow it (fixed upstream in redis-py PR #4063). Repeating SIGTERM is what ops would do.
-    """
-    for _ in range(20):
-        if task.done():
-            break
-        service.request_stop()
-        await asyncio.wait([task], timeout=0.5)
-    await asyncio.wait_for(task, 5)

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from jobs import JobContext, Registry, define, ping
+from jobs.enqueue import ENQUEUE
 from worker.errors import PermanentError, TransientError
 
 __all__ = ["RUNS", "TEST_REGISTRY", "TRIES"]
@@ -54,6 +55,12 @@ async def takes_any(ctx: JobContext, *, data: Any) -> Any:
     return data
 
 
+async def follow_up(ctx: JobContext, *, key: str) -> str:
+    """Queue `record` as a follow-up job, as the analytics jobs queue emails."""
+    enqueue = await ctx.deps.get(ENQUEUE)
+    return await enqueue("record", {"key": key}, job_id=f"follow-up:{key}")
+
+
 async def bad_result(ctx: JobContext, *, key: str) -> object:
     """Return something JSON cannot carry."""
     return object()
@@ -69,6 +76,7 @@ TEST_REGISTRY = Registry(
         define(sleepy, timeout=0.3, max_tries=2),
         define(takes_any),
         define(bad_result),
+        define(follow_up),
         define(record, name="record_spooled", fallback="spool", inline_if_spool_down=False),
         define(record, name="record_durable", durable=True),
         define(record, name="record_rejecting", fallback="reject"),

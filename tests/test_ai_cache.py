@@ -13,9 +13,9 @@ from devservices.redis import RedisServer
 from jobs import REGISTRY, Registry, ai_track_tags, define
 from jobs.context import Mode
 from jobs.deps import open_deps
-from tests.ai_fixtures import FakeAI, completion, log_events, make_ai_settings, running_producer, wait_until
+from tests.ai_fixtures import FakeAI, completion, log_events, make_ai_settings, wait_until
 from tests.ai_fixtures import fake_ai as fake_ai  # fixture, re-exported for pytest
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_producer
 from worker.cache import HybridCache, MemoryCache, make_cache
 from worker.keys import cache_key
 from worker.producer import Producer

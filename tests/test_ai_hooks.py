@@ -11,9 +11,9 @@ from pydantic import Field
 from jobs import JobContext, Registry, define
 from jobs.context import Mode
 from settings import Settings
-from tests.ai_fixtures import log_events, running_producer
+from tests.ai_fixtures import log_events
 from tests.ai_fixtures import mode as mode  # fixture, re-exported for pytest
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_producer
 from worker.errors import JobFailed, JobValidationError, PermanentError
 
 RAN: list[str] = []

@@ -13,10 +13,11 @@ from jobs.ai.prompts import DATA_CLOSE, DATA_OPEN
 from jobs.context import Mode
 from jobs.deps import Deps
 from settings import Settings
-from tests.ai_fixtures import FakeAI, captions_json, completion, running_producer
+from tests.ai_fixtures import FakeAI, captions_json, completion
 from tests.ai_fixtures import ai_settings as ai_settings  # fixtures, re-exported for pytest
 from tests.ai_fixtures import fake_ai as fake_ai
 from tests.ai_fixtures import mode as mode
+from tests.conftest import running_producer
 from worker.cache import MemoryCache
 from worker.errors import JobFailed, JobValidationError
 from worker.producer import Producer

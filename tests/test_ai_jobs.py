@@ -21,11 +21,11 @@ from tests.ai_fixtures import (
     completion,
     log_events,
     make_ai_settings,
-    running_producer,
 )
 from tests.ai_fixtures import ai_settings as ai_settings  # fixtures, re-exported for pytest
 from tests.ai_fixtures import fake_ai as fake_ai
 from tests.ai_fixtures import mode as mode
+from tests.conftest import running_producer
 from worker.errors import JobFailed
 
 CAPTIONS: dict[str, Any] = {

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
+from jobs.context import Mode
 from settings import Settings
+from tests.conftest import running_producer
 from tests.email_fixtures import (
     FakeSendGrid,
-    Mode,
     Reply,
     SmtpSink,
     email_settings,
-    producer_in_mode,
     sendgrid_server,
     smtp_sink,
 )
@@ -42,7 +42,7 @@ def digest(recipients: list[Any]) -> dict[str, Any]:
 
 
 async def run_bulk(mode: Mode, settings: Settings, message: dict[str, Any], key: str) -> Any:
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_bulk_email", {"message": message, "idempotency_key": key})
         return await handle.result(timeout=30)
 

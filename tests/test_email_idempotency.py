@@ -11,9 +11,11 @@ import asyncpg
 import pytest
 
 from devservices.proxy import TcpProxy
+from jobs.context import Mode
 from jobs.email.store import Claimant, DeliveryStore, SentMemo
 from settings import Settings
-from tests.email_fixtures import Mode, SmtpSink, email_settings, producer_in_mode, smtp_sink
+from tests.conftest import running_producer
+from tests.email_fixtures import SmtpSink, email_settings, smtp_sink
 from worker.errors import JobFailed
 
 __all__ = ["email_settings", "smtp_sink"]  # fixtures used here
@@ -53,7 +55,7 @@ async def test_a_second_run_with_the_same_key_sends_nothing(
 ) -> None:
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
     key = new_key()
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         first = await producer.enqueue_job("send_email", {"message": message(), "idempotency_key": key})
         sent = await first.result(timeout=10)
         # A worker killed after sending leaves the job to run again: same key, another run.
@@ -78,7 +80,7 @@ async def test_an_inline_run_and_a_queued_run_of_one_key_send_once(
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
     key = new_key()
     args = {"message": message(), "idempotency_key": key}
-    async with producer_in_mode("queued", settings) as queued, producer_in_mode("inline", settings) as inline:
+    async with running_producer(settings, "queued") as queued, running_producer(settings, "inline") as inline:
         queued_handle = await queued.enqueue_job("send_email", args)
         inline_handle = await inline.enqueue_job("send_email", args, background=True)
         results = await asyncio.gather(queued_handle.result(timeout=10), inline_handle.result(timeout=10))
@@ -92,7 +94,7 @@ async def test_concurrent_runs_of_one_key_send_once(
 ) -> None:
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
     args = {"message": message(), "idempotency_key": new_key()}
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handles = [await producer.enqueue_job("send_email", args, background=True) for _ in range(4)]
         results = await asyncio.gather(*(h.result(timeout=10) for h in handles))
     assert sorted(r["status"] for r in results) == ["already_sent"] * 3 + ["sent"]
@@ -107,7 +109,7 @@ async def test_a_claim_left_by_a_crashed_run_is_free_once_its_lease_ends(
     key = new_key()
     await store.claim([key], Claimant("killed-worker-job", "queued", 1), "smtp")  # then the worker died
 
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         blocked = await producer.enqueue_job("send_email", {"message": message(), "idempotency_key": key})
         with pytest.raises(JobFailed) as failure:
             await blocked.result(timeout=10)
@@ -185,7 +187,7 @@ async def test_a_send_that_cannot_be_recorded_is_not_sent_again(
     key = new_key()
     args = {"message": message(), "idempotency_key": key}
     try:
-        async with producer_in_mode(mode, settings) as producer:
+        async with running_producer(settings, mode) as producer:
             first = await (await producer.enqueue_job("send_email", args)).result(timeout=15)
             assert first["status"] == "sent"
             assert first["recorded"] is False

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from jobs.context import Mode
 from settings import Settings
-from tests.conftest import make_settings
-from tests.email_fixtures import FakeSendGrid, Mode, Reply, email_settings, producer_in_mode, sendgrid_server
+from tests.conftest import make_settings, running_producer
+from tests.email_fixtures import FakeSendGrid, Reply, email_settings, sendgrid_server
 from worker.errors import JobFailed
 from worker.logs import configure_logging
 
@@ -40,7 +41,7 @@ def message(**overrides: Any) -> dict[str, Any]:
 
 
 async def send(mode: Mode, settings: Settings, body: dict[str, Any], **enqueue: Any) -> Any:
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_email", {"message": body}, **enqueue)
         return await handle.result(timeout=15)
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from jobs.context import Mode
 from settings import Settings
+from tests.conftest import running_producer
 from tests.email_fixtures import (
-    Mode,
     SmtpSink,
     TlsFiles,
     email_settings,
-    producer_in_mode,
     smtp_sink,
     tls_files,
 )
@@ -59,7 +59,7 @@ async def test_message_arrives_exactly_as_composed(
         reply_to={"email": "support@maxbooster.example", "name": "Support"},
         categories=["release", "status:live"],
     )
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_email", {"message": message}, job_id=f"smtp-exact-{mode}")
         result = await handle.result(timeout=10)
 
@@ -102,7 +102,7 @@ async def test_template_over_starttls_with_auth_and_a_self_signed_ca(
         "reset_url": "https://app.maxbooster.example/reset?token=abc&x=1",
         "expires_minutes": 30,
     }
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job(
             "send_email",
             {"message": {"to": ["zoe@example.com"], "template": "password_reset", "context": context}},
@@ -128,7 +128,7 @@ async def test_implicit_tls(tls_files: TlsFiles, email_settings: SettingsFactory
         settings = email_settings(
             email_transport="smtp", smtp_url=sink.url("mailer", "pw"), smtp_ca_file=str(tls_files.cert)
         )
-        async with producer_in_mode("inline", settings) as producer:
+        async with running_producer(settings, "inline") as producer:
             handle = await producer.enqueue_job("send_email", {"message": plain_message()})
             await handle.result(timeout=10)
     finally:
@@ -143,7 +143,7 @@ async def test_untrusted_certificate_is_permanent(
     mode: Mode, tls_sink: SmtpSink, email_settings: SettingsFactory
 ) -> None:
     settings = email_settings(email_transport="smtp", smtp_url=tls_sink.url("mailer", "s3cr3t-pw"))
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_email", {"message": plain_message()})
         with pytest.raises(JobFailed) as failure:
             await handle.result(timeout=10)
@@ -159,7 +159,7 @@ async def test_verification_can_be_turned_off_for_a_test_server(
 ) -> None:
     url = tls_sink.url("mailer", "s3cr3t-pw")
     settings = email_settings(email_transport="smtp", smtp_url=url, smtp_tls_verify=False)
-    async with producer_in_mode("inline", settings) as producer:
+    async with running_producer(settings, "inline") as producer:
         handle = await producer.enqueue_job("send_email", {"message": plain_message()})
         await handle.result(timeout=10)
     assert [r.tls for r in tls_sink.received] == [True]
@@ -169,7 +169,7 @@ async def test_password_never_travels_in_clear_text(email_settings: SettingsFact
     sink = await SmtpSink(users={"mailer": "pw-in-clear"}).start()  # no TLS offered
     try:
         refusing = email_settings(email_transport="smtp", smtp_url=sink.url("mailer", "pw-in-clear"))
-        async with producer_in_mode("inline", refusing) as producer:
+        async with running_producer(refusing, "inline") as producer:
             handle = await producer.enqueue_job("send_email", {"message": plain_message()})
             with pytest.raises(JobFailed) as failure:
                 await handle.result(timeout=10)
@@ -182,7 +182,7 @@ async def test_password_never_travels_in_clear_text(email_settings: SettingsFact
         trusting = email_settings(
             email_transport="smtp", smtp_url=sink.url("mailer", "pw-in-clear"), smtp_starttls="off"
         )
-        async with producer_in_mode("inline", trusting) as producer:
+        async with running_producer(trusting, "inline") as producer:
             handle = await producer.enqueue_job("send_email", {"message": plain_message()})
             await handle.result(timeout=10)
         assert [r.login for r in sink.received] == ["mailer"]
@@ -199,7 +199,7 @@ async def test_wrong_password_is_permanent_and_not_shown(
         smtp_url=tls_sink.url("mailer", "wrong-pw-9"),
         smtp_ca_file=str(tls_files.cert),
     )
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_email", {"message": plain_message()})
         with pytest.raises(JobFailed) as failure:
             await handle.result(timeout=10)
@@ -215,7 +215,7 @@ async def test_connection_is_reused_across_jobs_and_reopened_when_dropped(
     mode: Mode, smtp_sink: SmtpSink, email_settings: SettingsFactory
 ) -> None:
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         for n in range(3):
             handle = await producer.enqueue_job("send_email", {"message": plain_message(subject=f"n{n}")})
             await handle.result(timeout=10)
@@ -235,7 +235,7 @@ async def test_4xx_replies_are_retried(
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
     smtp_sink.data_replies.append("451 4.3.0 Mail server temporarily rejected message")
     smtp_sink.refuse_once["zoe@example.com"] = "450 4.2.1 Mailbox busy, try again"
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_email", {"message": plain_message()})
         result = await handle.result(timeout=10)
     assert result["status"] == "sent"
@@ -248,7 +248,7 @@ async def test_5xx_is_permanent_with_the_servers_reason(
 ) -> None:
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
     smtp_sink.data_replies.extend(["554 5.7.1 Message rejected as spam"] * 3)
-    async with producer_in_mode(mode, settings) as producer:
+    async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job("send_email", {"message": plain_message()})
         with pytest.raises(JobFailed) as failure:
             await handle.result(timeout=10)
@@ -262,7 +262,7 @@ async def test_one_refused_recipient_does_not_stop_the_others(
 ) -> None:
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
     smtp_sink.refuse["gone@example.com"] = "550 5.1.1 No such user"
-    async with producer_in_mode("inline", settings) as producer:
+    async with running_producer(settings, "inline") as producer:
         handle = await producer.enqueue_job(
             "send_email", {"message": plain_message(to=["zoe@example.com", "gone@example.com"])}
         )
@@ -283,7 +283,7 @@ async def test_a_server_that_never_answers_times_out_as_transient(
     port = server.sockets[0].getsockname()[1]
     settings = email_settings(email_transport="smtp", smtp_url=f"smtp://127.0.0.1:{port}", smtp_timeout=0.1)
     try:
-        async with producer_in_mode(mode, settings) as producer:
+        async with running_producer(settings, mode) as producer:
             handle = await producer.enqueue_job("send_email", {"message": plain_message()})
             with pytest.raises(JobFailed) as failure:
                 await handle.result(timeout=15)
@@ -296,7 +296,7 @@ async def test_a_server_that_never_answers_times_out_as_transient(
 async def test_file_transport_writes_eml_files(tmp_path: Path, email_settings: SettingsFactory) -> None:
     settings = email_settings(email_file_dir=str(tmp_path / "mail"))
     assert settings.email_transport_resolved == "file"
-    async with producer_in_mode("inline", settings) as producer:
+    async with running_producer(settings, "inline") as producer:
         handle = await producer.enqueue_job("send_email", {"message": plain_message(subject=SUBJECT)})
         result = await handle.result(timeout=10)
     [path] = (tmp_path / "mail").glob("*.eml")

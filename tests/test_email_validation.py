@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from jobs.context import Mode
 from jobs.email import Email, send_email
 from jobs.email.headers import header_problem
 from settings import Settings
-from tests.email_fixtures import Mode, SmtpSink, email_settings, producer_in_mode, smtp_sink
+from tests.conftest import running_producer
+from tests.email_fixtures import SmtpSink, email_settings, smtp_sink
 from worker.errors import JobValidationError
 from worker.producer import Producer
 
@@ -25,7 +27,7 @@ async def producer(
 ) -> AsyncIterator[Producer]:
     mode: Mode = request.param
     settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url())
-    async with producer_in_mode(mode, settings) as running:
+    async with running_producer(settings, mode) as running:
         yield running
 
 

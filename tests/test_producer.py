@@ -90,3 +90,14 @@ async def test_inline_is_the_default_and_waits(settings: Settings) -> None:
         assert handle.mode == "inline"
         assert handle.done
         assert producer.inline_count == 1
+
+
+async def test_a_job_queues_its_follow_up_the_way_its_own_mode_allows(producer: Producer) -> None:
+    handle = await producer.enqueue_job("follow_up", {"key": "next"})
+    outcome = await handle.result(timeout=5)
+    mode = handle.mode
+    assert outcome == ("queued" if mode == "queued" else "inline")
+    deadline = time.monotonic() + 5
+    while ("next", mode, 1) not in RUNS:  # the follow-up ran, queued on the worker or inline here
+        assert time.monotonic() < deadline, RUNS
+        await asyncio.sleep(0.01)

@@ -36,8 +36,6 @@ import structlog
 
 from jobs import FLUSH_ANALYTICS_EVENTS
 from jobs.analytics.events import EventLimits, RefusedEvent, encode_chunks, new_event_id, validate_events
-from jobs.analytics.queue import EVENT_QUEUE
-from jobs.deps import Deps
 from jobs.enqueue import Enqueue
 from settings import Settings
 from worker import keys
@@ -77,9 +75,7 @@ class TrackResult:
 class EventIngest:
     """The producer's analytics front: validation, the Redis list, the in-process buffer."""
 
-    def __init__(
-        self, settings: Settings, link: RedisLink, runner: JobRunner, deps: Deps, enqueue: Enqueue
-    ) -> None:
+    def __init__(self, settings: Settings, link: RedisLink, runner: JobRunner, enqueue: Enqueue) -> None:
         self._settings = settings
         self._link = link
         self._runner = runner
@@ -88,7 +84,6 @@ class EventIngest:
         self.buffer = MemoryEventBuffer(
             max_bytes=settings.analytics_buffer_max_bytes, batch_bytes=settings.analytics_batch_bytes
         )
-        deps.provide(EVENT_QUEUE, self.buffer)  # what the flush job drains when run inline here
         self.stats: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None

@@ -35,6 +35,7 @@ import asyncpg
 import structlog
 
 from jobs import REGISTRY
+from jobs.analytics.queue import EVENT_QUEUE
 from jobs.context import JobContext
 from jobs.deps import Deps
 from jobs.enqueue import ENQUEUE
@@ -136,17 +137,30 @@ class JobHandle(Generic[R]):
 class Producer:
     """Enqueue jobs to Redis, or run them inline when Redis is unusable. Use as `async with`."""
 
-    def __init__(self, settings: Settings | None = None, *, registry: Registry = REGISTRY) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: Registry = REGISTRY,
+        link: RedisLink | None = None,
+        deps: Deps | None = None,
+    ) -> None:
+        """`link` and `deps`, when given, are shared with their owner (a worker), who starts and
+        closes them; otherwise the producer has its own."""
         self.settings = settings or load_settings()
         self.registry = registry
-        self._link = RedisLink(self.settings, role="producer")
+        self._owns_link = link is None
+        self._owns_deps = deps is None
+        self._link = link or RedisLink(self.settings, role="producer")
         self._store = QueueStore(self._link, self.settings.queue_name)
-        self._deps = Deps(self.settings, cache=make_cache(self.settings))
+        self._deps = deps or Deps(self.settings, cache=make_cache(self.settings))
         self.metrics = Metrics()
         self.metrics.watch_breaker(lambda: not self._link.usable)
         self._runner = JobRunner(self.settings, self._deps, self.metrics)
-        self._deps.provide(ENQUEUE, self.enqueue_by_name)  # follow-up jobs of inline runs
-        self.events = EventIngest(self.settings, self._link, self._runner, self._deps, self.enqueue_by_name)
+        self.events = EventIngest(self.settings, self._link, self._runner, self.enqueue_by_name)
+        if self._owns_deps:
+            self._deps.provide(ENQUEUE, self.enqueue_by_name)  # follow-up jobs of inline runs
+            self._deps.provide(EVENT_QUEUE, self.events.buffer)  # what an inline flush drains
         self._background: set[asyncio.Future[Any]] = set()
         self._background_slots = asyncio.Semaphore(self.settings.inline_max_background)
         self._ambiguous: set[str] = set()  # ids of jobs whose enqueue reply was lost
@@ -176,6 +190,8 @@ class Producer:
     async def start(self) -> None:
         self._link.on_up(self._withdraw_ambiguous)
         self._link.on_up(self._events_redis_back)
+        if not self._owns_link:
+            return  # the owner starts the link and reports how Redis is
         state = await self._link.start()
         if self._link.usable:
             log.info("Redis primary client connected, jobs are queued", url=self.settings.redis_url_redacted)
@@ -197,8 +213,10 @@ class Producer:
                 self._relay_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._relay_task
-            await self._link.aclose()
-            await self._deps.aclose()
+            if self._owns_link:
+                await self._link.aclose()
+            if self._owns_deps:
+                await self._deps.aclose()
 
     # -- public API ------------------------------------------------------------------------------
 

@@ -63,8 +63,9 @@ class WorkerService:
         self._handle_signals = handle_signals
         self._burst = burst
         self._scheduler = Scheduler(registry, self.store)
-        # Jobs queue follow-up jobs (emails) through a producer, inline while Redis is down.
-        self.producer = Producer(settings, registry=registry)
+        # Jobs queue follow-up jobs (emails) through a producer, inline while Redis is down. It
+        # shares the worker's Redis link and dependencies: one connection pool of each.
+        self.producer = Producer(settings, registry=registry, link=self.link, deps=self.deps)
         self.deps.provide(ENQUEUE, self.producer.enqueue_by_name)
         self.deps.provide(EVENT_QUEUE, RedisEventQueue(self.link, settings))
         self.http: HealthServer | None = None
