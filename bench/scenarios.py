@@ -175,7 +175,7 @@ async def enqueue_rates(kind: str, env: Env, count: int, callers: int = 32) -> d
             rates["bulk"] = bulk / (time.perf_counter() - started)
             if handles[-1].mode != "queued":
                 raise RuntimeError("bulk enqueue fell back to inline")
-        await client.redis.flushdb()
+        await client.redis.flushdb(asynchronous=True)  # a large DB takes longer than a reply timeout
     finally:
         await client.close()
     return rates

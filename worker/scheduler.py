@@ -76,8 +76,10 @@ class Scheduler:
     async def _run(self, schedule: Schedule) -> None:
         now = datetime.now(UTC)
         due = now if schedule.run_at_startup else next_run(schedule, now)
-        # A run that came due while no worker was up.
-        missed = latest_run(schedule, now, schedule.catch_up) if schedule.catch_up else None
+        # A run that came due while no worker was up (a schedule that runs at startup just did).
+        missed = None
+        if schedule.catch_up and not schedule.run_at_startup:
+            missed = latest_run(schedule, now, schedule.catch_up)
         while True:
             wait = (due - datetime.now(UTC)).total_seconds()
             if missed is not None:
