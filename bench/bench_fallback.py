@@ -18,7 +18,7 @@ from typing import Any
 from arq.connections import RedisSettings, create_pool
 from pydantic import SecretStr
 
-from bench.database import scratch_database
+from bench.database import SERVER_DSN, scratch_database
 from bench.stats import summarize, table
 from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
@@ -148,14 +148,14 @@ async def recovery_time(dsn: str, probe_interval: float) -> list[float]:
 
 
 async def main() -> dict[str, Any]:
+    configure_logging(_settings("", SERVER_DSN), stream=io.StringIO())  # stdout is the report
+    logging.getLogger().setLevel(logging.INFO)  # the realistic cost: one JSON line per job
     # Inline outcomes are recorded in Postgres, as in production: a migrated scratch database.
     async with scratch_database() as dsn:
         return await _measure(dsn)
 
 
 async def _measure(dsn: str) -> dict[str, Any]:
-    configure_logging(_settings("", dsn), stream=io.StringIO())
-    logging.getLogger().setLevel(logging.INFO)  # the realistic cost: one JSON line per job
     refused = summarize(await first_enqueue_refused(dsn))
     blackholed = summarize(await first_enqueue_blackholed(dsn))
     arq_refused = await arq_default_against("refused")

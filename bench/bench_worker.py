@@ -328,8 +328,9 @@ MEANS_TEXT = """### How the worker gets there
   for the targets and is not used.
 - **A lone job** pays every fixed cost alone: enqueue 5 commands (EVALSHA, EXISTS, PSETEX,
   ZADD, ZADD wake), wake-up 1 (BZPOPMIN), claim 6 (EVALSHA, ZRANGEBYSCORE, SET lock, MGET,
-  MSET, ZADD), outcome 4 (EVALSHA, SET result, DEL, ZREM): 16 commands in 4 round trips. Under
-  load the claim and outcome costs are shared by a batch. The "23 commands in 9 round trips"
+  MSET, ZADD), outcome 4 (EVALSHA, SET result, DEL, ZREM): 16 commands in 4 round trips (a
+  figure just over 4 in the table is one other write in a run's window, shared by its 200
+  jobs). Under load the claim and outcome costs are shared by a batch. The "23 commands in 9 round trips"
   that tuned arq spends per job is its figure in the "one-job enqueues + run" row (jobs
   enqueued one call at a time into a running worker), which is the row the ≤ 12 target is
   read against; the lone-job row is reported as the worst case. Reaching 12 there would take
