@@ -31,10 +31,13 @@ JOBS = 60_000
 RATE_HZ = 200
 # Frames every sample shares (interpreter and event-loop plumbing): not informative.
 _PLUMBING = ("runpy", "asyncio/runners.py", "base_events.py", "events.py", "worker_entry.py")
+# Every stack of a thread other than the main one starts here.
+_OTHER_THREAD = "Thread._bootstrap (threading.py"
 
 
 def summarize_raw(text: str) -> tuple[int, Counter[str], Counter[str]]:
-    """py-spy's raw format ("frame;frame;... count") -> samples, inclusive and self counts."""
+    """py-spy's raw format ("frame;frame;... count") -> samples, inclusive and self counts, of
+    the event-loop thread only: the health server's and executors' threads mostly sleep."""
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
@@ -42,9 +45,11 @@ def summarize_raw(text: str) -> tuple[int, Counter[str], Counter[str]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        frames = stack.split(";")
+        if any(_OTHER_THREAD in frame for frame in frames):
+            continue
         n = int(count)
         total += n
-        frames = stack.split(";")
         own[frames[-1]] += n
         for frame in set(frames):
             if not any(p in frame for p in _PLUMBING):
@@ -99,7 +104,8 @@ def _section(rate: float, text: str) -> str:
         "### Profile: where a draining worker spends its time",
         "",
         f"py-spy at {RATE_HZ} Hz (idle samples included) on our worker process draining {JOBS:,} no-op jobs "
-        f"({rate:,.0f} jobs/s in this run, {total:,} samples). The event loop waits for I/O in "
+        f"({rate:,.0f} jobs/s in this run, {total:,} samples of the event-loop thread; the health "
+        "server's and thread pools' threads, idle, are left out). The event loop waits for I/O in "
         f"{waiting:.0%} of the samples: one worker process is bound by its own CPU, that is by "
         f"per-job Python work. The one log line per job takes {logging_:.0%}, talking to Redis "
         f"(claims, outcome writes, wake-ups) {redis:.0%}. More throughput means more worker "
