@@ -65,6 +65,7 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._blackholed = False
+        self._blackhole_marker: bytes | None = None
         self.accepted = 0  # connections accepted so far, for assertions in tests
 
     @property
@@ -100,6 +101,11 @@ class TcpProxy:
         self._blackholed = True
         for link in self._links:
             link.dropped = True
+
+    def blackhole_after(self, marker: bytes) -> None:
+        """Forward until a client sends bytes containing `marker`; forward those, then blackhole
+        (so the server acts on a command whose reply never comes back)."""
+        self._blackhole_marker = marker
 
     def restore(self) -> None:
         """Forward again for connections accepted from now on (blackholed ones stay dead)."""
@@ -156,7 +162,7 @@ class TcpProxy:
             if self._server is None:  # stop() ran while we were connecting
                 return
             await asyncio.gather(
-                self._pump(link, reader, up_writer),
+                self._pump(link, reader, up_writer, from_client=True),
                 self._pump(link, up_reader, writer),
             )
         except asyncio.CancelledError:
@@ -167,7 +173,12 @@ class TcpProxy:
             self._handlers.discard(task)
 
     async def _pump(
-        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter | None,
+        *,
+        from_client: bool = False,
     ) -> None:
         """Copy reader -> writer until EOF; while the link is dropped, read and discard."""
         try:
@@ -179,6 +190,10 @@ class TcpProxy:
                     continue
                 writer.write(data)
                 await writer.drain()
+                marker = self._blackhole_marker
+                if from_client and marker is not None and marker in data:
+                    self._blackhole_marker = None
+                    self.blackhole()
         except (ConnectionError, OSError):
             if not link.dropped:
                 link.reset()  # pass a reset on to the other side

@@ -7,6 +7,7 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
+from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
 from settings import Settings
 from tests.conftest import RunningWorker, make_settings
@@ -87,3 +88,17 @@ async def test_generated_ids_are_unique_uuid4_hex(settings: Settings) -> None:
     ids = [h.job_id for h in handles]
     assert len(set(ids)) == 500
     assert all(uuid.UUID(hex=job_id).version == 4 and uuid.UUID(hex=job_id).hex == job_id for job_id in ids)
+
+
+async def test_a_reply_lost_while_loading_the_script_leaves_no_job_behind() -> None:
+    """First bulk call on a fresh Redis: every call answers NOSCRIPT, the script is loaded and
+    the calls resent, and then the network dies. Those jobs may or may not have landed: each
+    runs inline (a copy that did land is withdrawn later); none is reported as refused."""
+    with RedisServer() as server:
+        async with TcpProxy("127.0.0.1", server.port) as proxy:
+            settings = make_settings(proxy.url_for(server.url), worker_batch_size=2)
+            async with Producer(settings, registry=TEST_REGISTRY) as producer:
+                proxy.blackhole_after(b"SCRIPT")  # the load reaches Redis; nothing comes back
+                handles = await producer.enqueue_many("record", [{"key": f"n{i}"} for i in range(5)])
+            assert [h.mode for h in handles] == ["inline"] * 5
+            assert sorted(key for key, _, _ in RUNS) == [f"n{i}" for i in range(5)]

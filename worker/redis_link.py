@@ -312,6 +312,9 @@ class RedisLink:
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 # First use on this server (or after a restart): load it, resend only those.
+                # Until their replies arrive those calls may or may not run: None, not "refused".
+                for i in missing:
+                    replies[i] = None
                 await conn.send_command("SCRIPT", "LOAD", script.source)
                 await conn.read_response()
                 again = [commands[i] for i in missing]
