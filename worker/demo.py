@@ -62,10 +62,7 @@ async def _migrate(settings: Settings) -> None:
 
 async def _wait_until_queueing(producer: Producer, timeout: float = 10.0) -> float:
     started = time.monotonic()
-    while not producer.link.usable:
-        if time.monotonic() - started > timeout:
-            raise TimeoutError("Redis did not come back in time")
-        await asyncio.sleep(0.02)
+    await asyncio.wait_for(producer.link.wait_until_up(), timeout)
     return time.monotonic() - started
 
 
