@@ -26,10 +26,10 @@ install: $(STAMP)
 
 # The demonstration, then the worker on your configured Redis until Ctrl-C.
 run: install
-	@$(SERVICES) && $(PY) -m worker.demo && exec $(PY) -m worker run
+	@$(SERVICES) && $(PY) -m worker demo && exec $(PY) -m worker run
 
 demo: install
-	@$(SERVICES) && $(PY) -m worker.demo
+	@$(SERVICES) && $(PY) -m worker demo
 
 worker: install
 	@$(SERVICES) && exec $(PY) -m worker run

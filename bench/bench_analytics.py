@@ -29,11 +29,11 @@ from pydantic import SecretStr
 
 from bench.database import SERVER_DSN, scratch_database
 from devservices.redis import RedisServer
+from jobs.analytics.ingest import AnalyticsIngest, EventBufferFull, EventsNotDelivered
 from settings import Settings
-from worker.events import EventBufferFull, EventsNotDelivered
-from worker.logs import configure_logging
+from worker.engine import WorkerService
 from worker.producer import Producer
-from worker.service import WorkerService
+from worker.telemetry import configure_logging
 
 RUNS = 5
 EVENTS = 300_000  # per end-to-end run
@@ -207,9 +207,11 @@ async def buffer_memory_at_limit() -> dict[str, float]:
         pass
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    buffer = producer.events.buffer
+    plugin = producer.plugin("analytics")
+    assert isinstance(plugin, AnalyticsIngest)
+    buffer = plugin.ingest.buffer
     growth = after.compare_to(before, "filename")
-    held = sum(s.size_diff for s in growth if "event_buffer" in str(s.traceback))
+    held = sum(s.size_diff for s in growth if "ingest/buffer" in str(s.traceback))
     traced = sum(s.size_diff for s in growth)
     figures: dict[str, float] = {
         "limit_bytes": buffer.max_bytes,

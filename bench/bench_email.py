@@ -37,8 +37,8 @@ from jobs.email.transports import SendGridTransport, SmtpTransport, Transport
 from jobs.email.transports.smtp import SmtpConfig
 from settings import Settings, load_settings
 from tests.email_fixtures import FakeSendGrid, SmtpSink, make_tls_files
-from worker.logs import configure_logging
 from worker.producer import Producer
+from worker.telemetry import configure_logging
 
 T = TypeVar("T")
 RESULTS = Path(__file__).parent / "results" / "email.json"

@@ -20,12 +20,13 @@ from pydantic import SecretStr
 
 from bench.database import SERVER_DSN, scratch_database
 from bench.stats import summarize, table
+from core import JobContext, Registry, define
 from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
-from jobs import JobContext, Registry, define
 from settings import Settings
-from worker.logs import configure_logging
 from worker.producer import Producer
+from worker.producer.inline import InlineExecutor
+from worker.telemetry import configure_logging
 
 RUNS = 7
 OPEN_ENQUEUES = 20_000
@@ -48,7 +49,7 @@ def _settings(url: str, dsn: str, **extra: Any) -> Settings:
 
 async def _wait_usable(producer: Producer, timeout: float = 10.0) -> float:
     started = time.perf_counter()
-    await asyncio.wait_for(producer.link.wait_until_up(), timeout)
+    await asyncio.wait_for(producer.backend.wait_until_up(), timeout)
     return time.perf_counter() - started
 
 
@@ -119,13 +120,13 @@ async def overhead_while_open(dsn: str) -> dict[str, list[float]]:
             started = time.perf_counter()
             for _ in range(OPEN_ENQUEUES):
                 await producer.enqueue(noop)
-            await producer.journal.drain()  # each inline outcome is written to Postgres
+            await producer.ledger.drain()  # each inline outcome is written to Postgres
             out["enqueue_inline_us"].append((time.perf_counter() - started) / OPEN_ENQUEUES * 1e6)
-            runner = producer._runner
+            executor = InlineExecutor(producer.settings, producer.runtime.attempts)
             started = time.perf_counter()
             for i in range(OPEN_ENQUEUES):
-                await runner.run_inline(definition, job_id=f"direct-{uuid.uuid4().hex}-{i}", payload={})
-            await producer.journal.drain()
+                await executor.run(definition, job_id=f"direct-{uuid.uuid4().hex}-{i}", kwargs={})
+            await producer.ledger.drain()
             out["run_inline_us"].append((time.perf_counter() - started) / OPEN_ENQUEUES * 1e6)
     return out
 

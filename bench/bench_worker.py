@@ -27,7 +27,7 @@ from bench.stats import Summary, summarize, table
 from bench.worker_entry import ARQ_TUNED
 from devservices.redis import RedisServer
 from settings import Settings
-from worker.logs import configure_logging
+from worker.telemetry import configure_logging
 
 __all__ = ["main"]
 

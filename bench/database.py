@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from worker.migrate import apply_migrations
+from worker.ledger.migrate import apply_migrations
 
 __all__ = ["SERVER_DSN", "scratch_database"]
 

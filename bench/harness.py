@@ -102,7 +102,8 @@ class OurClient(Client):
         self.kind = "ours"
         self.producer = producer
         self.queue = producer.settings.queue_name
-        self.redis = producer.link.redis
+        # A plain client of its own for the counters; the producer's backend holds no raw client.
+        self.redis = ArqRedis.from_url(producer.settings.redis_url.get_secret_value())
 
     async def enqueue(self, name: str) -> JobHandle[Any]:
         return await self.producer.enqueue_job(name)
@@ -119,6 +120,7 @@ class OurClient(Client):
 
     async def close(self) -> None:
         await self.producer.close()
+        await self.redis.aclose()
 
 
 class ArqClient(Client):

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from jobs import JobContext, Registry, define
+from core import JobContext, Registry, define
 
 __all__ = ["ARQ_FUNCTIONS", "BENCH_REGISTRY", "noop", "sleep10", "stamp"]
 

@@ -23,7 +23,7 @@ from bench.harness import Counters
 from bench.scenarios import LOGS, Env, running
 from devservices.redis import RedisServer
 from settings import Settings
-from worker.logs import configure_logging
+from worker.telemetry import configure_logging
 
 __all__ = ["main", "summarize_raw"]
 

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from bench.jobs import ARQ_FUNCTIONS, BENCH_REGISTRY
 from settings import Settings
-from worker.logs import configure_logging
-from worker.service import WorkerService
+from worker.engine import WorkerService
+from worker.telemetry import configure_logging
 
 __all__ = ["ARQ_TUNED", "main"]
 

@@ -1,8 +1,9 @@
-"""The one registry of jobs. The worker and the inline runner both read `REGISTRY`.
+"""The one registry of jobs. The producer, the worker and the inline runner all read `REGISTRY`.
 
 To add a job: write `async def name(ctx: JobContext, *, typed kwargs)` in its family's module
-and add `define(name, ...)` below. Duplicate names are refused at import. `Schedule`s make the
-worker run a job by itself (cron-like, UTC).
+(importing only `core` and `settings`) and add `define(name, ...)` below. Duplicate names are
+refused at import. `Schedule`s make the worker run a job by itself (cron-like, UTC). A family
+that needs a life of its own in the process attaches a plug-in (see `core.plugin`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from core.registry import JobDefinition, Registry, Schedule, define
 from jobs.ai import ai_email_variants, ai_not_configured, ai_social_captions, ai_track_tags, ai_week_narrative
 from jobs.analytics import (
     detect_analytics_anomalies,
@@ -17,25 +19,19 @@ from jobs.analytics import (
     rollup_analytics,
     send_weekly_insights,
 )
-from jobs.context import JobContext
+from jobs.analytics.ingest import AnalyticsIngest
 from jobs.email import send_bulk_email, send_email
 from jobs.ops import ping
-from jobs.registry import JobDefinition, Registry, Schedule, define
 
 __all__ = [
     "ANALYTICS_JOBS",
     "ANALYTICS_SCHEDULES",
     "FLUSH_ANALYTICS_EVENTS",
     "REGISTRY",
-    "JobContext",
-    "JobDefinition",
-    "Registry",
-    "Schedule",
     "ai_email_variants",
     "ai_social_captions",
     "ai_track_tags",
     "ai_week_narrative",
-    "define",
     "ping",
     "send_bulk_email",
     "send_email",
@@ -82,4 +78,5 @@ REGISTRY = Registry(
         *ANALYTICS_JOBS,
     ],
     schedules=ANALYTICS_SCHEDULES,
+    plugins=[AnalyticsIngest],
 )

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs.context import JobContext
+from core.context import JobContext
 
 __all__ = ["ping"]
 

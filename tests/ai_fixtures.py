@@ -8,13 +8,12 @@ recorded with its headers, body and arrival time. Import the fixtures into a tes
 
 from __future__ import annotations
 
-import asyncio
 import io
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 import orjson
 import pytest
 
+from core.context import Mode
 from devservices.redis import RedisServer
-from jobs.context import Mode
 from settings import Settings
 from tests.conftest import make_settings
 
@@ -39,7 +38,6 @@ __all__ = [
     "log_events",
     "make_ai_settings",
     "mode",
-    "wait_until",
 ]
 
 AI_KEY = "sk-test-0123456789-SECRET"
@@ -207,15 +205,6 @@ class FakeAI:
                 pass  # keep test output clean
 
         return Handler
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `condition` (state owned by other code, with no event to wait on) until it holds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.005)
 
 
 def log_events(stream: io.StringIO, event: str = "job finished") -> list[dict[str, Any]]:

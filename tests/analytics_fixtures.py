@@ -10,23 +10,24 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
+from core import JobContext, Registry, Schedule, define
 from devservices.postgres import PostgresServer
-from devservices.redis import RedisServer
-from jobs import ANALYTICS_JOBS, JobContext, Registry, Schedule, define, ping
+from jobs import ANALYTICS_JOBS, ping
 from jobs.analytics.events import ROW_COLUMNS
+from jobs.analytics.ingest import AnalyticsIngest, EventIngest
 from jobs.analytics.store import write_rows
 from settings import Settings
 from tests.conftest import RunningWorker, make_settings
-from worker.migrate import apply_migrations
-from worker.service import WorkerService
+from worker.engine import WorkerService
+from worker.ledger.migrate import apply_migrations
+from worker.producer import Producer
 
 __all__ = [
     "ANALYTICS_TABLES",
@@ -35,12 +36,11 @@ __all__ = [
     "analytics_settings",
     "clean_analytics",
     "count_events",
+    "ingest_of",
     "make_events",
-    "own_redis",
     "pg_server",
     "start_analytics_worker",
     "stored_ids",
-    "wait_until",
     "write_daily_series",
 ]
 
@@ -68,6 +68,7 @@ async def send_email(
 TEST_ANALYTICS_REGISTRY = Registry(
     [define(ping), *ANALYTICS_JOBS, define(send_email, max_tries=2)],
     schedules=[Schedule.every_seconds("flush_analytics_events", 1)],
+    plugins=[AnalyticsIngest],
 )
 
 
@@ -98,13 +99,6 @@ def clean_analytics(database_url: str) -> str:
     asyncio.run(truncate())
     SENT.clear()
     return database_url
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server this test may stop; it keeps its data across a graceful restart."""
-    with RedisServer(persistent=True) as server:
-        yield server
 
 
 @pytest.fixture
@@ -165,16 +159,6 @@ async def stored_ids(dsn: str, prefix: str) -> list[str]:
     return [row["event_id"] for row in rows]
 
 
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
 async def write_daily_series(
     pool: asyncpg.Pool,
     *,
@@ -201,3 +185,10 @@ async def write_daily_series(
             part += 1
     assert all(len(row) == len(ROW_COLUMNS) for row in rows)
     await write_rows(pool, rows)
+
+
+def ingest_of(producer: Producer) -> EventIngest:
+    """The producer's analytics ingestion (its plug-in's), for its counters and buffer."""
+    plugin = producer.plugin("analytics")
+    assert isinstance(plugin, AnalyticsIngest)
+    return plugin.ingest

@@ -1,30 +1,83 @@
-"""Fixtures: a test-owned Redis for the session, per-test queues, and both execution modes."""
+"""Fixtures and helpers: a test-owned Redis for the session (and one per test that needs to
+stop it), per-test queues, both execution modes, a plain redis-py client for inspecting and
+forging keys, and `eventually` for waiting on a condition instead of sleeping."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 from pydantic import SecretStr
 
+from core.context import Mode
+from core.registry import Registry
 from devservices.redis import RedisServer
 from jobs import REGISTRY
-from jobs.context import Mode
-from jobs.registry import Registry
 from settings import Settings
 from tests.sample_jobs import RUNS, TEST_REGISTRY, TRIES
-from worker.logs import configure_logging
-from worker.migrate import apply_migrations
+from worker.engine import WorkerService
+from worker.ledger.migrate import apply_migrations
 from worker.producer import Producer
-from worker.service import WorkerService
+from worker.producer.inline import InlineExecutor
+from worker.runtime import Runtime
+from worker.telemetry import configure_logging
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until `condition()` holds (it may be async), polling; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+_RAW_CLIENTS: dict[str, aioredis.Redis] = {}
+
+
+def raw_redis(target: Settings | str) -> aioredis.Redis:
+    """A plain redis-py client on a test's Redis, for inspecting and forging keys behind the
+    runner's back; closed when the test ends."""
+    url = target if isinstance(target, str) else target.redis_url.get_secret_value()
+    client = _RAW_CLIENTS.get(url)
+    if client is None:
+        client = _RAW_CLIENTS[url] = aioredis.Redis.from_url(url)
+    return client
+
+
+@pytest.fixture(autouse=True)
+async def _close_raw_clients() -> AsyncIterator[None]:
+    yield
+    clients = list(_RAW_CLIENTS.values())
+    _RAW_CLIENTS.clear()
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop, kill, restart or flush; every write
+    is fsynced, so a restart keeps what was written (a test that wants data lost flushes it)."""
+    with RedisServer(persistent=True, extra_args=["--appendfsync", "always"]) as server:
+        yield server
 
 
 def _server_dsn() -> str:
@@ -130,6 +183,19 @@ def log_output() -> io.StringIO:
     stream = io.StringIO()
     configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
     return stream
+
+
+async def run_inline_job(
+    settings: Settings, registry: Registry, job: str, *, job_id: str, kwargs: dict[str, Any]
+) -> Any:
+    """Run `job` inline through the runner's own path (every try), with a runtime of its own."""
+    runtime = Runtime.build(settings, registry, role="test")
+    try:
+        return await InlineExecutor(settings, runtime.attempts).run(
+            registry.get(job), job_id=job_id, kwargs=kwargs
+        )
+    finally:
+        await runtime.aclose()
 
 
 class RunningWorker:

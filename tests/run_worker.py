@@ -7,8 +7,8 @@ import sys
 
 from settings import load_settings
 from tests.sample_jobs import TEST_REGISTRY
-from worker.logs import configure_logging
-from worker.service import WorkerService
+from worker.engine import WorkerService
+from worker.telemetry import configure_logging
 
 
 async def _run() -> int:

@@ -6,9 +6,10 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from jobs import JobContext, Registry, define, ping
-from jobs.enqueue import ENQUEUE
-from worker.errors import PermanentError, TransientError
+from core import JobContext, Registry, define
+from core.enqueue import ENQUEUE
+from core.errors import PermanentError, TransientError
+from jobs import ping
 
 __all__ = ["RUNS", "TEST_REGISTRY", "TRIES"]
 

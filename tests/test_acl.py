@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.errors import JobFailed
 from devservices.redis import RedisServer
 from tests.conftest import make_settings, start_worker
 from tests.sample_jobs import TEST_REGISTRY
-from worker.errors import JobFailed
+from worker.ops.stats import collect_stats
 from worker.producer import Producer
-from worker.redis_link import RedisLink
-from worker.stats import collect_stats
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -47,7 +46,7 @@ async def test_producer_and_worker_work_under_the_readme_acl_and_nothing_more() 
         worker = await start_worker(worker_settings)
         try:
             async with Producer(producer_settings, registry=TEST_REGISTRY) as producer:
-                assert producer.link.usable
+                assert producer.backend.usable
                 ok = await producer.enqueue_job("record", {"key": "acl"}, job_id="acl-1")
                 assert ok.mode == "queued"
                 assert (await ok.result(timeout=10))["key"] == "acl"
@@ -60,13 +59,14 @@ async def test_producer_and_worker_work_under_the_readme_acl_and_nothing_more() 
                 later = await producer.enqueue_job("record", {"key": "later"}, defer_by=30)
                 assert (await producer.status(later.job_id))["status"] == "deferred"
                 assert (await producer.status("acl-1"))["status"] == "complete"
-                stats = await collect_stats(producer.link, queue)
+                stats = await collect_stats(producer.backend, queue)
                 assert stats["deferred"] == 1
         finally:
             await worker.stop()
 
-        link = RedisLink(producer_settings, role="acl-check")
-        await link.start()
+        as_producer = redis.Redis(
+            host="127.0.0.1", port=server.port, username="mb-producer", password="pw-mb-producer"
+        )
         try:
             for command in (
                 ("FLUSHALL",),
@@ -75,6 +75,6 @@ async def test_producer_and_worker_work_under_the_readme_acl_and_nothing_more() 
                 ("KEYS", "*"),
             ):
                 with pytest.raises(redis.exceptions.NoPermissionError):
-                    await link.redis.execute_command(*command)  # type: ignore[no-untyped-call]
+                    as_producer.execute_command(*command)  # type: ignore[no-untyped-call]
         finally:
-            await link.aclose()
+            as_producer.close()

@@ -5,42 +5,34 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Iterator
 
 import pytest
 
+from core import Registry, define
+from core.context import Mode
 from devservices.redis import RedisServer
-from jobs import REGISTRY, Registry, ai_track_tags, define
-from jobs.context import Mode
-from jobs.deps import open_deps
-from tests.ai_fixtures import FakeAI, completion, log_events, make_ai_settings, wait_until
+from jobs import REGISTRY, ai_track_tags
+from tests.ai_fixtures import FakeAI, completion, log_events, make_ai_settings
 from tests.ai_fixtures import fake_ai as fake_ai  # fixture, re-exported for pytest
-from tests.conftest import make_settings, running_producer
-from worker.cache import HybridCache, MemoryCache, make_cache
-from worker.keys import cache_key
+from tests.conftest import eventually, make_settings, raw_redis, run_inline_job, running_producer
+from worker.backend.cache import HybridCache, MemoryCache, make_cache
+from worker.backend.keys import cache_key
 from worker.producer import Producer
-from worker.runner import JobRunner
 
 TAGS = {"genres": ["indie pop"], "moods": ["bright"]}
 TRACK = {"title": "Midnight Drive", "description": "Dreamy synths over a driving beat."}
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server this test may stop and start."""
-    with RedisServer() as server:
-        yield server
-
-
 async def test_entries_go_to_redis_then_memory_during_an_outage_then_redis_again(
     own_redis: RedisServer, log_output: io.StringIO
 ) -> None:
-    cache = make_cache(make_settings(own_redis.url))
+    settings = make_settings(own_redis.url)
+    cache = make_cache(settings)
     assert isinstance(cache, HybridCache)
     try:
         await cache.set("ai:one", b"1", 30)
-        assert await cache.link.redis.get(cache_key("ai:one")) == b"1"
-        assert 0 < await cache.link.redis.pttl(cache_key("ai:one")) <= 30_000
+        assert await raw_redis(settings).get(cache_key("ai:one")) == b"1"
+        assert 0 < await raw_redis(settings).pttl(cache_key("ai:one")) <= 30_000
         assert await cache.get("ai:one") == b"1"
         assert len(cache.memory) == 0
 
@@ -54,9 +46,9 @@ async def test_entries_go_to_redis_then_memory_during_an_outage_then_redis_again
         assert len(cache.memory) == 1
 
         await asyncio.to_thread(own_redis.start)
-        await wait_until(lambda: cache.link.usable)
+        await eventually(lambda: cache.link.usable)
         await cache.set("ai:three", b"3", 30)
-        assert await cache.link.redis.get(cache_key("ai:three")) == b"3"
+        assert await raw_redis(settings).get(cache_key("ai:three")) == b"3"
         assert await cache.get("ai:two") == b"2"  # written during the outage, still served
     finally:
         await cache.aclose()
@@ -72,10 +64,7 @@ async def test_a_redis_that_refuses_writes_costs_a_miss_not_a_job(
     with RedisServer(extra_args=["--maxmemory", "1", "--maxmemory-policy", "noeviction"]) as full:
         settings = make_ai_settings(full.url, fake_ai)
         fake_ai.queue(completion(TAGS))
-        async with open_deps(settings, cache=make_cache(settings)) as deps:
-            result = await JobRunner(settings, deps).run_inline(
-                REGISTRY.get(ai_track_tags), job_id="oom-1", payload=TRACK
-            )
+        result = await run_inline_job(settings, REGISTRY, "ai_track_tags", job_id="oom-1", kwargs=TRACK)
     assert result["output"] == TAGS
     [warning] = log_events(log_output, "cache command failed")
     assert warning["op"] == "set"

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import pytest
 from pydantic import Field
 
-from jobs import JobContext, Registry, define
-from jobs.context import Mode
+from core import JobContext, Registry, define
+from core.context import Mode
+from core.errors import JobFailed, JobValidationError, PermanentError
 from settings import Settings
 from tests.ai_fixtures import log_events
 from tests.ai_fixtures import mode as mode  # fixture, re-exported for pytest
-from tests.conftest import make_settings, running_producer
-from worker.errors import JobFailed, JobValidationError, PermanentError
+from tests.conftest import make_settings, raw_redis, running_producer
 
 RAN: list[str] = []
 
@@ -77,8 +77,8 @@ async def test_a_failing_precheck_refuses_the_enqueue(mode: Mode, settings: Sett
             await producer.enqueue_job("needs_setting")
         with pytest.raises(JobValidationError, match="set QUEUE_NAME"):
             await producer.enqueue_json("needs_setting", "{}")
-        if producer.link.usable:
-            assert await producer.link.redis.zcard(producer.settings.queue_name) == 0
+        if producer.backend.usable:
+            assert await raw_redis(producer.settings).zcard(producer.settings.queue_name) == 0
     assert RAN == []
 
 

@@ -8,21 +8,18 @@ from typing import Any
 import orjson
 import pytest
 
+from core.context import Mode
+from core.errors import JobFailed, JobValidationError
 from jobs import REGISTRY, ai_social_captions, ai_track_tags
 from jobs.ai.prompts import DATA_CLOSE, DATA_OPEN
-from jobs.context import Mode
-from jobs.deps import Deps
 from settings import Settings
 from tests.ai_fixtures import FakeAI, captions_json, completion
 from tests.ai_fixtures import ai_settings as ai_settings  # fixtures, re-exported for pytest
 from tests.ai_fixtures import fake_ai as fake_ai
 from tests.ai_fixtures import mode as mode
-from tests.conftest import running_producer
-from worker.cache import MemoryCache
-from worker.errors import JobFailed, JobValidationError
+from tests.conftest import raw_redis, run_inline_job, running_producer
+from worker.engine import WorkerService
 from worker.producer import Producer
-from worker.runner import JobRunner
-from worker.service import WorkerService
 
 BASE: dict[str, Any] = {
     "artist_name": "Nova Lane",
@@ -102,8 +99,8 @@ async def test_bad_or_oversized_input_is_refused_before_anything_is_queued(
     async with running_producer(ai_settings, mode) as producer:
         with pytest.raises(JobValidationError, match=message):
             await producer.enqueue_job(ai_social_captions, {**BASE, **kwargs})
-        if producer.link.usable:
-            assert await producer.link.redis.zcard(producer.settings.queue_name) == 0
+        if producer.backend.usable:
+            assert await raw_redis(producer.settings).zcard(producer.settings.queue_name) == 0
     assert fake_ai.requests == []
 
 
@@ -125,8 +122,8 @@ async def test_enqueue_is_refused_when_ai_is_not_configured(
         )
         with pytest.raises(JobValidationError) as refused:
             await enqueue
-        if producer.link.usable:
-            assert await producer.link.redis.zcard(producer.settings.queue_name) == 0
+        if producer.backend.usable:
+            assert await raw_redis(producer.settings).zcard(producer.settings.queue_name) == 0
     assert str(refused.value).startswith(f"ai_track_tags: {_NOT_CONFIGURED}")
     assert fake_ai.requests == []
 
@@ -153,14 +150,10 @@ async def test_a_worker_without_ai_settings_fails_the_job_at_once(
         service.request_stop()
         await asyncio.wait_for(worker, 10)
     # Inline: the same execution path, run directly with the same settings.
-    deps = Deps(unconfigured, cache=MemoryCache())
-    try:
-        with pytest.raises(JobFailed) as inline:
-            await JobRunner(unconfigured, deps).run_inline(
-                REGISTRY.get("ai_track_tags"), job_id="j1", payload={"title": "T", "description": "D"}
-            )
-    finally:
-        await deps.aclose()
+    with pytest.raises(JobFailed) as inline:
+        await run_inline_job(
+            unconfigured, REGISTRY, "ai_track_tags", job_id="j1", kwargs={"title": "T", "description": "D"}
+        )
     for failure in (queued.value, inline.value):
         assert (failure.error_type, failure.kind) == ("PermanentError", "permanent")
         assert failure.message.startswith(_NOT_CONFIGURED)

@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
+from core.context import Mode
+from core.errors import JobFailed
 from devservices.redis import RedisServer
 from jobs import ai_email_variants, ai_social_captions, ai_track_tags, ai_week_narrative
-from jobs.context import Mode
 from settings import Settings
 from tests.ai_fixtures import (
     AI_KEY,
@@ -26,7 +27,6 @@ from tests.ai_fixtures import ai_settings as ai_settings  # fixtures, re-exporte
 from tests.ai_fixtures import fake_ai as fake_ai
 from tests.ai_fixtures import mode as mode
 from tests.conftest import running_producer
-from worker.errors import JobFailed
 
 CAPTIONS: dict[str, Any] = {
     "artist_name": "Nova Lane",

@@ -14,6 +14,7 @@ import pytest
 
 from devservices.postgres import PostgresServer
 from devservices.redis import RedisServer
+from jobs.analytics.ingest.list_queue import ListEventQueue
 from tests.analytics_fixtures import (
     TEST_ANALYTICS_REGISTRY,
     analytics_settings,
@@ -22,11 +23,10 @@ from tests.analytics_fixtures import (
     make_events,
     pg_server,
     start_analytics_worker,
-    wait_until,
 )
-from worker.event_queue import RedisEventQueue
+from tests.conftest import eventually
+from worker.backend import RedisBackend
 from worker.producer import Producer
-from worker.redis_link import RedisLink
 
 __all__ = ["clean_analytics", "pg_server"]  # fixtures used by name below
 
@@ -80,7 +80,7 @@ async def test_flush_connection_terminated_mid_batch_loses_and_duplicates_nothin
             while terminated < 3:
                 terminated += await killer.fetchval(_TERMINATE_FLUSHES)
                 await asyncio.sleep(0.005)
-            await wait_until(lambda: _count_is(slow_flush, "term", 10_000), timeout=20)
+            await eventually(lambda: _count_is(slow_flush, "term", 10_000), timeout=20)
     finally:
         await worker.stop()
         await killer.close()
@@ -105,7 +105,7 @@ async def test_postgres_briefly_gone_loses_and_duplicates_nothing(
             Producer(no_redis, registry=TEST_ANALYTICS_REGISTRY) as inline_producer,
         ):
             await producer.track_events(make_events(5000, prefix="gone-before"))
-            await wait_until(lambda: _count_is(pg_server.url, "gone-before", 5000))
+            await eventually(lambda: _count_is(pg_server.url, "gone-before", 5000))
 
             pg_server.stop()
             await producer.track_events(make_events(5000, prefix="gone-queued"))
@@ -113,8 +113,8 @@ async def test_postgres_briefly_gone_loses_and_duplicates_nothing(
             await asyncio.sleep(1.5)  # flushes fail meanwhile, both in the worker and inline
             pg_server.start()
 
-            await wait_until(lambda: _count_is(pg_server.url, "gone-queued", 5000), timeout=20)
-            await wait_until(lambda: _count_is(pg_server.url, "gone-inline", 5000), timeout=20)
+            await eventually(lambda: _count_is(pg_server.url, "gone-queued", 5000), timeout=20)
+            await eventually(lambda: _count_is(pg_server.url, "gone-inline", 5000), timeout=20)
     finally:
         await worker.stop()
     assert await count_events(pg_server.url, "gone") == 15_000
@@ -129,17 +129,17 @@ async def test_batch_of_a_dead_flusher_is_recovered_after_its_lease(
     async with Producer(settings, registry=TEST_ANALYTICS_REGISTRY) as producer:
         await producer.track_events(make_events(3000, prefix="lease"))
     # A flusher claims a batch and dies before writing it.
-    link = RedisLink(settings, role="test")
-    await link.start()
+    backend = RedisBackend(settings, role="test")
+    await backend.start()
     try:
-        claimed = await RedisEventQueue(link, settings).claim()
+        claimed = await ListEventQueue(backend.batch_list("analytics", settings.queue_name), settings).claim()
         assert claimed is not None
         assert claimed.chunks
     finally:
-        await link.aclose()
+        await backend.aclose()
     worker = await start_analytics_worker(settings)
     try:
-        await wait_until(lambda: _count_is(clean_analytics, "lease", 3000), timeout=10)
+        await eventually(lambda: _count_is(clean_analytics, "lease", 3000), timeout=10)
     finally:
         await worker.stop()
 

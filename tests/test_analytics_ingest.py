@@ -13,26 +13,25 @@ from typing import Any
 
 import pytest
 
+from core import Registry
+from core.errors import JobValidationError
 from devservices.redis import RedisServer
-from jobs import Registry
+from jobs.analytics.ingest import EventBufferFull, EventsNotDelivered, InvalidEvent
 from tests.analytics_fixtures import (
     TEST_ANALYTICS_REGISTRY,
     analytics_settings,
     clean_analytics,
     count_events,
+    ingest_of,
     make_events,
-    own_redis,
     start_analytics_worker,
     stored_ids,
-    wait_until,
 )
-from tests.conftest import RunningWorker
-from worker.errors import JobValidationError
-from worker.events import EventBufferFull, EventsNotDelivered, InvalidEvent
+from tests.conftest import RunningWorker, eventually
+from worker.engine import WorkerService
 from worker.producer import Producer
-from worker.service import WorkerService
 
-__all__ = ["clean_analytics", "own_redis"]  # fixtures used by name below
+__all__ = ["clean_analytics"]  # fixtures used by name below
 
 
 async def test_invalid_events_are_refused_with_reasons_and_the_rest_accepted(
@@ -78,8 +77,8 @@ async def test_invalid_events_are_refused_with_reasons_and_the_rest_accepted(
         assert event_id
         with pytest.raises(JobValidationError, match="101 events in one call, over the limit of 100"):
             await producer.track_events(make_events(101, prefix="toomany"))
-        assert producer.events.stats["refused"] == len(bad) + 1
-        assert producer.events.stats["accepted"] == 4
+        assert ingest_of(producer).stats["refused"] == len(bad) + 1
+        assert ingest_of(producer).stats["accepted"] == 4
 
 
 async def test_every_event_is_stored_once_through_redis(
@@ -103,8 +102,8 @@ async def test_every_event_is_stored_once_through_redis(
                 )
             )
             assert sorted(ids) == sorted(f"up-one-{i}" for i in range(500))
-            await wait_until(lambda: _count_is(clean_analytics, "up", 20_500), what="all events stored")
-            assert producer.events.stats["to_redis"] == 23_500
+            await eventually(lambda: _count_is(clean_analytics, "up", 20_500), what="all events stored")
+            assert ingest_of(producer).stats["to_redis"] == 23_500
     finally:
         await worker.stop()
     assert Counter(await stored_ids(clean_analytics, "up")).most_common(1)[0][1] == 1
@@ -114,14 +113,15 @@ async def test_a_large_backlog_queues_a_flush_without_waiting_for_the_schedule(
     redis_server: RedisServer, clean_analytics: str
 ) -> None:
     settings = analytics_settings(redis_server.url, clean_analytics, analytics_flush_trigger_events=5000)
-    unscheduled = Registry(list(TEST_ANALYTICS_REGISTRY))  # the same jobs, no flush every second
+    # The same jobs and plug-in, without the flush every second.
+    unscheduled = Registry(list(TEST_ANALYTICS_REGISTRY), plugins=TEST_ANALYTICS_REGISTRY.plugins)
     service = WorkerService(settings, registry=unscheduled, handle_signals=False)
     worker = RunningWorker(service, asyncio.create_task(service.run()))
     try:
         async with Producer(settings, registry=unscheduled) as producer:
             for i in range(10):
                 await producer.track_events(make_events(1000, prefix=f"trigger-{i}"))
-            await wait_until(lambda: _count_is(clean_analytics, "trigger", 10_000), timeout=10)
+            await eventually(lambda: _count_is(clean_analytics, "trigger", 10_000), timeout=10)
     finally:
         await worker.stop()
 
@@ -135,13 +135,13 @@ async def test_every_event_is_stored_once_while_redis_is_down(clean_analytics: s
             assert (await producer.track_events(events[i : i + 1000])).stored_in == "memory"
         await producer.track_events(events[:2000])
         # Drained as it fills and on a timer, not only at close.
-        await wait_until(lambda: _count_is(clean_analytics, "down", 10_000), what="buffer drained")
+        await eventually(lambda: _count_is(clean_analytics, "down", 10_000), what="buffer drained")
         tail = await producer.track_events(make_events(10, prefix="down-tail"))
         assert tail.stored_in == "memory"
     # close() wrote the last ones.
     assert await count_events(clean_analytics, "down") == 10_010
-    assert producer.events.stats["memory_to_postgres"] == 12_010
-    assert producer.events.buffer.empty
+    assert ingest_of(producer).stats["memory_to_postgres"] == 12_010
+    assert ingest_of(producer).buffer.empty
 
 
 async def test_full_buffer_blocks_then_refuses_and_close_says_what_was_lost(
@@ -168,8 +168,8 @@ async def test_full_buffer_blocks_then_refuses_and_close_says_what_was_lost(
     assert error is not None
     assert "none of this call's 700 events was accepted" in str(error)
     assert 0 < accepted < 20 * 700
-    assert producer.events.buffer.events == accepted
-    assert producer.events.stats["not_accepted"] == 700
+    assert ingest_of(producer).buffer.events == accepted
+    assert ingest_of(producer).stats["not_accepted"] == 700
     with pytest.raises(EventsNotDelivered, match=f"{accepted} events held in memory"):
         await producer.close()
 
@@ -194,22 +194,22 @@ async def test_events_are_stored_once_across_a_redis_outage(
         async with Producer(settings, registry=TEST_ANALYTICS_REGISTRY) as producer:
             for i in range(10):
                 await send(producer, i)
-            await wait_until(all_sent_stored, what="stored by the worker before the outage")
+            await eventually(all_sent_stored, what="stored by the worker before the outage")
             await send(producer, 10)  # likely still in Redis when it stops
             own_redis.stop()
             for i in range(11, 20):
                 await send(producer, i)
             await producer.track_events(make_events(500, prefix="switch-3"))  # a retried request
-            await wait_until(
+            await eventually(
                 lambda: _outage_batches_stored(clean_analytics), what="stored inline in the outage"
             )
-            assert producer.events.stats["memory_to_postgres"] >= 9 * 500
+            assert ingest_of(producer).stats["memory_to_postgres"] >= 9 * 500
             own_redis.restart()
-            await wait_until(lambda: _usable(producer), what="producer sees Redis again")
+            await eventually(lambda: _usable(producer), what="producer sees Redis again")
             for i in range(20, 30):
                 await send(producer, i)
             await producer.track_events(make_events(500, prefix="switch-15"))
-            await wait_until(all_sent_stored, timeout=20, what="stored by the worker after the outage")
+            await eventually(all_sent_stored, timeout=20, what="stored by the worker after the outage")
     finally:
         await worker.stop()
     assert Counter(where) == {"redis": 21, "memory": 9}
@@ -226,4 +226,4 @@ async def _count_is(dsn: str, prefix: str, expected: int) -> bool:
 
 
 async def _usable(producer: Producer) -> bool:
-    return producer.link.usable
+    return producer.backend.usable

@@ -20,8 +20,8 @@ from tests.analytics_fixtures import (
     analytics_settings,
     clean_analytics,
     start_analytics_worker,
-    wait_until,
 )
+from tests.conftest import eventually, raw_redis
 from worker.producer import Producer
 
 __all__ = ["clean_analytics"]  # fixture used by name below
@@ -96,7 +96,7 @@ async def producer(
     worker = await start_analytics_worker(settings)
     try:
         async with Producer(settings, registry=TEST_ANALYTICS_REGISTRY) as queued:
-            await queued.link.redis.flushdb()  # digest job ids of earlier tests are still kept there
+            await raw_redis(queued.settings).flushdb()  # digest job ids of earlier tests are still kept there
             yield queued
     finally:
         await worker.stop()
@@ -123,7 +123,7 @@ async def test_one_digest_per_artist_and_week_even_when_the_job_runs_twice(
     await _generate(clean_analytics)
     first = await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
     assert first == {"week": WEEK, "queued": 2, "refused": 0}
-    await wait_until(lambda: _sent_count(2), what="two digests sent")
+    await eventually(lambda: _sent_count(2), what="two digests sent")
     second = await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
     assert second == {"week": WEEK, "queued": 0, "refused": 0}
 
@@ -131,7 +131,7 @@ async def test_one_digest_per_artist_and_week_even_when_the_job_runs_twice(
         (f"weekly-insights:alpha:{WEEK}", "alpha@example.com", f"weekly-insights:alpha:{WEEK}"),
         (f"weekly-insights:beta:{WEEK}", "beta@example.com", f"weekly-insights:beta:{WEEK}"),
     ]
-    assert {s[4] for s in SENT} == {"queued" if producer.link.usable else "inline"}
+    assert {s[4] for s in SENT} == {"queued" if producer.backend.usable else "inline"}
 
     digests = await _digests(clean_analytics)
     assert set(digests) == {"alpha", "beta"}
@@ -153,9 +153,9 @@ async def test_the_digest_job_id_also_stops_a_second_email_when_the_record_is_go
     worker = await start_analytics_worker(settings)
     try:
         async with Producer(settings, registry=TEST_ANALYTICS_REGISTRY) as producer:
-            await producer.link.redis.flushdb()
+            await raw_redis(producer.settings).flushdb()
             await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
-            await wait_until(lambda: _sent_count(2))
+            await eventually(lambda: _sent_count(2))
             conn = await asyncpg.connect(clean_analytics)
             try:
                 await conn.execute("DELETE FROM analytics_digests")

@@ -15,12 +15,13 @@ import asyncpg
 import orjson
 import pytest
 
+from core import Registry, Schedule, define
 from devservices.redis import RedisServer
-from jobs import REGISTRY, Registry, Schedule, define, ping
+from jobs import REGISTRY, ping
 from tests.analytics_fixtures import analytics_settings, start_analytics_worker
-from worker.migrate import apply_migrations, available_migrations
+from worker.engine.scheduler import next_run
+from worker.ledger.migrate import apply_migrations, available_migrations
 from worker.producer import Producer
-from worker.scheduler import next_run
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = [m.version for m in available_migrations()]

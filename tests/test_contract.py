@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import JobFailed, JobValidationError, UnknownJobError
 from jobs import ping
+from tests.conftest import raw_redis
 from tests.sample_jobs import RUNS, flaky, record
-from worker.errors import JobFailed, JobValidationError, UnknownJobError
 from worker.producer import Producer
 
 
@@ -90,8 +91,8 @@ async def test_bad_input_is_refused_before_anything_runs_or_is_queued(
     with pytest.raises(JobValidationError, match=message):
         await producer.enqueue_job(job, kwargs)
     assert RUNS == []
-    if producer.link.usable:
-        assert await producer.link.redis.zcard(producer.settings.queue_name) == 0
+    if producer.backend.usable:
+        assert await raw_redis(producer.settings).zcard(producer.settings.queue_name) == 0
 
 
 async def test_unknown_job_by_function_object(producer: Producer) -> None:

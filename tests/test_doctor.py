@@ -22,7 +22,7 @@ from devservices._process import pick_port
 from devservices.redis import RedisServer
 from settings import Settings
 from tests.conftest import make_settings
-from worker.doctor import diagnose
+from worker.ops.doctor import diagnose
 
 ROOT = Path(__file__).resolve().parents[1]
 

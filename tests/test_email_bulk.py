@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobs.context import Mode
+from core.context import Mode
+from core.errors import JobFailed
 from settings import Settings
 from tests.conftest import running_producer
 from tests.email_fixtures import (
@@ -18,7 +19,6 @@ from tests.email_fixtures import (
     sendgrid_server,
     smtp_sink,
 )
-from worker.errors import JobFailed
 
 __all__ = ["email_settings", "sendgrid_server", "smtp_sink"]  # fixtures used here
 

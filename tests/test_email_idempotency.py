@@ -10,13 +10,13 @@ from typing import Any
 import asyncpg
 import pytest
 
+from core.context import Mode
+from core.errors import JobFailed
 from devservices.proxy import TcpProxy
-from jobs.context import Mode
 from jobs.email.store import Claimant, DeliveryStore, SentMemo
 from settings import Settings
 from tests.conftest import running_producer
 from tests.email_fixtures import SmtpSink, email_settings, smtp_sink
-from worker.errors import JobFailed
 
 __all__ = ["email_settings", "smtp_sink"]  # fixtures used here
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from jobs.context import Mode
+from core.context import Mode
+from core.errors import JobFailed
 from settings import Settings
 from tests.conftest import make_settings, running_producer
 from tests.email_fixtures import FakeSendGrid, Reply, email_settings, sendgrid_server
-from worker.errors import JobFailed
-from worker.logs import configure_logging
+from worker.telemetry import configure_logging
 
 __all__ = ["email_settings", "sendgrid_server"]  # fixtures used here
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from jobs.context import Mode
+from core.context import Mode
+from core.errors import JobFailed
 from settings import Settings
 from tests.conftest import running_producer
 from tests.email_fixtures import (
@@ -19,7 +20,6 @@ from tests.email_fixtures import (
     smtp_sink,
     tls_files,
 )
-from worker.errors import JobFailed
 
 __all__ = ["email_settings", "smtp_sink", "tls_files"]  # fixtures used here
 

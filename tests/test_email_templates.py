@@ -7,8 +7,8 @@ from typing import Any, get_args
 
 import pytest
 
+from core.errors import PermanentError
 from jobs.email.templates import PLANS, TemplateName, TemplateRenderError, render_template
-from worker.errors import PermanentError
 
 ARTIST = "Zoë <b>Müller</b> & “The Band”"
 LINK = "https://app.maxbooster.example/path?a=1&b=2"

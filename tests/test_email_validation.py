@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from jobs.context import Mode
+from core.context import Mode
+from core.errors import JobValidationError
 from jobs.email import Email, send_email
 from jobs.email.headers import header_problem
 from settings import Settings
-from tests.conftest import running_producer
+from tests.conftest import raw_redis, running_producer
 from tests.email_fixtures import SmtpSink, email_settings, smtp_sink
-from worker.errors import JobValidationError
 from worker.producer import Producer
 
 __all__ = ["email_settings", "smtp_sink"]  # fixtures used here
@@ -40,8 +40,8 @@ def base(**overrides: Any) -> dict[str, Any]:
 async def refused(producer: Producer, job: str, args: dict[str, Any]) -> str:
     with pytest.raises(JobValidationError) as error:
         await producer.enqueue_job(job, args)
-    if producer.link.usable:
-        assert await producer.link.redis.zcard(producer.settings.queue_name) == 0
+    if producer.backend.usable:
+        assert await raw_redis(producer.settings).zcard(producer.settings.queue_name) == 0
     return str(error.value)
 
 

@@ -6,17 +6,19 @@ import asyncio
 import time
 from datetime import datetime
 
+import orjson
 from arq.jobs import Job
 
 from settings import Settings
-from tests.conftest import start_worker
+from tests.conftest import eventually, raw_redis, start_worker
 from tests.sample_jobs import RUNS, TEST_REGISTRY
-from worker import keys
+from worker.backend import keys
+from worker.engine import WorkerService
 from worker.producer import Producer
-from worker.queue_store import QueueStore
-from worker.serializer import deserialize
-from worker.service import WorkerService
-from worker.status import job_status
+
+
+async def _status_is(producer: Producer, job_id: str, status: str) -> bool:
+    return bool((await producer.status(job_id))["status"] == status)
 
 
 def _idle_settings(settings: Settings) -> Settings:
@@ -64,25 +66,25 @@ async def test_batched_outcomes_are_readable_by_status_and_by_arq(settings: Sett
             failing = await producer.enqueue_job("refuse", {"reason": "no"})
             for handle in handles:
                 await handle.result(timeout=10)
-            report = await job_status(producer.link, handles[7].job_id, settings.queue_name)
+            report = await producer.status(handles[7].job_id)
             assert report["status"] == "complete"
             assert report["result"] == {"key": "r7", "mode": "queued"}
             info = await Job(
                 handles[7].job_id,
-                producer.link.redis,
+                raw_redis(producer.settings),
                 _queue_name=settings.queue_name,
-                _deserializer=deserialize,
+                _deserializer=orjson.loads,
             ).result_info()
             assert info is not None
             assert (info.success, info.function, info.job_try) == (True, "record", 1)
-            await asyncio.sleep(0.2)
-            failed = await job_status(producer.link, failing.job_id, settings.queue_name)
-            assert failed["status"] == "failed"
+            # A failure for good is a dead letter too, which status reports.
+            await eventually(lambda: _status_is(producer, failing.job_id, "dead"))
+            failed = await producer.status(failing.job_id)
             assert failed["error"]["type"] == "PermanentError"
             # Nothing is left behind but the results.
-            assert await producer.link.redis.zcard(settings.queue_name) == 0
-            assert await producer.link.redis.exists(keys.retry_key(handles[7].job_id)) == 0
-            assert await producer.link.redis.exists(keys.in_progress_key(handles[7].job_id)) == 0
+            assert await raw_redis(producer.settings).zcard(settings.queue_name) == 0
+            assert await raw_redis(producer.settings).exists(keys.retry_key(handles[7].job_id)) == 0
+            assert await raw_redis(producer.settings).exists(keys.in_progress_key(handles[7].job_id)) == 0
     finally:
         await worker.stop()
 
@@ -91,10 +93,11 @@ async def test_job_of_a_dead_worker_runs_again_once_its_lock_expires(settings: S
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         handle = await producer.enqueue_job("record", {"key": "orphan"})
         # A worker claims it and dies: its lock (and the job's visibility) lasts 0.4 s.
-        dead = QueueStore(producer.link, settings.queue_name)
-        claimed = await dead.claim(limit=10, lock_ms=400, token="dead-worker")
+        claimed = await producer.backend.claim(
+            settings.queue_name, limit=10, lock_ms=400, token="dead-worker"
+        )
         assert [job.job_id for job in claimed.jobs] == [handle.job_id]
-        report = await job_status(producer.link, handle.job_id, settings.queue_name)
+        report = await producer.status(handle.job_id)
         assert report["status"] == "in_progress"
         worker = await start_worker(_idle_settings(settings))
         try:
@@ -107,19 +110,17 @@ async def test_job_of_a_dead_worker_runs_again_once_its_lock_expires(settings: S
 async def test_a_job_that_keeps_killing_workers_fails_after_its_tries(settings: Settings) -> None:
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         handle = await producer.enqueue_job("record", {"key": "poison"})  # max_tries=3
-        dead = QueueStore(producer.link, settings.queue_name)
         for _ in range(3):
-            assert len((await dead.claim(limit=1, lock_ms=1, token="dead")).jobs) == 1
-            await asyncio.sleep(0.01)
-        await producer.link.redis.delete(keys.in_progress_key(handle.job_id))
+            claimed = await producer.backend.claim(settings.queue_name, limit=1, lock_ms=1, token="dead")
+            assert len(claimed.jobs) == 1
+            await asyncio.sleep(0.01)  # the 1 ms lock runs out
+        await raw_redis(producer.settings).delete(keys.in_progress_key(handle.job_id))
         worker = await start_worker(settings)
         try:
-            report: dict[str, object] = {}
-            for _ in range(100):
-                report = await job_status(producer.link, handle.job_id, settings.queue_name)
-                if report["status"] == "failed":
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: _status_is(producer, handle.job_id, "dead"), what="the job failed for good"
+            )
+            report = await producer.status(handle.job_id)
         finally:
             await worker.stop()
     assert report["error"] == {
@@ -133,12 +134,12 @@ async def test_a_job_that_keeps_killing_workers_fails_after_its_tries(settings: 
 async def test_lost_claim_is_released_for_another_try(settings: Settings) -> None:
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         handle = await producer.enqueue_job("record", {"key": "lost"})
-        store = QueueStore(producer.link, settings.queue_name)
+        backend, queue = producer.backend, settings.queue_name
         now_ms = int(time.time() * 1000)
-        await store.claim(limit=5, lock_ms=60_000, token="me", now_ms=now_ms)
-        assert await store.release_claims(now_ms + 60_000, "other") == 0  # someone else's: kept
-        assert await store.release_claims(now_ms + 60_000, "me") == 1
-        again = await store.claim(limit=5, lock_ms=60_000, token="me")
+        await backend.claim(queue, limit=5, lock_ms=60_000, token="me", now_ms=now_ms)
+        assert await backend.release(queue, now_ms + 60_000, "other") == 0  # someone else's: kept
+        assert await backend.release(queue, now_ms + 60_000, "me") == 1
+        again = await backend.claim(queue, limit=5, lock_ms=60_000, token="me")
         assert [(job.job_id, job.job_try) for job in again.jobs] == [(handle.job_id, 1)]
 
 
@@ -148,7 +149,7 @@ async def test_worker_writes_arqs_health_key(settings: Settings) -> None:
         async with Producer(settings, registry=TEST_REGISTRY) as producer:
             handle = await producer.enqueue_job("record", {"key": "h"})
             await handle.result(timeout=5)
-            health = await producer.link.redis.get(keys.health_check_key(settings.queue_name))
+            health = await raw_redis(producer.settings).get(keys.health_check_key(settings.queue_name))
             assert health is not None
             assert b"j_ongoing=" in health
             assert b"queued=" in health
@@ -161,16 +162,11 @@ async def test_job_still_running_after_the_grace_runs_again(settings: Settings) 
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         handle = await producer.enqueue_job("ping", {"message": "slow", "sleep": 1.0})
         first = await start_worker(settings)
-        for _ in range(100):
-            if (await job_status(producer.link, handle.job_id, settings.queue_name))[
-                "status"
-            ] == "in_progress":
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: _status_is(producer, handle.job_id, "in_progress"), what="the job started")
         started = time.monotonic()
         assert await first.stop() == 0
         assert time.monotonic() - started < 0.9  # cancelled after the grace, not finished
-        report = await job_status(producer.link, handle.job_id, settings.queue_name)
+        report = await producer.status(handle.job_id)
         assert report["status"] == "queued"  # due again at once
         second = await start_worker(settings)
         try:
@@ -187,7 +183,7 @@ async def test_records_that_are_not_arq_job_records_fail_without_running(setting
         "positional": b'{"f": "record", "a": ["x"], "k": {}, "et": 1}',
     }
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
-        redis = producer.link.redis
+        redis = raw_redis(producer.settings)
         now_ms = int(time.time() * 1000)
         for job_id, raw in records.items():
             await redis.set(keys.job_key(job_id), raw)
@@ -197,9 +193,9 @@ async def test_records_that_are_not_arq_job_records_fail_without_running(setting
         await redis.zadd(settings.queue_name, {"odd-time": now_ms})
         service = WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False)
         assert await asyncio.wait_for(service.run(), 10) == 0
-        reports = {job_id: await job_status(producer.link, job_id, settings.queue_name) for job_id in records}
-        odd = await job_status(producer.link, "odd-time", settings.queue_name)
-    assert {r["status"] for r in reports.values()} == {"failed"}
+        reports = {job_id: await producer.status(job_id) for job_id in records}
+        odd = await producer.status("odd-time")
+    assert {r["status"] for r in reports.values()} == {"dead"}  # failed for good, dead-lettered
     assert reports["list"]["error"]["type"] == "DeserializationError"
     assert reports["no-function"]["error"]["type"] == "DeserializationError"
     assert reports["positional"]["error"]["message"] == "jobs take keyword arguments only"

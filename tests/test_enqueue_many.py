@@ -7,13 +7,13 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
+from core.errors import EnqueueError, JobValidationError
 from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
 from settings import Settings
-from tests.conftest import RunningWorker, make_settings
+from tests.conftest import RunningWorker, make_settings, raw_redis
 from tests.sample_jobs import RUNS, TEST_REGISTRY
-from worker import keys
-from worker.errors import EnqueueError, JobValidationError
+from worker.backend import keys
 from worker.producer import Producer
 
 
@@ -22,7 +22,7 @@ async def test_one_bad_job_refuses_the_whole_call_before_anything_is_sent(settin
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         with pytest.raises(JobValidationError, match="argument 'key'"):
             await producer.enqueue_many("record", batch)
-        assert await producer.link.redis.zcard(settings.queue_name) == 0
+        assert await raw_redis(producer.settings).zcard(settings.queue_name) == 0
     assert RUNS == []
 
 
@@ -41,7 +41,7 @@ async def test_duplicates_within_the_call_and_with_queued_jobs(settings: Setting
         assert [h.job_id for h in handles] == ids
         assert [h.duplicate for h in handles] == [True, False, False, True, False]
         assert {h.mode for h in handles} == {"queued"}
-        assert await producer.link.redis.zcard(settings.queue_name) == 4
+        assert await raw_redis(producer.settings).zcard(settings.queue_name) == 4
 
 
 async def test_bulk_jobs_run_and_their_results_are_readable(
@@ -75,10 +75,10 @@ async def test_redis_killed_before_a_bulk_enqueue_runs_each_job_inline_once(data
             handles = await producer.enqueue_many("record", [{"key": f"d{i}"} for i in range(5)])
             assert [h.mode for h in handles] == ["inline"] * 5
             server.restart()
-            await producer.link.wait_until_up()
+            await producer.backend.wait_until_up()
             # Nothing of the failed batch is left queued behind the inline runs.
-            assert await producer.link.redis.zcard(settings.queue_name) == 1
-            assert await producer.link.redis.exists(keys.job_key(handles[0].job_id)) == 0
+            assert await raw_redis(producer.settings).zcard(settings.queue_name) == 1
+            assert await raw_redis(producer.settings).exists(keys.job_key(handles[0].job_id)) == 0
     assert [key for key, _, _ in RUNS] == [f"d{i}" for i in range(5)]
 
 

@@ -18,9 +18,9 @@ import pytest
 from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
 from settings import Settings
-from tests.conftest import make_settings, start_worker
+from tests.conftest import make_settings, raw_redis, start_worker
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
-from worker import keys
+from worker.backend import keys
 from worker.producer import Producer
 
 
@@ -57,7 +57,7 @@ async def test_redis_killed_during_a_stream_of_enqueues_loses_nothing(
                     own_redis.kill()
                 if i == 200:
                     own_redis.restart()
-                    await _until(lambda: producer.link.usable)
+                    await _until(lambda: producer.backend.usable)
                 handles.append(await producer.enqueue(record, key=f"k{i}"))
                 await asyncio.sleep(0.001)
             results = [await h.result(timeout=20) for h in handles]
@@ -90,7 +90,7 @@ async def test_redis_restarted_queueing_resumes_without_restarting_anything(
                 await asyncio.sleep(0.3)  # the worker's blocked wake-up sees the connection drop
 
                 server.restart()
-                await _until(lambda: producer.link.usable and worker.service.link.usable)
+                await _until(lambda: producer.backend.usable and worker.service.backend.usable)
                 after = await producer.enqueue(record, key="after")
                 assert after.mode == "queued"
                 assert (await after.result(timeout=5))["mode"] == "queued"
@@ -130,11 +130,11 @@ async def test_blackholed_redis_is_detected_by_the_socket_timeout(
             assert time.perf_counter() - started < 0.1  # breaker open: no network wait
 
             proxy.restore()
-            await _until(lambda: producer.link.usable)
+            await _until(lambda: producer.backend.usable)
             after = await producer.enqueue(record, key="after")
             assert after.mode == "queued"
             # The job whose reply was lost ran inline once and is not also waiting in the queue.
-            assert await producer.link.redis.exists(keys.job_key("blackholed-1")) == 0
+            assert await raw_redis(producer.settings).exists(keys.job_key("blackholed-1")) == 0
     finally:
         await proxy.stop()
     assert [key for key, mode, _ in RUNS] == ["during", "while-open"]

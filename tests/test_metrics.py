@@ -8,11 +8,11 @@ import contextlib
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.errors import JobFailed
 from devservices._process import pick_port
 from devservices.redis import RedisServer
 from tests.conftest import make_settings, start_worker
 from tests.sample_jobs import TEST_REGISTRY
-from worker.errors import JobFailed
 from worker.producer import Producer
 
 

@@ -8,10 +8,10 @@ import time
 import pytest
 from pydantic import SecretStr
 
+from core.errors import EnqueueError
 from settings import Settings
-from tests.conftest import RunningWorker
+from tests.conftest import RunningWorker, raw_redis
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
-from worker.errors import EnqueueError
 from worker.producer import Producer
 
 
@@ -20,7 +20,7 @@ async def test_same_job_id_is_queued_once(settings: Settings) -> None:
         first = await producer.enqueue_job("record", {"key": "a"}, job_id="dedup-1")
         second = await producer.enqueue_job("record", {"key": "b"}, job_id="dedup-1")
         assert (first.duplicate, second.duplicate) == (False, True)
-        assert await producer.link.redis.zcard(settings.queue_name) == 1
+        assert await raw_redis(producer.settings).zcard(settings.queue_name) == 1
 
 
 async def test_result_of_a_duplicate_is_the_first_jobs(settings: Settings, worker: RunningWorker) -> None:

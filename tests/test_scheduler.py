@@ -11,14 +11,13 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from core import JobContext, Registry, Schedule, define
 from devservices.redis import RedisServer
-from jobs import JobContext, Registry, Schedule, define
 from settings import Settings
-from tests.conftest import make_settings
-from worker import keys
-from worker.redis_link import RedisLink
-from worker.scheduler import latest_run
-from worker.service import WorkerService
+from tests.conftest import eventually, make_settings, raw_redis
+from worker.backend import keys
+from worker.engine import WorkerService
+from worker.engine.scheduler import latest_run
 
 RAN: list[str] = []
 
@@ -38,12 +37,6 @@ def _clear_ran() -> Iterator[None]:
     RAN.clear()
     yield
     RAN.clear()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
 
 
 async def _run_worker_for(settings: Settings, registry: Registry, seconds: float) -> None:
@@ -82,12 +75,7 @@ async def test_a_run_missed_while_no_worker_was_up_runs_once_at_start(
     assert RAN[0].startswith("cron:tick:")
 
     # The run's result expires (here: is deleted); a restarted worker still knows it was queued.
-    link = RedisLink(settings, role="test")
-    await link.start()
-    try:
-        assert await link.redis.delete(keys.result_key(RAN[0])) == 1
-    finally:
-        await link.aclose()
+    assert await raw_redis(settings).delete(keys.result_key(RAN[0])) == 1
     await _run_worker_for(settings, registry, 1.5)
     assert len(RAN) == 1
     lines = [orjson.loads(line) for line in log_output.getvalue().splitlines() if line.startswith("{")]
@@ -103,20 +91,14 @@ async def test_a_run_missed_while_redis_was_away_runs_when_it_returns(own_redis:
     service = WorkerService(settings, registry=registry, handle_signals=False)
     task = asyncio.create_task(service.run())
     try:
-        deadline = time.monotonic() + 10
-        while len(RAN) < 2:  # two runs before the outage
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(RAN) >= 2, what="two runs before the outage")
         killed_at = time.time()
         own_redis.kill()
         await asyncio.sleep(2.2)  # at least one run falls due while Redis is away
         own_redis.restart()
         back_at = time.time()
         started = len(RAN)
-        deadline = time.monotonic() + 15
-        while len(RAN) < started + 3:
-            assert time.monotonic() < deadline, RAN
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(RAN) >= started + 3, timeout=15, what="three runs after the outage")
     finally:
         service.request_stop()
         await asyncio.wait_for(task, 10)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 from devservices.redis import RedisServer
 from settings import Settings, SettingsError, load_settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, raw_redis
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
-from worker import keys
+from worker.backend import keys
+from worker.engine import WorkerService
 from worker.producer import Producer
-from worker.service import WorkerService
-from worker.status import job_status
 
 
 class _Exploit:
@@ -30,15 +29,15 @@ class _Exploit:
 async def test_forged_pickle_payload_is_rejected_not_executed(settings: Settings, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
-        redis = producer.link.redis
+        redis = raw_redis(producer.settings)
         await redis.set(keys.job_key("forged-1"), pickle.dumps(_Exploit(marker)))
         await redis.zadd(settings.queue_name, {"forged-1": int(time.time() * 1000)})
 
         await WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False).run()
 
         assert not marker.exists()
-        report = await job_status(producer.link, "forged-1", settings.queue_name)
-    assert report["status"] == "failed"
+        report = await producer.status("forged-1")
+    assert report["status"] == "dead"  # failed for good, and dead-lettered
     assert report["error"]["type"] == "DeserializationError"
     assert RUNS == []
 
@@ -59,7 +58,7 @@ async def test_redis_password_never_appears_in_logs_errors_or_reprs(
             seen += [repr(queued), repr(inline)]
         wrong = make_settings(server.url.replace(password, "wrong-" + password), database_url=database_url)
         async with Producer(wrong, registry=TEST_REGISTRY) as producer:
-            seen.append(repr(producer.link.state))
+            seen.append(repr(producer.backend.state))
     try:
         load_settings(redis_url=f"http://user:{password}@host:1/0")
     except SettingsError as exc:

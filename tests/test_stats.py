@@ -11,12 +11,12 @@ from pathlib import Path
 
 import orjson
 
+from core.errors import JobFailed
 from settings import Settings
 from tests.conftest import RunningWorker
 from tests.sample_jobs import TEST_REGISTRY
-from worker.errors import JobFailed
+from worker.engine.snapshots import publish_once
 from worker.producer import Producer
-from worker.stats import publish_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ async def test_stats_shows_depths_throughput_and_failure_rate(
                 await handle.result(timeout=10)
         await producer.enqueue_job("record", {"key": "later"}, defer_by=60)
         service = worker.service
-        await publish_once(service.link, service.metrics.recent, service.worker.token, settings.queue_name)
+        await publish_once(service.backend, service.metrics.recent, service.worker.token, settings.queue_name)
 
     env = {
         **os.environ,

@@ -15,7 +15,7 @@ from devservices.redis import RedisServer
 from settings import Settings
 from tests.conftest import make_settings
 from tests.sample_jobs import TEST_REGISTRY
-from worker.doctor import check_redis
+from worker.ops.doctor import check_redis
 from worker.producer import Producer
 
 
@@ -68,7 +68,7 @@ def _tls_settings(certs: Path, host: str, port: int, ca: str = "ca", **extra: ob
 async def test_connects_with_the_right_ca_and_hostname(certs: Path, tls_port: int) -> None:
     settings = _tls_settings(certs, "localhost", tls_port)
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
-        assert producer.link.usable
+        assert producer.backend.usable
         handle = await producer.enqueue_job("record", {"key": "tls"})
         assert handle.mode == "queued"
     check = await check_redis(settings)
@@ -79,7 +79,7 @@ async def test_connects_with_the_right_ca_and_hostname(certs: Path, tls_port: in
 async def test_refuses_a_server_signed_by_another_ca(certs: Path, tls_port: int) -> None:
     settings = _tls_settings(certs, "localhost", tls_port, ca="other-ca")
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
-        assert not producer.link.usable
+        assert not producer.backend.usable
         assert (await producer.enqueue_job("record", {"key": "x"})).mode == "inline"
     check = await check_redis(settings)
     assert check.state == "not working"
@@ -99,7 +99,7 @@ async def test_explicit_opt_out_connects_and_warns(
 ) -> None:
     settings = _tls_settings(certs, "127.0.0.1", tls_port, ca="other-ca", redis_tls_insecure=True)
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
-        assert producer.link.usable
+        assert producer.backend.usable
     assert "TLS verification disabled by REDIS_TLS_INSECURE" in log_output.getvalue()
 
 

@@ -1,12 +1,14 @@
-"""The Max Booster job runner: producer shim, inline runner and arq worker.
+"""The Max Booster job runner: the producer the web app calls, and the worker.
 
-The web app imports `Producer` from here. Names are loaded on first use so that `jobs` can
-import `worker.errors` without pulling in the producer (which imports the job registry).
+    from worker import Producer
+
+Layout: `backend` (Redis), `ledger` (Postgres bookkeeping), `execution` (one attempt and its
+outcome), `producer`, `engine` (the worker), `telemetry` (logs, metrics), `ops` (CLI, doctor,
+stats, health). Jobs and their registry live in `jobs`, over the neutral `core`.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+from core.errors import EnqueueError, JobFailed, JobValidationError, PermanentError, TransientError
+from worker.producer import JobHandle, Producer
 
 __all__ = [
     "EnqueueError",
@@ -17,19 +19,3 @@ __all__ = [
     "Producer",
     "TransientError",
 ]
-
-if TYPE_CHECKING:
-    from worker.errors import EnqueueError, JobFailed, JobValidationError, PermanentError, TransientError
-    from worker.producer import JobHandle, Producer
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("JobHandle", "Producer"):
-        from worker import producer
-
-        return getattr(producer, name)
-    if name in __all__:
-        from worker import errors
-
-        return getattr(errors, name)
-    raise AttributeError(f"module 'worker' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 
-from worker.errors import TransientError
+from core.errors import TransientError
 
 __all__ = ["RequestBudget"]
 

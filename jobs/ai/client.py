@@ -23,10 +23,10 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
+from core.deps import Resource
+from core.errors import PermanentError, TransientError
 from jobs.ai.budget import RequestBudget
-from jobs.deps import Resource
 from settings import Settings, redact_url
-from worker.errors import PermanentError, TransientError
 
 __all__ = ["AI_CLIENT", "AIClient", "ChatReply", "Usage", "ai_not_configured"]
 

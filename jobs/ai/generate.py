@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from core.context import JobContext
+from core.errors import PermanentError
 from jobs.ai.client import AI_CLIENT, Usage
 from jobs.ai.prompts import Prompt, correction
 from jobs.ai.schemas import OutputInvalid, parse_reply
-from jobs.context import JobContext
-from worker.errors import PermanentError
 
 __all__ = ["cache_key", "generate"]
 

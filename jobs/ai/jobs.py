@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from core.context import JobContext
 from jobs.ai import prompts
 from jobs.ai.generate import generate
 from jobs.ai.schemas import (
@@ -25,7 +26,6 @@ from jobs.ai.schemas import (
     ShortText,
     Tone,
 )
-from jobs.context import JobContext
 
 __all__ = ["ai_email_variants", "ai_social_captions", "ai_track_tags", "ai_week_narrative"]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import asyncpg
 
+from core.context import JobContext
+from core.deps import POSTGRES
+from core.enqueue import ENQUEUE
 from jobs.analytics.anomaly import DetectorConfig, Finding, scan_series
 from jobs.analytics.notify import Contact, send_email
 from jobs.analytics.rollup import rollup_days
-from jobs.context import JobContext
-from jobs.deps import POSTGRES
-from jobs.enqueue import ENQUEUE
 from settings import Settings
 
 __all__ = ["detect_analytics_anomalies", "notify_new_alerts"]

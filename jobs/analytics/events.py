@@ -33,6 +33,8 @@ from pydantic import (
     model_validator,
 )
 
+from core.plugin import RefusedEvent
+
 __all__ = [
     "EVENT_TYPES",
     "ROW_COLUMNS",
@@ -80,13 +82,6 @@ class EventLimits:
     max_age: timedelta
     max_skew: timedelta
     max_properties_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class RefusedEvent:
-    index: int  # position in the caller's list
-    reason: str
-    event_id: str | None = None
 
 
 class Event(BaseModel):

@@ -13,14 +13,17 @@ import contextlib
 import time
 from typing import Any
 
+from core.context import JobContext
+from core.deps import POSTGRES
+from core.enqueue import ENQUEUE
+from core.errors import EnqueueError, JobValidationError
 from jobs.analytics.queue import EVENT_QUEUE, ClaimedBatch, EventQueue
 from jobs.analytics.store import write_chunks
-from jobs.context import JobContext
-from jobs.deps import POSTGRES
-from jobs.enqueue import ENQUEUE
-from worker.errors import EnqueueError, JobValidationError
 
-__all__ = ["flush_analytics_events"]
+__all__ = ["FLUSH_JOB", "flush_analytics_events"]
+
+# Its registered name, for the plug-in that queues and runs it.
+FLUSH_JOB = "flush_analytics_events"
 
 
 async def _release(ctx: JobContext, queue: EventQueue, batch: ClaimedBatch) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 import asyncpg
 import orjson
 
+from core.context import JobContext
+from core.deps import POSTGRES
+from core.enqueue import ENQUEUE
+from core.errors import PermanentError
 from jobs.analytics.notify import Contact, send_email
 from jobs.analytics.rollup import rollup_days
-from jobs.context import JobContext
-from jobs.deps import POSTGRES
-from jobs.enqueue import ENQUEUE
-from worker.errors import PermanentError
 
 __all__ = ["build_summaries", "iso_week_bounds", "send_weekly_insights"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.enqueue import Enqueue, EnqueueOutcome
-from worker.errors import JobValidationError, UnknownJobError
+from core.enqueue import Enqueue, EnqueueOutcome
+from core.errors import JobValidationError, UnknownJobError
 
 __all__ = ["SEND_EMAIL", "Contact", "send_email"]
 

@@ -1,9 +1,9 @@
 """Where the flush job finds buffered events: the seam between jobs and their owner's buffer.
 
-The worker provides a queue over a Redis list; a `Producer` provides its in-process buffer
-(used while Redis is down). Either way a batch is claimed, written, and only then
-acknowledged; a batch whose write failed is released, and a batch whose consumer died is
-recovered. So every event reaches Postgres at least once, and the unique event id makes
+The analytics plug-in provides it: in a worker, a queue over the plug-in's Redis list; in a
+producer, its in-process buffer (used while Redis is down). Either way a batch is claimed,
+written, and only then acknowledged; a batch whose write failed is released, and a batch
+whose consumer died is recovered. So every event reaches Postgres at least once, and the unique event id makes
 that exactly once in the table.
 """
 
@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.deps import Resource
+from core.deps import Resource
+from core.errors import PermanentError
+from core.plugin import ClaimedBatch
 from settings import Settings
-from worker.errors import PermanentError
 
 __all__ = ["EVENT_QUEUE", "ClaimedBatch", "EventQueue"]
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedBatch:
-    chunks: list[bytes]
-    batch_id: str
 
 
 class EventQueue(Protocol):
@@ -52,8 +46,8 @@ class EventQueue(Protocol):
 
 async def _not_provided(settings: Settings) -> EventQueue:
     raise PermanentError(
-        "no analytics event queue in this process: the worker and the Producer provide one "
-        "(Deps.provide(EVENT_QUEUE, ...))"
+        "no analytics event queue in this process: the analytics plug-in provides one in every "
+        "worker and producer whose registry includes it"
     )
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from jobs.context import JobContext
-from jobs.deps import POSTGRES
+from core.context import JobContext
+from core.deps import POSTGRES
 
 __all__ = ["day_bounds", "rollup_analytics", "rollup_days"]
 

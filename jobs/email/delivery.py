@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import structlog
 
+from core.errors import PermanentError, TransientError, classify
 from jobs.email.addresses import Mailbox
 from jobs.email.mime import Outgoing
 from jobs.email.store import Claim, Claimant, Delivery, DeliveryStore
 from jobs.email.transports.base import Failed, Sent, Transport
-from worker.errors import PermanentError, TransientError, classify
 
 __all__ = ["deliver", "deliver_bulk"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.context import JobContext
-from jobs.deps import POSTGRES
+from core.context import JobContext
+from core.deps import POSTGRES
 from jobs.email.addresses import Mailbox, parse_mailbox
 from jobs.email.delivery import deliver, deliver_bulk
 from jobs.email.messages import BulkEmail, Email, EmailContent, IdempotencyKey

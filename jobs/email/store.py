@@ -30,7 +30,7 @@ from typing import Any, Literal
 import asyncpg
 import structlog
 
-from jobs.deps import Resource
+from core.deps import Resource
 from settings import Settings
 
 __all__ = ["SENT_MEMO", "Claim", "Claimant", "Delivery", "DeliveryStore", "SentMemo"]

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import jinja2
 
+from core.errors import PermanentError
 from jobs.email.headers import header_problem
-from worker.errors import PermanentError
 
 __all__ = ["PLANS", "Plan", "Rendered", "TemplateName", "TemplateRenderError", "render_template"]
 

@@ -7,13 +7,13 @@ closed with it, so the worker and the inline runner get the same kind of transpo
 
 from __future__ import annotations
 
-from jobs.deps import Resource
+from core.deps import Resource
+from core.errors import PermanentError
 from jobs.email.transports.base import Failed, Sent, Transport
 from jobs.email.transports.file import FileTransport
 from jobs.email.transports.sendgrid import SendGridTransport
 from jobs.email.transports.smtp import SmtpConfig, SmtpTransport
 from settings import Settings
-from worker.errors import PermanentError
 
 __all__ = [
     "EMAIL_TRANSPORT",

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.errors import PermanentError, TransientError
 from jobs.email.mime import Outgoing, to_mime_bytes
 from jobs.email.transports.base import Failed, Sent
-from worker.errors import PermanentError, TransientError
 
 __all__ = ["FileTransport"]
 

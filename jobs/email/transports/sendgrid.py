@@ -29,10 +29,10 @@ import python_http_client.exceptions
 import sendgrid
 from pydantic import SecretStr
 
+from core.errors import PermanentError, TransientError
 from jobs.email.addresses import Mailbox
 from jobs.email.mime import Outgoing
 from jobs.email.transports.base import Failed, Sent
-from worker.errors import PermanentError, TransientError
 
 __all__ = ["MAX_PERSONALIZATIONS", "SendGridTransport", "install_header_redaction", "request_body"]
 

@@ -25,10 +25,10 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 from pydantic import SecretStr
 
+from core.errors import PermanentError, TransientError
 from jobs.email.mime import Outgoing, to_mime_bytes
 from jobs.email.transports.base import Failed, Sent
 from settings import Settings
-from worker.errors import PermanentError, TransientError
 
 __all__ = ["SmtpConfig", "SmtpPool", "SmtpTransport", "smtp_error"]
 

@@ -1,0 +1,199 @@
+"""The one codec for job and result records: JSON on the wire, never pickle.
+
+Records keep arq's layout, so arq's `Job` API reads our jobs:
+
+- a job record is `{"t": try or null, "f": job name, "a": [], "k": {kwargs}, "et": enqueue ms}`;
+- a result record adds `"s"` (success), `"r"` (the value, or for a failure
+  `{"__error__": {"type", "message", "kind"}}`), `"st"` / `"ft"` (start and finish ms), `"q"`
+  (queue) and `"id"` (job id).
+
+Nothing written to Redis can make a process execute code: a record is data, decoded by orjson
+and checked field by field. `decode_job` and `decode_result` raise `CodecError` for anything
+that is not a record we would have written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from core.clock import epoch_ms
+from core.errors import JobFailed, PermanentError
+
+__all__ = [
+    "ERROR_KEY",
+    "CodecError",
+    "JobRecord",
+    "ResultRecord",
+    "decode_job",
+    "decode_result",
+    "encode_job",
+    "encode_result",
+    "error_from_value",
+    "failure_value",
+    "json_value",
+]
+
+ERROR_KEY = "__error__"
+# Enqueue times outside [epoch, year 5138] are forged or broken; such a record is treated as
+# enqueued now rather than refused (arq writes what its callers give it).
+_MAX_PLAUSIBLE_MS = 10**14
+
+
+class CodecError(ValueError):
+    """Bytes that are not a record we write; `error_type` names the class of problem."""
+
+    def __init__(self, message: str, error_type: str = "DeserializationError") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    name: str
+    kwargs: dict[str, Any]
+    enqueue_ms: int
+    job_try: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    job_id: str
+    name: str
+    kwargs: dict[str, Any]
+    job_try: int
+    success: bool
+    value: Any  # the job's JSON result, or for a failure the error dict
+    enqueue_ms: int
+    start_ms: int
+    finish_ms: int
+    queue: str
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The structured error of a failed job (`type`, `message`, `kind`), else None."""
+        if self.success:
+            return None
+        return error_from_value(self.value) or {
+            "type": "Error",
+            "message": str(self.value),
+            "kind": "permanent",
+        }
+
+
+def encode_job(name: str, kwargs: dict[str, Any], *, enqueue_ms: int, job_try: int | None = None) -> bytes:
+    return orjson.dumps({"t": job_try, "f": name, "a": [], "k": kwargs, "et": enqueue_ms})
+
+
+def _load_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CodecError(f"unable to deserialize {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise CodecError(f"unable to deserialize {what}: not a JSON object")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def decode_job(raw: bytes) -> JobRecord:
+    """A job record we wrote; `CodecError` for anything else (a pickle, a forged shape)."""
+    record = _load_object(raw, "job")
+    name, kwargs, args, job_try = record.get("f"), record.get("k"), record.get("a"), record.get("t")
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise CodecError("unable to deserialize job: not an arq job record")
+    if args:
+        raise CodecError("jobs take keyword arguments only", "JobExecutionFailed")
+    if job_try is not None and not _is_int(job_try):
+        raise CodecError(f"unable to deserialize job: try {job_try!r} is not a whole number")
+    enqueued = record.get("et")
+    if (
+        not isinstance(enqueued, int | float)
+        or isinstance(enqueued, bool)
+        or not 0 <= enqueued < _MAX_PLAUSIBLE_MS
+    ):
+        enqueued = epoch_ms()
+    return JobRecord(name, kwargs, int(enqueued), job_try)
+
+
+def encode_result(result: ResultRecord) -> bytes:
+    """arq's result record (so arq's `Job.result_info` reads it), as JSON."""
+    value = result.value
+    if not result.success and error_from_value(value) is None:
+        value = {ERROR_KEY: {"type": "Error", "message": str(value), "kind": "permanent"}}
+    return orjson.dumps(
+        {
+            "t": result.job_try,
+            "f": result.name,
+            "a": [],
+            "k": result.kwargs,
+            "et": result.enqueue_ms,
+            "s": result.success,
+            "r": value,
+            "st": result.start_ms,
+            "ft": result.finish_ms,
+            "q": result.queue,
+            "id": result.job_id,
+        },
+        option=orjson.OPT_NON_STR_KEYS,
+    )
+
+
+def failure_value(error: JobFailed) -> dict[str, Any]:
+    """What a failed job stores as its result value."""
+    return {ERROR_KEY: error.to_dict()}
+
+
+def decode_result(raw: bytes, job_id: str = "") -> ResultRecord:
+    """A result record; `CodecError` when it is not one."""
+    record = _load_object(raw, "result")
+    success = record.get("s")
+    if not isinstance(success, bool) or not isinstance(record.get("f"), str):
+        raise CodecError("unable to deserialize result: not an arq result record")
+
+    def ms(field: str) -> int:
+        value = record.get(field)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+    kwargs = record.get("k")
+    job_try = record.get("t")
+    return ResultRecord(
+        job_id=str(record.get("id") or job_id),
+        name=record["f"],
+        kwargs=kwargs if isinstance(kwargs, dict) else {},
+        job_try=job_try if isinstance(job_try, int) and not isinstance(job_try, bool) else 0,
+        success=success,
+        value=record.get("r"),
+        enqueue_ms=ms("et"),
+        start_ms=ms("st"),
+        finish_ms=ms("ft"),
+        queue=str(record.get("q") or ""),
+    )
+
+
+def error_from_value(value: Any) -> dict[str, Any] | None:
+    """The structured error stored for a failed job, or None if `value` is not one."""
+    if isinstance(value, dict) and isinstance(value.get(ERROR_KEY), dict):
+        return dict(value[ERROR_KEY])
+    return None
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def json_value(value: Any) -> Any:
+    """`value` as a caller will read it back (a JSON round trip); a value JSON cannot carry is a
+    `PermanentError` (the job returned something it should not have)."""
+    try:
+        return orjson.loads(orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS))
+    except TypeError as exc:
+        raise PermanentError(f"the job's result is not JSON-serializable: {exc}") from None

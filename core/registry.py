@@ -1,0 +1,256 @@
+"""Job definitions and the registry the producer, the worker and the inline runner all read.
+
+A job is `async def name(ctx: JobContext, *, typed keyword args)`. `define()` turns one into
+a `JobDefinition` that validates keyword arguments against the signature (a pydantic model
+built from it) and turns them into the JSON payload that travels to Redis, so a bad call
+fails in the caller before anything is queued or run.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, get_type_hints
+
+import orjson
+import pydantic
+from pydantic import BaseModel, ConfigDict
+from pydantic_core import PydanticSerializationError
+
+from core.context import JobContext
+from core.errors import JobValidationError, UnknownJobError
+from core.plugin import PluginFactory
+from settings import Settings
+
+__all__ = ["Fallback", "JobDefinition", "JobFunc", "Precheck", "Registry", "Schedule", "define"]
+
+P = ParamSpec("P")
+Fallback = Literal["inline", "spool", "reject"]
+R = TypeVar("R")
+JobFunc = Callable[Concatenate[JobContext, P], Awaitable[R]]
+# Says why a job cannot run with these settings (e.g. a provider not configured), or None.
+Precheck = Callable[[Settings], str | None]
+
+
+def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
+    signature = inspect.signature(func)
+    hints = get_type_hints(func, include_extras=True)  # keep Annotated constraints (lengths, ranges)
+    params = list(signature.parameters.values())
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"job {name!r} must take the job context as its first positional argument")
+    fields: dict[str, Any] = {}
+    for param in params[1:]:
+        if param.kind is not param.KEYWORD_ONLY:
+            raise TypeError(f"job {name!r}: argument {param.name!r} must be keyword-only (put it after `*`)")
+        if param.name not in hints:
+            raise TypeError(f"job {name!r}: argument {param.name!r} needs a type annotation")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    config = ConfigDict(extra="forbid", strict=True)
+    model: type[BaseModel] = pydantic.create_model(f"{name}_args", __config__=config, **fields)
+    return model
+
+
+def _explain(job: str, exc: pydantic.ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        arg = ".".join(str(p) for p in err["loc"]) or "(arguments)"
+        if err["type"] == "missing":
+            problems.append(f"argument {arg!r} is required")
+        elif err["type"] == "extra_forbidden":
+            problems.append(f"unknown argument {arg!r}")
+        else:
+            shown = repr(err.get("input"))
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            problems.append(f"argument {arg!r}: {err['msg']} (got {shown})")
+    return f"{job}: " + "; ".join(problems)
+
+
+@dataclass(frozen=True, eq=False)
+class JobDefinition(Generic[P, R]):
+    """One registered job: its name, coroutine and execution limits."""
+
+    name: str
+    func: JobFunc[P, R]
+    timeout: float | None = None
+    max_tries: int | None = None
+    description: str = ""
+    precheck: Precheck | None = None
+    # What happens when Redis is unusable: run inline now, keep in the Postgres spool until Redis
+    # returns, or refuse. A spooled job may still run inline when Postgres is down too.
+    fallback: Fallback = "inline"
+    inline_if_spool_down: bool = True
+    # Kept in Postgres until it completes, so a Redis that loses its data cannot lose the job.
+    durable: bool = False
+    args_model: type[BaseModel] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args_model", _args_model(self.name, self.func))
+
+    @property
+    def arg_names(self) -> list[str]:
+        return list(self.args_model.model_fields)
+
+    def payload(self, kwargs: Mapping[str, Any], *, max_bytes: int) -> dict[str, Any]:
+        """Validate caller arguments and return the JSON-ready payload; raises JobValidationError."""
+        try:
+            model = self.args_model.model_validate(dict(kwargs))
+        except pydantic.ValidationError as exc:
+            raise JobValidationError(_explain(self.name, exc)) from None
+        return self._encode(model, max_bytes)
+
+    def payload_from_json(self, raw: str | bytes, *, max_bytes: int) -> dict[str, Any]:
+        """Like `payload`, for arguments given as JSON text (the CLI)."""
+        try:
+            model = self.args_model.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise JobValidationError(_explain(self.name, exc)) from None
+        return self._encode(model, max_bytes)
+
+    def _encode(self, model: BaseModel, max_bytes: int) -> dict[str, Any]:
+        try:
+            payload = model.model_dump(mode="json")
+            encoded = orjson.dumps(payload)
+        except (PydanticSerializationError, TypeError) as exc:
+            raise JobValidationError(
+                f"{self.name}: arguments are not JSON-serializable ({exc}); pass ids, strings, numbers, "
+                "lists and dicts"
+            ) from None
+        if len(encoded) > max_bytes:
+            raise JobValidationError(
+                f"{self.name}: arguments are {len(encoded)} bytes, over the {max_bytes}-byte limit "
+                "(MAX_PAYLOAD_BYTES); pass an id and load the data in the job"
+            )
+        # Return what the worker will see: the JSON round trip, so inline runs get the same values.
+        decoded: dict[str, Any] = orjson.loads(encoded)
+        return decoded
+
+    def load(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Typed keyword arguments from a JSON payload, as the job's signature declares them."""
+        try:
+            model = self.args_model.model_validate(dict(payload), strict=False)
+        except pydantic.ValidationError as exc:
+            raise JobValidationError(_explain(self.name, exc)) from None
+        return {name: getattr(model, name) for name in self.args_model.model_fields}
+
+    def check_settings(self, settings: Settings) -> None:
+        """Raise JobValidationError if `precheck` says the job cannot run with `settings`."""
+        if self.precheck is not None and (problem := self.precheck(settings)):
+            raise JobValidationError(f"{self.name}: {problem}")
+
+
+def define(
+    func: JobFunc[P, R],
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_tries: int | None = None,
+    precheck: Precheck | None = None,
+    fallback: Fallback = "inline",
+    inline_if_spool_down: bool = True,
+    durable: bool = False,
+) -> JobDefinition[P, R]:
+    doc = inspect.getdoc(func) or ""
+    return JobDefinition(
+        name=name or func.__name__,
+        func=func,
+        timeout=timeout,
+        max_tries=max_tries,
+        description=doc.splitlines()[0] if doc else "",
+        precheck=precheck,
+        fallback=fallback,
+        inline_if_spool_down=inline_if_spool_down,
+        durable=durable,
+    )
+
+
+TimeField = int | frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the worker runs a registered job by itself, with no arguments (UTC, like cron).
+
+    Each field is one value, a set of values, or None for "any"; `weekday` 0 is Monday.
+    `catch_up`: a run missed because no worker was up, or Redis was away, at its due time is
+    run late if it was due at most this long ago (only the latest missed run; None: never).
+    """
+
+    job: str
+    month: TimeField = None
+    day: TimeField = None
+    weekday: TimeField = None
+    hour: TimeField = None
+    minute: TimeField = None
+    second: TimeField = 0
+    run_at_startup: bool = False
+    catch_up: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.catch_up is not None and self.catch_up <= timedelta(0):
+            raise ValueError(f"schedule for {self.job!r}: catch_up must be positive, or None for never")
+
+    @classmethod
+    def every_seconds(cls, job: str, seconds: int) -> Schedule:
+        if not 1 <= seconds <= 60 or 60 % seconds:
+            raise ValueError(f"schedule for {job!r}: {seconds} s does not divide a minute")
+        return cls(job, second=frozenset(range(0, 60, seconds)))
+
+    @classmethod
+    def every_minutes(cls, job: str, minutes: int, *, second: int = 0) -> Schedule:
+        if not 1 <= minutes <= 60 or 60 % minutes:
+            raise ValueError(f"schedule for {job!r}: {minutes} min does not divide an hour")
+        return cls(job, minute=frozenset(range(0, 60, minutes)), second=second)
+
+
+class Registry:
+    """The one list of jobs, their schedules and the families' plug-ins; duplicate names are
+    refused when it is built."""
+
+    def __init__(
+        self,
+        definitions: Iterable[JobDefinition[Any, Any]],
+        *,
+        schedules: Iterable[Schedule] = (),
+        plugins: Iterable[PluginFactory] = (),
+    ) -> None:
+        self._by_name: dict[str, JobDefinition[Any, Any]] = {}
+        self._by_func: dict[Callable[..., Any], JobDefinition[Any, Any]] = {}
+        for definition in definitions:
+            if definition.name in self._by_name:
+                raise ValueError(f"duplicate job name {definition.name!r} in the registry")
+            self._by_name[definition.name] = definition
+            # A coroutine registered under several names is found by function as its first name.
+            self._by_func.setdefault(definition.func, definition)
+        self.schedules: tuple[Schedule, ...] = tuple(schedules)
+        self.plugins: tuple[PluginFactory, ...] = tuple(plugins)
+        for schedule in self.schedules:
+            if schedule.job not in self._by_name:
+                raise ValueError(f"schedule for {schedule.job!r}: no such job in the registry")
+            fields = self._by_name[schedule.job].args_model.model_fields.values()
+            if any(field.is_required() for field in fields):
+                raise ValueError(f"schedule for {schedule.job!r}: a scheduled job cannot need arguments")
+
+    def __iter__(self) -> Any:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def get(self, job: str | Callable[..., Any] | JobDefinition[Any, Any]) -> JobDefinition[Any, Any]:
+        if isinstance(job, JobDefinition):
+            job = job.name
+        if isinstance(job, str):
+            found = self._by_name.get(job)
+            label = job
+        else:
+            found = self._by_func.get(job)
+            label = getattr(job, "__name__", repr(job))
+        if found is None:
+            raise UnknownJobError(f"unknown job {label!r}; registered jobs: {', '.join(self.names())}")
+        return found

@@ -1,0 +1,413 @@
+"""The connection to Redis and its health: a circuit breaker, and pipelined commands that say
+whether they reached the server.
+
+A connection error or timeout opens the breaker; while it is open callers are told at once that
+Redis is unusable (`NotSent`, no network I/O), and a background probe closes it again when Redis
+answers PING. Each outage is logged once when it starts (`redis unavailable`) and once when it
+ends (`redis connected`).
+
+Commands go out on a connection we hold ourselves, several pipelined in one write, so we know
+whether they were sent: `NotSent` when nothing left this process, `ReplyLost` when the
+connection failed after sending (the outcome is unknown), `BackendRefused` when Redis answered
+with an error that is not an outage (wrong password, NOPERM, WRONGTYPE, OOM). An idle worker
+blocks on BZPOPMIN on a connection of its own whose reply timeout covers the block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.errors import BackendRefused, BackendUnavailable, NotSent, ReplyLost
+from settings import Settings
+from worker.backend.scripts import Script
+
+__all__ = ["Command", "LinkState", "RedisLink"]
+
+log = structlog.get_logger(__name__)
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # hiredis packs commands in C, ~25x faster than redis-py's Python packer (bulk enqueue)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
+    _hiredis_pack = None
+
+# Errors that mean "Redis is not usable right now"; the breaker opens on any of them. A wrong
+# password is a `ConnectionError` to redis-py; it is a refusal here (see `_refusal`).
+_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+Command = tuple[Any, ...]
+
+
+class LinkState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    DISABLED = "disabled"
+
+
+def _pack(conn: AbstractConnection, commands: Sequence[Command]) -> list[bytes]:
+    if _hiredis_pack is None:
+        return conn.pack_commands(commands)
+    return [_hiredis_pack(command) for command in commands]
+
+
+def _refusal(exc: BaseException) -> BackendRefused | None:
+    """A refusal dressed as a connection error (bad credentials), or None for a real outage."""
+    if isinstance(exc, AuthenticationError) or (
+        isinstance(exc, RedisError) and any(w in str(exc) for w in ("WRONGPASS", "NOAUTH", "NOPERM"))
+    ):
+        return BackendRefused(f"Redis refused the credentials in REDIS_URL: {exc}")
+    return None
+
+
+def _tls_options(settings: Settings, role: str) -> dict[str, Any]:
+    """Certificate and hostname verification on by default for rediss:// (redis-py's default
+    does not check the hostname)."""
+    if not settings.redis_url.get_secret_value().startswith("rediss://"):
+        return {}
+    client_cert = {"ssl_certfile": settings.redis_tls_cert_file, "ssl_keyfile": settings.redis_tls_key_file}
+    if settings.redis_tls_insecure:
+        log.warning(
+            "TLS verification disabled by REDIS_TLS_INSECURE: the Redis server is not authenticated",
+            role=role,
+        )
+        return {"ssl_cert_reqs": "none", "ssl_check_hostname": False, **client_cert}
+    return {
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_ca_certs": settings.redis_tls_ca_file,
+        **client_cert,
+    }
+
+
+# What each user of a link does while Redis is down, for the `redis unavailable` line.
+_FALLBACKS = {"producer": "inline", "cache": "memory"}
+
+
+class RedisLink:
+    """Redis connection plus breaker. `role` names the user in log lines (producer, worker)."""
+
+    def __init__(self, settings: Settings, *, role: str, socket_timeout: float | None = None) -> None:
+        self._settings = settings
+        self._role = role
+        self._socket_timeout = socket_timeout or settings.redis_socket_timeout
+        self._state = LinkState.DISABLED
+        self._pool: ConnectionPool | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._up_event = asyncio.Event()
+        self._on_up: list[Callable[[], Awaitable[None]]] = []
+        self._wake_conn: AbstractConnection | None = None
+        self.outages = 0
+        if settings.redis_enabled:
+            self._pool = ConnectionPool.from_url(
+                settings.redis_url.get_secret_value(),
+                socket_connect_timeout=settings.redis_connect_timeout,
+                socket_timeout=self._socket_timeout,
+                # Skip CLIENT SETINFO on connect: two round trips per new connection for nothing.
+                lib_name=None,
+                lib_version=None,
+                **_tls_options(settings, role),
+            )
+            self._state = LinkState.DOWN
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def usable(self) -> bool:
+        return self._state is LinkState.UP
+
+    @property
+    def socket_timeout(self) -> float:
+        return self._socket_timeout
+
+    def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `callback` each time the breaker closes after an outage."""
+        self._on_up.append(callback)
+
+    async def start(self) -> LinkState:
+        """Probe once (bounded by the timeouts) and log whether Redis is used.
+
+        Raises `BackendRefused` when Redis refuses the credentials: that is a configuration
+        error, not an outage, and the caller decides what to do about it.
+        """
+        if self._pool is None:
+            log.warning("redis not configured, jobs run inline", role=self._role)
+            return self._state
+        try:
+            await self._ping()
+        except BackendRefused:
+            raise
+        except _DOWN_ERRORS as exc:
+            self._open(exc, first=True)
+        else:
+            self._close_breaker()
+        return self._state
+
+    async def wait_until_up(self) -> None:
+        if self._pool is None:
+            raise NotSent("Redis is not configured (REDIS_URL is empty)")
+        await self._up_event.wait()
+
+    def report_failure(self, exc: BaseException) -> None:
+        """Tell the link that a command failed because Redis is unusable."""
+        self._open(exc)
+
+    async def aclose(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
+        if self._wake_conn is not None:
+            await self._wake_conn.disconnect()
+        if self._pool is not None:
+            await self._pool.aclose()
+
+    def _open(self, exc: BaseException, *, first: bool = False) -> None:
+        if self._state is LinkState.DISABLED:
+            return
+        was_up = self._state is LinkState.UP
+        self._state = LinkState.DOWN
+        self._up_event.clear()
+        if was_up or first:
+            self.outages += 1
+            log.warning(
+                "redis unavailable",
+                role=self._role,
+                url=self._settings.redis_url_redacted,
+                error=f"{type(exc).__name__}: {exc}",
+                fallback=_FALLBACKS.get(self._role, "reconnecting"),
+            )
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    def _close_breaker(self) -> None:
+        self._state = LinkState.UP
+        self._up_event.set()
+        log.info("redis connected", role=self._role, url=self._settings.redis_url_redacted)
+
+    async def _probe_until_up(self) -> None:
+        # The producer probes at a steady pace so queueing resumes soon after Redis returns; the
+        # worker, with nobody waiting on it, backs off up to 5x the interval.
+        interval = self._settings.redis_probe_interval
+        delay = interval
+        while True:
+            await asyncio.sleep(delay)
+            if self._role == "worker":
+                delay = min(delay * 2, interval * 5)
+            try:
+                await self._ping()
+            except BackendRefused as exc:
+                log.error("redis refuses this client", role=self._role, error=str(exc))
+                continue
+            except _DOWN_ERRORS:
+                continue
+            self._close_breaker()
+            try:
+                for callback in self._on_up:
+                    await callback()
+            except BackendUnavailable as exc:
+                # Redis went away again mid-callback: keep probing; callbacks run next time.
+                self._open(exc)
+                continue
+            except BackendRefused as exc:
+                log.error("a callback after reconnecting was refused by Redis", error=str(exc))
+            return
+
+    async def _ping(self) -> None:
+        conn = await self._connection()
+        try:
+            async with asyncio.timeout(self._settings.redis_connect_timeout + self._socket_timeout):
+                await conn.send_command("PING")
+                await conn.read_response()
+        except BaseException as exc:
+            await conn.disconnect()
+            refused = _refusal(exc)
+            if refused is not None:
+                raise refused from None
+            raise
+        finally:
+            await self._release(conn)
+
+    async def _connection(self) -> AbstractConnection:
+        if self._pool is None:
+            raise NotSent("Redis is not configured (REDIS_URL is empty)")
+        async with asyncio.timeout(self._settings.redis_connect_timeout + 2 * self._socket_timeout):
+            conn: AbstractConnection = await self._pool.get_connection()
+        return conn
+
+    async def _release(self, conn: AbstractConnection) -> None:
+        if self._pool is not None:
+            await self._pool.release(conn)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def execute(self, commands: Sequence[Command], *, scripts: Sequence[Script] = ()) -> list[Any]:
+        """Send `commands` pipelined in one write; one reply per command, in order.
+
+        A command Redis refused comes back as its `ResponseError` (the others still ran). EVALSHA
+        of a script in `scripts` that Redis does not know yet is loaded and resent. Raises
+        `NotSent` when nothing was sent, `ReplyLost` (with the replies that did arrive) when the
+        connection failed after sending, and `BackendRefused` for refused credentials.
+        """
+        if not self.usable:
+            raise NotSent(f"Redis is {self._state.value}")
+        try:
+            conn = await self._connection()
+        except BackendRefused:
+            raise
+        except _DOWN_ERRORS as exc:
+            refused = _refusal(exc)
+            if refused is not None:
+                raise refused from None
+            self._open(exc)
+            raise NotSent(f"{type(exc).__name__}: {exc}") from exc
+        replies: list[Any] = []
+        try:
+            await self._pipeline(conn, commands, scripts, replies)
+        except _DOWN_ERRORS as exc:
+            await conn.disconnect()
+            refused = _refusal(exc)
+            if refused is not None:
+                raise refused from None
+            self._open(exc)
+            raise ReplyLost(f"{type(exc).__name__}: {exc}", replies) from exc
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await self._release(conn)
+        return replies
+
+    async def one_off(self, commands: Sequence[Command]) -> list[Any]:
+        """Send `commands` whatever the breaker says, and leave the breaker alone: for checks
+        (doctor) that want the real error. Raises `NotSent` / `ReplyLost` naming the underlying
+        error, or `BackendRefused`."""
+        try:
+            conn = await self._connection()
+        except _DOWN_ERRORS as exc:
+            raise _refusal(exc) or NotSent(f"{type(exc).__name__}: {exc}") from exc
+        replies: list[Any] = []
+        try:
+            await self._pipeline(conn, commands, (), replies)
+        except _DOWN_ERRORS as exc:
+            await conn.disconnect()
+            raise _refusal(exc) or ReplyLost(f"{type(exc).__name__}: {exc}", replies) from exc
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await self._release(conn)
+        return replies
+
+    async def command(self, *args: Any) -> Any:
+        """One command; a refusal raises `BackendRefused`."""
+        reply = (await self.execute([args]))[0]
+        if isinstance(reply, ResponseError):
+            raise BackendRefused(f"Redis refused {args[0]}: {type(reply).__name__}: {reply}")
+        return reply
+
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One EVALSHA of `script`; a refusal (OOM, NOPERM, WRONGTYPE...) raises `BackendRefused`."""
+        reply = (await self.scripts(script, [(keys, args)]))[0]
+        if isinstance(reply, ResponseError):
+            raise BackendRefused(f"Redis refused the {script.name} script: {type(reply).__name__}: {reply}")
+        return reply
+
+    async def scripts(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Many EVALSHA calls of one script in one write; replies in order (see `execute`)."""
+        commands = [("EVALSHA", script.sha, len(k), *k, *a) for k, a in calls]
+        return await self.execute(commands, scripts=[script])
+
+    async def _pipeline(
+        self,
+        conn: AbstractConnection,
+        commands: Sequence[Command],
+        scripts: Sequence[Script],
+        replies: list[Any],
+    ) -> None:
+        # Every read is bounded by the connection's socket timeout; the whole by one per reply.
+        async with asyncio.timeout(self._socket_timeout * (2 + len(commands))):
+            await conn.send_packed_command(_pack(conn, commands))
+            await self._read_into(conn, len(commands), replies)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if not missing:
+                return
+            # First use on this server (or after a restart): load it, resend only those. Until
+            # their replies arrive those calls may or may not run: None, not "refused".
+            by_sha = {script.sha: script for script in scripts}
+            for i in missing:
+                replies[i] = None
+            for sha in {commands[i][1] for i in missing}:
+                await conn.send_command("SCRIPT", "LOAD", by_sha[sha].source)
+                await conn.read_response()
+            again = [commands[i] for i in missing]
+            await conn.send_packed_command(_pack(conn, again))
+            fresh: list[Any] = []
+            await self._read_into(conn, len(again), fresh)
+            for i, reply in zip(missing, fresh, strict=True):
+                replies[i] = reply
+
+    @staticmethod
+    async def _read_into(conn: AbstractConnection, count: int, replies: list[Any]) -> None:
+        for _ in range(count):
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # a refused call; the connection stays in step
+                replies.append(exc)
+
+    async def wait_for_wake(self, key: str, timeout_s: float) -> bool:
+        """Block on BZPOPMIN `key` for up to `timeout_s` on a dedicated connection.
+
+        True when woken, False on timeout. The connection's reply timeout is the block plus the
+        worker's socket timeout, so a blackholed Redis is still noticed. Raises `NotSent` or
+        `ReplyLost` when Redis is unusable and `BackendRefused` when it refuses the block (a
+        wake key of the wrong type, say).
+        """
+        if self._pool is None:
+            raise NotSent("Redis is not configured (REDIS_URL is empty)")
+        if self._wake_conn is None:
+            pool = self._pool
+            self._wake_conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        conn = self._wake_conn
+        try:
+            async with asyncio.timeout(
+                timeout_s + self._socket_timeout + self._settings.redis_connect_timeout
+            ):
+                await conn.send_command("BZPOPMIN", key, f"{max(timeout_s, 0.001):.3f}")
+                reply = await conn.read_response()
+        except ResponseError as exc:
+            raise BackendRefused(f"Redis refused to block on {key}: {exc}") from None
+        except _DOWN_ERRORS as exc:
+            await conn.disconnect()
+            refused = _refusal(exc)
+            if refused is not None:
+                raise refused from None
+            self._open(exc)
+            raise ReplyLost(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            await conn.disconnect()  # a cancelled block leaves a reply in flight
+            raise
+        return reply is not None

@@ -1,0 +1,427 @@
+"""The queue backend on Redis: every job-state change is one Lua script (one round trip; a bulk
+enqueue pipelines several in one write), every read a script or a short pipeline, all through
+the link's breaker and timeouts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from core.clock import epoch_ms
+from core.codec import CodecError, JobRecord, ResultRecord, decode_job, decode_result, encode_job
+from core.errors import BackendRefused, NotSent, ReplyLost
+from core.plugin import BatchList, ClaimedBatch
+from settings import Settings
+from worker.backend import keys, scripts
+from worker.backend.link import LinkState, RedisLink
+from worker.backend.protocol import (
+    ClaimBatch,
+    ClaimedJob,
+    EnqueueReply,
+    Finished,
+    JobState,
+    JobView,
+    NewJob,
+    Presence,
+    QueueCounts,
+    ServerInfo,
+    WithdrawOutcome,
+)
+
+__all__ = ["EXPIRES_EXTRA_MS", "RedisBackend"]
+
+# arq's default: a queued job's record outlives its start time by a day.
+EXPIRES_EXTRA_MS = 86_400_000
+# Finished jobs remembered by the done index, per queue (the read side's "recent" pages).
+DONE_INDEX_SIZE = 100_000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBackend:
+    """`QueueBackend` over one `RedisLink`. `role` names the user in the link's log lines."""
+
+    def __init__(self, settings: Settings, *, role: str, socket_timeout: float | None = None) -> None:
+        self.settings = settings
+        self.link = RedisLink(settings, role=role, socket_timeout=socket_timeout)
+
+    # -- lifecycle and health --------------------------------------------------------------
+
+    @property
+    def state(self) -> LinkState:
+        return self.link.state
+
+    @property
+    def usable(self) -> bool:
+        return self.link.usable
+
+    async def start(self) -> LinkState:
+        return await self.link.start()
+
+    async def aclose(self) -> None:
+        await self.link.aclose()
+
+    def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self.link.on_up(callback)
+
+    async def wait_until_up(self) -> None:
+        await self.link.wait_until_up()
+
+    def report_failure(self, exc: BaseException) -> None:
+        self.link.report_failure(exc)
+
+    # -- write side --------------------------------------------------------------------------
+
+    async def enqueue(
+        self, queue: str, *, job_id: str, name: str, kwargs: dict[str, Any], defer_by_s: float | None = None
+    ) -> EnqueueReply:
+        """Queue one job atomically in one round trip (raises `NotSent` or `ReplyLost`)."""
+        now_ms = epoch_ms()
+        score = now_ms + int((defer_by_s or 0) * 1000)
+        keys_ = (keys.job_key(job_id), keys.result_key(job_id), queue, keys.wake_key(queue))
+        record = encode_job(name, kwargs, enqueue_ms=now_ms)
+        args = (record, score - now_ms + EXPIRES_EXTRA_MS, score, job_id)
+        reply = await self.link.script(scripts.ENQUEUE, keys_, args)
+        return EnqueueReply.QUEUED if reply == 1 else EnqueueReply.DUPLICATE
+
+    async def enqueue_many(
+        self, queue: str, jobs: Sequence[NewJob], *, batch_size: int
+    ) -> list[EnqueueReply]:
+        """Queue many jobs in pipelined script calls of `batch_size` jobs; one reply per job."""
+        if not self.link.usable:
+            return [EnqueueReply.NOT_SENT] * len(jobs)
+        head = (keys.JOB_PREFIX, keys.RESULT_PREFIX, epoch_ms(), EXPIRES_EXTRA_MS)
+        chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+        calls = []
+        for chunk in chunks:
+            args: list[Any] = list(head)
+            for job in chunk:
+                args += (job.job_id, job.record, job.score)
+            calls.append(((queue, keys.wake_key(queue)), tuple(args)))
+        try:
+            replies = await self.link.scripts(scripts.ENQUEUE_MANY, calls)
+        except NotSent:
+            return [EnqueueReply.NOT_SENT] * len(jobs)
+        except ReplyLost as exc:
+            replies = exc.replies
+        outcomes: list[EnqueueReply] = []
+        for i, chunk in enumerate(chunks):
+            reply = replies[i] if i < len(replies) else None
+            if isinstance(reply, list):
+                outcomes += [EnqueueReply.QUEUED if r == 1 else EnqueueReply.DUPLICATE for r in reply]
+            elif isinstance(reply, ResponseError):
+                # Refused (OOM, NOPERM...): a configuration problem, not an outage.
+                raise BackendRefused(f"Redis refused the bulk enqueue: {reply}")
+            else:
+                outcomes += [EnqueueReply.UNKNOWN] * len(chunk)
+        return outcomes
+
+    async def claim(
+        self,
+        queue: str,
+        *,
+        limit: int,
+        lock_ms: int,
+        token: str,
+        now_ms: int | None = None,
+        health: str | None = None,
+        health_ttl_ms: int = 0,
+    ) -> ClaimBatch:
+        """Claim up to `limit` due jobs with their records and try counts, in one round trip.
+
+        Claimed jobs are scored `now_ms + lock_ms`, which is how a lost claim is found again.
+        """
+        keys_ = (queue, keys.health_check_key(queue), keys.running_key(queue))
+        args = (
+            now_ms or epoch_ms(),
+            lock_ms,
+            limit,
+            token,
+            keys.JOB_PREFIX,
+            keys.IN_PROGRESS_PREFIX,
+            keys.RETRY_PREFIX,
+            health or "",
+            health_ttl_ms,
+        )
+        flat = await self.link.script(scripts.CLAIM, keys_, args)
+        jobs = [
+            ClaimedJob(_text(flat[i]), int(float(flat[i + 1])), flat[i + 2], int(flat[i + 3]))
+            for i in range(2, len(flat), 4)
+        ]
+        next_due = int(float(flat[1])) if flat[1] else None
+        return ClaimBatch(jobs, bool(flat[0]), next_due)
+
+    async def finish(self, queue: str, done: Sequence[Finished], *, keep_result_ms: int) -> None:
+        """Record a batch of finished attempts in one round trip (safe to repeat)."""
+        args: list[Any] = [
+            keep_result_ms,
+            keys.JOB_PREFIX,
+            keys.IN_PROGRESS_PREFIX,
+            keys.RETRY_PREFIX,
+            keys.RESULT_PREFIX,
+            epoch_ms(),
+            DONE_INDEX_SIZE,
+        ]
+        for item in done:
+            if item.run_again_at_ms is not None:
+                args += ("r", item.job_id, item.run_again_at_ms)
+            else:
+                args += ("x" if item.failed else "f", item.job_id, item.result or b"")
+        keys_ = (queue, keys.wake_key(queue), keys.running_key(queue), keys.done_key(queue))
+        await self.link.script(scripts.FINISH, keys_, args)
+
+    async def release(self, queue: str, claimed_score: int, token: str) -> int:
+        """Undo a claim whose reply was lost (jobs scored `claimed_score`, locked by `token`)."""
+        args = (epoch_ms(), claimed_score, keys.IN_PROGRESS_PREFIX, keys.RETRY_PREFIX, token)
+        return int(await self.link.script(scripts.RELEASE, (queue, keys.running_key(queue)), args))
+
+    async def extend(self, queue: str, job_ids: list[str], token: str, lock_ms: int) -> int:
+        """Push back the locks this token still holds (and the jobs' queue scores with them)."""
+        args = (epoch_ms(), lock_ms, keys.IN_PROGRESS_PREFIX, token, *job_ids)
+        return int(await self.link.script(scripts.EXTEND, (queue, keys.running_key(queue)), args))
+
+    async def withdraw(self, queue: str, job_id: str) -> WithdrawOutcome:
+        """Remove a queued job that no worker has started."""
+        keys_ = (queue, keys.job_key(job_id), keys.in_progress_key(job_id), keys.result_key(job_id))
+        reply = await self.link.script(scripts.WITHDRAW, keys_, (job_id,))
+        return {1: WithdrawOutcome.WITHDRAWN, 0: WithdrawOutcome.NEVER_ARRIVED}.get(
+            reply, WithdrawOutcome.ALREADY_STARTED
+        )
+
+    async def presence(self, job_ids: Sequence[str]) -> list[Presence]:
+        """Per id: finished (result kept), pending (queued or running), or unknown to Redis."""
+        if not job_ids:
+            return []
+        prefixes = (keys.JOB_PREFIX, keys.IN_PROGRESS_PREFIX, keys.RESULT_PREFIX)
+        return [Presence(int(v)) for v in await self.link.script(scripts.PRESENCE, (), (*prefixes, *job_ids))]
+
+    async def wait_for_wake(self, queue: str, timeout_s: float) -> bool:
+        return await self.link.wait_for_wake(keys.wake_key(queue), timeout_s)
+
+    # -- read side ---------------------------------------------------------------------------
+
+    async def counts(self, queue: str) -> QueueCounts:
+        now = epoch_ms()
+        total, due, running, done = await self._replies(
+            ("ZCARD", queue),
+            ("ZCOUNT", queue, "-inf", now),
+            ("ZCOUNT", keys.running_key(queue), now, "+inf"),
+            ("ZCARD", keys.done_key(queue)),
+        )
+        # Running jobs sit in the queue too, scored at their lock's expiry (in the future).
+        deferred = max(int(total) - int(due) - int(running), 0)
+        return QueueCounts(queue, int(due), deferred, int(running), int(done))
+
+    async def jobs(self, queue: str, state: JobState, *, offset: int = 0, limit: int = 50) -> list[JobView]:
+        """A page of jobs in `state`: queued and deferred by start time, running by lock expiry,
+        finished (complete and failed together, as `COMPLETE`) newest first."""
+        now = epoch_ms()
+        if state is JobState.QUEUED:
+            key, low, high, prefix, reverse = queue, "-inf", str(now), keys.JOB_PREFIX, False
+        elif state is JobState.IN_PROGRESS:
+            key, low, high, prefix, reverse = (
+                keys.running_key(queue),
+                str(now),
+                "+inf",
+                keys.JOB_PREFIX,
+                False,
+            )
+        elif state is JobState.DEFERRED:
+            key, low, high, prefix, reverse = queue, f"({now}", "+inf", keys.JOB_PREFIX, False
+        elif state in (JobState.COMPLETE, JobState.FAILED):
+            key, low, high, prefix, reverse = keys.done_key(queue), "-inf", "+inf", keys.RESULT_PREFIX, True
+        else:
+            return []
+        args = (low, high, offset, limit, prefix, "1" if reverse else "0")
+        flat = await self.link.script(scripts.PAGE, (key,), args)
+        views = []
+        for i in range(0, len(flat), 3):
+            job_id, score, raw = _text(flat[i]), int(float(flat[i + 1])), flat[i + 2]
+            if prefix == keys.RESULT_PREFIX:
+                views.append(self._finished_view(queue, job_id, raw, score))
+            else:
+                views.append(self._pending_view(queue, job_id, raw, score, state))
+        if state is JobState.DEFERRED:
+            # Running jobs share those scores; they are listed under IN_PROGRESS.
+            running = await self._running_among(queue, [v.job_id for v in views])
+            views = [v for v in views if v.job_id not in running]
+        return views
+
+    async def job(self, queue: str, job_id: str) -> JobView:
+        keys_ = (queue,)
+        args = (keys.JOB_PREFIX, keys.IN_PROGRESS_PREFIX, keys.RETRY_PREFIX, keys.RESULT_PREFIX, job_id)
+        record, result, lock, tries, score = await self.link.script(scripts.INSPECT, keys_, args)
+        try_count = int(tries) if tries is not None and _text(tries).isdigit() else None
+        score_ms = int(float(score)) if score is not None else None
+        if result is not None:
+            view = self._finished_view(queue, job_id, result, score_ms)
+            return JobView(
+                view.job_id, view.state, queue, view.record, view.result, score_ms, try_count, view.problem
+            )
+        if record is None and lock is None:
+            return JobView(job_id, JobState.NOT_FOUND, queue, tries=try_count)
+        if lock is not None:
+            state = JobState.IN_PROGRESS
+        elif score_ms is not None and score_ms > epoch_ms():
+            state = JobState.DEFERRED
+        else:
+            state = JobState.QUEUED
+        view = self._pending_view(queue, job_id, record, score_ms, state)
+        return JobView(job_id, state, queue, view.record, None, score_ms, try_count, view.problem)
+
+    async def result(self, job_id: str) -> ResultRecord | None:
+        raw = await self.link.command("GET", keys.result_key(job_id))
+        if raw is None:
+            return None
+        return decode_result(raw, job_id)
+
+    async def worker_snapshots(self) -> list[bytes]:
+        """Every live worker's latest snapshot (raw JSON), without scanning the keyspace."""
+        cutoff = epoch_ms() - _SNAPSHOT_TTL_MS
+        (ids,) = await self._replies(("ZRANGEBYSCORE", keys.WORKERS_KEY, cutoff, "+inf"))
+        if not ids:
+            return []
+        (raw,) = await self._replies(("MGET", *(keys.worker_stats_key(_text(i)) for i in ids)))
+        return [bytes(r) for r in raw if r is not None]
+
+    async def server_info(self) -> ServerInfo:
+        """The server's version and durability settings, read whatever the breaker says (for
+        doctor: a failure raises with the underlying error)."""
+        info_text, save = await self.link.one_off([("INFO",), ("CONFIG", "GET", "save")])
+        if isinstance(info_text, ResponseError):
+            raise BackendRefused(f"Redis refused INFO: {info_text}")
+        fields = dict(
+            line.split(":", 1)
+            for line in _text(info_text).splitlines()
+            if ":" in line and not line.startswith("#")
+        )
+        schedule: str | None = None
+        if isinstance(save, list) and len(save) == 2:
+            schedule = _text(save[1])
+        return ServerInfo(
+            version=fields.get("redis_version", "?"),
+            maxmemory_policy=fields.get("maxmemory_policy", "noeviction"),
+            aof_enabled=fields.get("aof_enabled", "0").strip() == "1",
+            save_schedule=schedule,
+        )
+
+    # -- the runner's own bookkeeping --------------------------------------------------------
+
+    async def publish_snapshot(self, worker_id: str, snapshot: bytes, ttl_ms: int) -> None:
+        await self._replies(
+            ("SET", keys.worker_stats_key(worker_id), snapshot, "PX", ttl_ms),
+            ("ZADD", keys.WORKERS_KEY, epoch_ms(), worker_id),
+            ("ZREMRANGEBYSCORE", keys.WORKERS_KEY, "-inf", epoch_ms() - _SNAPSHOT_TTL_MS),
+        )
+
+    async def forget_worker(self, queue: str, worker_id: str) -> None:
+        """A stopping worker's health key and snapshot go with it."""
+        await self._replies(
+            ("DEL", keys.health_check_key(queue), keys.worker_stats_key(worker_id)),
+            ("ZREM", keys.WORKERS_KEY, worker_id),
+        )
+
+    async def schedule_note(self, queue: str, job: str) -> int | None:
+        raw = await self.link.command("GET", keys.schedule_key(queue, job))
+        return int(raw) if raw is not None else None
+
+    async def set_schedule_note(self, queue: str, job: str, due_s: int, ttl_s: float) -> None:
+        await self.link.command(
+            "SET", keys.schedule_key(queue, job), str(due_s), "PX", max(1, int(ttl_s * 1000))
+        )
+
+    def batch_list(self, namespace: str, queue: str) -> BatchList:
+        return RedisBatchList(self.link, namespace, queue)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _replies(self, *commands: tuple[Any, ...]) -> list[Any]:
+        replies = await self.link.execute(commands)
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                raise BackendRefused(f"Redis refused {command[0]}: {type(reply).__name__}: {reply}")
+        return replies
+
+    async def _running_among(self, queue: str, job_ids: list[str]) -> set[str]:
+        if not job_ids:
+            return set()
+        replies = await self._replies(*(("EXISTS", keys.in_progress_key(i)) for i in job_ids))
+        return {i for i, found in zip(job_ids, replies, strict=True) if found}
+
+    @staticmethod
+    def _pending_view(
+        queue: str, job_id: str, raw: bytes | None, score: int | None, state: JobState
+    ) -> JobView:
+        record: JobRecord | None = None
+        problem = None
+        if raw is None:
+            problem = "the job's record has expired"
+        else:
+            try:
+                record = decode_job(raw)
+            except CodecError as exc:
+                problem = str(exc)
+        return JobView(job_id, state, queue, record=record, score_ms=score, problem=problem)
+
+    @staticmethod
+    def _finished_view(queue: str, job_id: str, raw: bytes | None, score: int | None) -> JobView:
+        if raw is None:
+            return JobView(job_id, JobState.COMPLETE, queue, score_ms=score, problem="the result has expired")
+        try:
+            result = decode_result(raw, job_id)
+        except CodecError as exc:
+            return JobView(job_id, JobState.FAILED, queue, score_ms=score, problem=str(exc))
+        state = JobState.COMPLETE if result.success else JobState.FAILED
+        record = JobRecord(result.name, result.kwargs, result.enqueue_ms, result.job_try)
+        return JobView(
+            job_id, state, queue, record=record, result=result, score_ms=score, tries=result.job_try
+        )
+
+
+# A worker snapshot lives 10 minutes; one older than that belongs to a worker that is gone.
+_SNAPSHOT_TTL_MS = 600_000
+
+
+class RedisBatchList:
+    """A plug-in's reliable list: `mb:<namespace>:<queue>:events`, with its in-flight batches
+    under `...:inflight` (a sorted set of lease deadlines) and `...:batch:<id>`, and items that
+    could not be processed kept in `...:dead`."""
+
+    def __init__(self, link: RedisLink, namespace: str, queue: str) -> None:
+        self._link = link
+        self._source = keys.plugin_key(namespace, queue, "events")
+        self._inflight = keys.plugin_key(namespace, queue, "inflight")
+        self._prefix = keys.plugin_key(namespace, queue, "batch:")
+        self._dead = keys.plugin_key(namespace, queue, "dead")
+
+    async def push(self, items: Sequence[bytes]) -> int:
+        return int(await self._link.script(scripts.LIST_PUSH, (self._source,), tuple(items)))
+
+    async def claim(self, *, max_bytes: int, max_items: int, lease_s: float) -> ClaimedBatch | None:
+        batch_id = uuid.uuid4().hex
+        deadline_ms = int((time.time() + lease_s) * 1000)
+        keys_ = (self._source, self._inflight, self._prefix + batch_id)
+        items = await self._link.script(
+            scripts.LIST_CLAIM, keys_, (max_bytes, max_items, deadline_ms, batch_id)
+        )
+        return ClaimedBatch([bytes(i) for i in items], batch_id) if items else None
+
+    async def ack(self, batch_id: str, *, dead: Sequence[bytes] = ()) -> None:
+        keys_ = (self._inflight, self._prefix + batch_id, self._dead)
+        await self._link.script(scripts.LIST_ACK, keys_, (batch_id, *dead))
+
+    async def give_back(self, batch_id: str) -> None:
+        await self._link.script(
+            scripts.LIST_RETURN, (self._source, self._inflight), (self._prefix, -1, 1, batch_id)
+        )
+
+    async def give_back_expired(self, *, limit: int = 100) -> int:
+        args = (self._prefix, epoch_ms(), limit)
+        return int(await self._link.script(scripts.LIST_RETURN, (self._source, self._inflight), args))

@@ -1,0 +1,381 @@
+"""The Lua scripts that carry every job-state change, each one atomic and one round trip.
+
+They keep arq's data model (job record at `arq:job:<id>`, the queue sorted set scored by start
+time in ms, `arq:in-progress:<id>`, `arq:retry:<id>`, `arq:result:<id>`), so arq's `Job` API
+reads our jobs. Two additions, both documented in the README: a wake key (a sorted set with
+one member) that enqueues touch so an idle worker blocked on BZPOPMIN starts at once, and
+claimed jobs get their queue score moved to the end of their in-progress lock, so a scan of
+due jobs never sees running ones and a job whose worker died becomes due exactly when its
+lock expires. Key prefixes travel in ARGV so one call can touch many jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CLAIM",
+    "ENQUEUE",
+    "ENQUEUE_MANY",
+    "EXTEND",
+    "FINISH",
+    "INSPECT",
+    "LIST_ACK",
+    "LIST_CLAIM",
+    "LIST_PUSH",
+    "LIST_RETURN",
+    "PAGE",
+    "PRESENCE",
+    "RELEASE",
+    "WITHDRAW",
+    "Script",
+]
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", sha)
+
+
+# KEYS: job key, result key, queue, wake; ARGV: job record, expiry ms, score, job id.
+# Returns 1 when queued, 0 when a job or result with this id already exists (deduplication).
+ENQUEUE = Script(
+    "enqueue",
+    """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[4], 0, 'w')
+return 1
+""",
+)
+
+# Many jobs in one call: one EXISTS and one PSETEX each, then a single ZADD for all of them.
+# KEYS: queue, wake; ARGV: job prefix, result prefix, now ms, extra expiry ms, then per job:
+# id, record, score. Returns one 1 (queued) or 0 (duplicate) per job, in order; an id repeated
+# within the call is a duplicate the second time.
+ENQUEUE_MANY = Script(
+    "enqueue_many",
+    """
+local now, extra = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, zargs = {}, {}
+for i = 5, #ARGV, 3 do
+  local id, score = ARGV[i], ARGV[i + 2]
+  local jk = ARGV[1] .. id
+  if redis.call('EXISTS', jk, ARGV[2] .. id) == 0 then
+    redis.call('PSETEX', jk, tonumber(score) - now + extra, ARGV[i + 1])
+    zargs[#zargs + 1] = score
+    zargs[#zargs + 1] = id
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #zargs > 0 then
+  redis.call('ZADD', KEYS[1], unpack(zargs))
+  redis.call('ZADD', KEYS[2], 0, 'w')
+end
+return out
+""",
+)
+
+# Claims up to `limit` due jobs for one worker. For each: take the in-progress lock (holding the
+# worker's token), count the try in the retry key, and move its score to the lock's expiry. A
+# job locked by someone else is looked at again when that lock expires. Claimed jobs join the
+# running index (read side). Optionally writes the health key (arq's format plus the queue
+# length) and, with it, drops running-index entries whose lock ended an hour ago (a dead worker's).
+# KEYS: queue, health key, running index; ARGV: now ms, lock ms, limit, token, job prefix, lock
+# prefix, retry prefix, health text ('' = skip), health ttl.
+# Returns {more, next_due, then id, score, record or nil, try per claimed job}; `more` is 1 when
+# more jobs may be due, `next_due` the earliest score not yet due ('' when none).
+CLAIM = Script(
+    "claim",
+    """
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
+local ids, scores, bump = {}, {}, {}
+local next_due, more = '', 0
+local locked_until = now + tonumber(ARGV[2])
+for i = 1, #entries, 2 do
+  local id, score = entries[i], entries[i + 1]
+  if tonumber(score) > now then next_due = score break end
+  if #ids == limit then more = 1 break end
+  local lock = ARGV[6] .. id
+  if redis.call('SET', lock, ARGV[4], 'NX', 'PX', ARGV[2]) then
+    ids[#ids + 1] = id
+    scores[#scores + 1] = score
+    bump[#bump + 1] = locked_until
+  else
+    local ttl = redis.call('PTTL', lock)
+    if ttl < 1000 then ttl = 1000 end
+    bump[#bump + 1] = now + ttl
+  end
+  bump[#bump + 1] = id
+  if i + 1 == #entries and #entries > 2 * limit then more = 1 end
+end
+local out = {more, next_due}
+local n = #ids
+if n > 0 then
+  local keys = {}
+  for j = 1, n do
+    keys[j] = ARGV[5] .. ids[j]
+    keys[n + j] = ARGV[7] .. ids[j]
+  end
+  local vals = redis.call('MGET', unpack(keys))
+  local tries, running = {}, {}
+  for j = 1, n do
+    local try = (tonumber(vals[n + j]) or 0) + 1
+    tries[#tries + 1] = keys[n + j]
+    tries[#tries + 1] = try
+    running[#running + 1] = locked_until
+    running[#running + 1] = ids[j]
+    out[#out + 1] = ids[j]
+    out[#out + 1] = scores[j]
+    out[#out + 1] = vals[j]
+    out[#out + 1] = try
+  end
+  redis.call('MSET', unpack(tries))
+  redis.call('ZADD', KEYS[3], unpack(running))
+end
+if #bump > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(bump)) end
+if ARGV[8] ~= '' then
+  redis.call('PSETEX', KEYS[2], ARGV[9], ARGV[8] .. ' queued=' .. redis.call('ZCARD', KEYS[1]))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 3600000)
+end
+return out
+""",
+)
+
+# Records a batch of finished attempts. KEYS: queue, wake, running index, done index; ARGV:
+# result ttl ms (0 = keep no result), job prefix, lock prefix, retry prefix, result prefix, now
+# ms, done index size, then per job: op, id, value.
+# op 'f' (finished, complete) or 'x' (finished, failed): value is arq's result record; the result
+# is kept, the job removed, and the id joins the done index (its most recent entries only).
+# op 'r' (run again): value is the new score; the lock is dropped, the try count kept, a
+# worker woken. Returns the number of entries applied. Applying a batch twice is harmless.
+FINISH = Script(
+    "finish",
+    """
+local ttl, now = tonumber(ARGV[1]), ARGV[6]
+local dels, zrem, zadd, done, ids = {}, {}, {}, {}, {}
+for i = 8, #ARGV, 3 do
+  local op, id = ARGV[i], ARGV[i + 1]
+  dels[#dels + 1] = ARGV[3] .. id
+  ids[#ids + 1] = id
+  if op == 'r' then
+    zadd[#zadd + 1] = ARGV[i + 2]
+    zadd[#zadd + 1] = id
+  else
+    if ttl > 0 then redis.call('SET', ARGV[5] .. id, ARGV[i + 2], 'PX', ttl) end
+    dels[#dels + 1] = ARGV[2] .. id
+    dels[#dels + 1] = ARGV[4] .. id
+    zrem[#zrem + 1] = id
+    done[#done + 1] = now
+    done[#done + 1] = id
+  end
+end
+if #dels > 0 then redis.call('DEL', unpack(dels)) end
+if #ids > 0 then redis.call('ZREM', KEYS[3], unpack(ids)) end
+if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end
+if #done > 0 then
+  redis.call('ZADD', KEYS[4], unpack(done))
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[7]) - 1)
+end
+if #zadd > 0 then
+  redis.call('ZADD', KEYS[1], 'XX', unpack(zadd))
+  redis.call('ZADD', KEYS[2], 0, 'w')
+end
+return (#ARGV - 7) / 3
+""",
+)
+
+# Undoes a claim whose reply was lost. Its jobs carry the score the claim gave them; for each
+# whose lock still holds our token: drop the lock, make the job due now and uncount the try
+# that never ran. KEYS: queue, running index; ARGV: now ms, claimed score, lock prefix, retry
+# prefix, token. Returns how many were released.
+RELEASE = Script(
+    "release",
+    """
+local released = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2])) do
+  if redis.call('GET', ARGV[3] .. id) == ARGV[5] then
+    redis.call('DEL', ARGV[3] .. id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
+    if redis.call('DECR', ARGV[4] .. id) <= 0 then redis.call('DEL', ARGV[4] .. id) end
+    released = released + 1
+  end
+end
+return released
+""",
+)
+
+# Removes a queued job that has not started; used when an enqueue whose reply was lost turns
+# out to have landed after all, and the job already ran inline. KEYS: queue, job key, in-progress
+# key, result key; ARGV: job id. Returns 1 when withdrawn, 0 when the job never reached Redis,
+# 2 when a worker already started or finished it.
+WITHDRAW = Script(
+    "withdraw",
+    """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
+return 0
+""",
+)
+
+# Reliable batches over Redis lists (the analytics event buffer): a consumer moves a batch
+# from the source list to a list of its own under a lease and deletes it after processing.
+
+# KEYS: list; ARGV: items. Returns the new length.
+LIST_PUSH = Script(
+    "list_push",
+    """
+local n = 0
+for i = 1, #ARGV, 1000 do
+  n = redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return n
+""",
+)
+
+# KEYS: source, inflight zset, batch list; ARGV: max bytes, max items, lease deadline ms, batch id.
+# Takes items from the head until max bytes is reached (at least one item). Returns them.
+LIST_CLAIM = Script(
+    "list_claim",
+    """
+local max_bytes, max_items = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, size, start = {}, 0, 0
+while size < max_bytes and #out < max_items do
+  local page = redis.call('LRANGE', KEYS[1], start, start + 99)
+  if #page == 0 then break end
+  for _, item in ipairs(page) do
+    out[#out + 1] = item
+    size = size + #item
+    if size >= max_bytes or #out >= max_items then break end
+  end
+  start = start + #page
+end
+if #out == 0 then return out end
+redis.call('LTRIM', KEYS[1], #out, -1)
+for i = 1, #out, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(out, i, math.min(i + 999, #out)))
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return out
+""",
+)
+
+# KEYS: inflight zset, batch list, dead list; ARGV: batch id, dead items...
+LIST_ACK = Script(
+    "list_ack",
+    """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+return 1
+""",
+)
+
+# Puts a batch back at the head of the source list, in its order, and forgets it.
+# KEYS: source, inflight zset; ARGV: batch key prefix, now ms (return those whose lease is over)
+# or -1 with a batch id (return that one), limit.
+LIST_RETURN = Script(
+    "list_return",
+    """
+local ids
+if ARGV[2] == '-1' then ids = {ARGV[4]}
+else ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3])) end
+local returned = 0
+for _, id in ipairs(ids) do
+  local key = ARGV[1] .. id
+  local items = redis.call('LRANGE', key, 0, -1)
+  for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
+  redis.call('DEL', key)
+  returned = returned + redis.call('ZREM', KEYS[2], id)
+end
+return returned
+""",
+)
+
+# For each id: 2 if its result exists, 1 if it is queued or running, 0 if Redis has no trace of it.
+# ARGV: job prefix, in-progress prefix, result prefix, ids...
+PRESENCE = Script(
+    "presence",
+    """
+local out = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('EXISTS', ARGV[3] .. id) == 1 then out[#out + 1] = 2
+  elseif redis.call('EXISTS', ARGV[1] .. id, ARGV[2] .. id) > 0 then out[#out + 1] = 1
+  else out[#out + 1] = 0 end
+end
+return out
+""",
+)
+
+# Extends the locks this worker still holds, a running job's in-progress key and its queue
+# score together (the score is when the job becomes claimable again), and their running-index
+# entries. KEYS: queue, running index; ARGV: now ms, lock ms, lock prefix, token, ids... Returns
+# how many locks were still held.
+EXTEND = Script(
+    "extend",
+    """
+local until_ms = tonumber(ARGV[1]) + tonumber(ARGV[2])
+local held = 0
+for i = 5, #ARGV do
+  if redis.call('GET', ARGV[3] .. ARGV[i]) == ARGV[4] then
+    redis.call('PEXPIRE', ARGV[3] .. ARGV[i], ARGV[2])
+    redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i])
+    redis.call('ZADD', KEYS[2], 'XX', until_ms, ARGV[i])
+    held = held + 1
+  end
+end
+return held
+""",
+)
+
+# One job as the read side sees it. KEYS: queue; ARGV: job prefix, lock prefix, retry prefix,
+# result prefix, id. Returns {record or nil, result or nil, lock holder or nil, try count or nil,
+# queue score or nil}.
+INSPECT = Script(
+    "inspect",
+    """
+local id = ARGV[5]
+local vals = redis.call('MGET', ARGV[1] .. id, ARGV[4] .. id, ARGV[2] .. id, ARGV[3] .. id)
+vals[5] = redis.call('ZSCORE', KEYS[1], id)
+return vals
+""",
+)
+
+# A page of jobs of one queue by state, with their records. KEYS: queue or index; ARGV: min
+# score, max score, offset, limit, record prefix, reverse ('1' newest first). Returns {id,
+# score, record or nil...}.
+PAGE = Script(
+    "page",
+    """
+local ids
+if ARGV[6] == '1' then
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[1], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
+end
+local out = {}
+for i = 1, #ids, 2 do
+  out[#out + 1] = ids[i]
+  out[#out + 1] = ids[i + 1]
+  out[#out + 1] = redis.call('GET', ARGV[5] .. ids[i])
+end
+return out
+""",
+)

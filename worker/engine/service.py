@@ -1,0 +1,178 @@
+"""One worker process's lifetime: the runtime, the job engine, the background loops, and a
+clean shutdown.
+
+The engine (`worker.engine.loop`) claims, runs and records jobs in arq's data model; the attempt
+path is the inline executor's, so retries, timeouts and log lines match. Redis outages never
+end the process: the worker logs `redis unavailable` once, waits for the probe to see Redis
+again (`redis connected`) and carries on with the same process and jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from core.enqueue import ENQUEUE
+from core.errors import BackendError, BackendRefused
+from core.registry import Registry
+from jobs import REGISTRY
+from settings import Settings
+from worker.engine.loop import JobEngine
+from worker.engine.scheduler import Scheduler
+from worker.engine.snapshots import publish_forever
+from worker.ledger import PG_DOWN_ERRORS, DurableReconciler, SpoolRelay
+from worker.ledger.migrate import migrate_at_start
+from worker.plugins import Plugins
+from worker.producer import Producer
+from worker.runtime import Runtime
+from worker.telemetry.health import HealthServer
+
+__all__ = ["WorkerService", "run_worker"]
+
+log = structlog.get_logger(__name__)
+
+
+class WorkerService:
+    """Build once, `await run()`; `request_stop()` (or SIGTERM/SIGINT) ends it gracefully."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        burst: bool = False,
+        registry: Registry = REGISTRY,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.runtime = Runtime.build(
+            settings, registry, role="worker", socket_timeout=settings.worker_redis_socket_timeout
+        )
+        self.backend = self.runtime.backend
+        self.metrics = self.runtime.metrics
+        self.worker = JobEngine(
+            settings, self.backend, self.runtime.attempts, registry, self.metrics, burst=burst
+        )
+        self._handle_signals = handle_signals
+        self._burst = burst
+        self._scheduler = Scheduler(registry, self.backend, settings.queue_name)
+        self._plugins = Plugins()
+        # Jobs queue follow-up jobs (emails) through a producer, inline while Redis is down. It
+        # shares the worker's runtime: one connection pool of each kind, one set of metrics.
+        self.producer = Producer(settings, registry=registry, runtime=self.runtime)
+        self.runtime.deps.provide(ENQUEUE, self.producer.enqueue_by_name)
+        self.http: HealthServer | None = None
+        if settings.worker_http_port:
+            self.http = HealthServer(
+                host=settings.worker_http_host,
+                port=settings.worker_http_port,
+                metrics=self.metrics,
+                ready=lambda: self.backend.usable,
+                queue_depth=self._queue_depth,
+                queue_name=settings.queue_name,
+            )
+
+    async def _queue_depth(self) -> int:
+        counts = await self.backend.counts(self.settings.queue_name)
+        return counts.queued + counts.deferred
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """What SIGTERM does: stop taking jobs, give running ones the grace period, then exit."""
+        if self.worker.stopping:
+            return
+        log.info(
+            "shutdown requested, finishing running jobs",
+            signal=signal.Signals(signum).name,
+            running=len(self.worker.tasks),
+            grace_s=self.settings.worker_shutdown_grace,
+        )
+        self.worker.request_stop()
+
+    async def run(self) -> int:
+        """Run until stopped (or, in burst mode, until the queue is empty); return an exit code."""
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.request_stop, signum)
+        if self.http is not None:
+            self.http.start()
+        background: list[asyncio.Task[None]] = []
+        try:
+            try:
+                await self.backend.start()
+            except BackendRefused as exc:
+                log.error("redis refused the worker: fix REDIS_URL", error=str(exc))
+                return 2
+            self.backend.on_up(self._plugins.redis_back)
+            await migrate_at_start(self.settings)
+            await self.producer.start()
+            await self._plugins.start(self.runtime, "worker", self.producer.enqueue_by_name)
+            background = [
+                asyncio.create_task(
+                    publish_forever(
+                        self.backend, self.metrics.recent, self.worker.token, self.settings.queue_name
+                    )
+                ),
+                asyncio.create_task(self._durability()),
+                asyncio.create_task(self.worker.extend_locks_forever()),
+            ]
+            if not self._burst:  # a burst run drains the queue and exits; schedules would refill it
+                background.append(asyncio.create_task(self._scheduler.run_forever()))
+            await self.worker.run()
+        finally:
+            for task in background:
+                task.cancel()
+            await self._shutdown()
+        return 0
+
+    async def _durability(self) -> None:
+        """Relay the spool and reconcile durable jobs, once Postgres answers."""
+        ledger = self.runtime.ledger
+        while True:
+            try:
+                await ledger.pool()
+                break
+            except PG_DOWN_ERRORS as exc:
+                log.warning("Postgres unreachable: spool relay and durable checks wait", error=str(exc))
+                await asyncio.sleep(5)
+        relay = SpoolRelay(ledger, self.backend)
+
+        async def wake_relay() -> None:
+            relay.wake()
+
+        self.backend.on_up(wake_relay)
+        reconciler = DurableReconciler(ledger, self.backend, interval_s=self.settings.durable_check_interval)
+        await asyncio.gather(relay.run_forever(), reconciler.run_forever())
+
+    async def _shutdown(self) -> None:
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        if self.backend.usable:
+            with contextlib.suppress(BackendError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.backend.forget_worker(self.settings.queue_name, self.worker.token)
+        if self.http is not None:
+            await self.http.stop()
+        try:
+            await self._plugins.close()
+        finally:
+            await self.producer.close()
+            await self.runtime.aclose()
+            totals = self.metrics.totals
+            log.info(
+                "worker stopped",
+                complete=totals["complete"],
+                failed=totals["failed"],
+                retried=totals["retry"],
+            )
+
+
+async def run_worker(settings: Settings, *, burst: bool = False) -> int:
+    if not settings.redis_enabled:
+        log.error("REDIS_URL is empty: the worker needs Redis; set REDIS_URL=redis://host:6379/0")
+        return 2
+    return await WorkerService(settings, burst=burst).run()

@@ -1,0 +1,40 @@
+"""A worker's snapshot of its recent counts, written to the backend for `python -m worker stats`.
+
+Every 10 s while jobs finish and every 5 minutes when idle, so watching costs an idle worker a
+few hundred Redis commands a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from core.errors import BackendError
+from worker.backend import QueueBackend
+from worker.telemetry import RecentCounts
+
+__all__ = ["PUBLISH_BUSY_S", "PUBLISH_IDLE_S", "SNAPSHOT_TTL_MS", "publish_forever", "publish_once"]
+
+PUBLISH_BUSY_S = 10.0
+PUBLISH_IDLE_S = 300.0
+SNAPSHOT_TTL_MS = 600_000
+
+
+async def publish_once(backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str) -> None:
+    await backend.publish_snapshot(worker_id, counts.snapshot(worker_id, queue), SNAPSHOT_TTL_MS)
+
+
+async def publish_forever(backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str) -> None:
+    last = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        since = time.monotonic() - last
+        if not backend.usable or not (
+            (counts.changed and since >= PUBLISH_BUSY_S) or since >= PUBLISH_IDLE_S
+        ):
+            continue
+        try:
+            await publish_once(backend, counts, worker_id, queue)
+            last = time.monotonic()
+        except BackendError:
+            continue  # the claim loop reports outages; stats just wait for the next round

@@ -1,0 +1,173 @@
+"""One attempt of a job, the same whoever runs it: the worker's engine or the inline executor.
+
+Load the JSON arguments into typed keyword arguments, run the coroutine under the job's
+timeout, JSON round-trip the result, classify a failure as retry or fail, and hand the end of
+the attempt to `Outcomes`. The engine turns a retry into a new start time in the queue; the
+inline executor sleeps and tries again. Both see the same limits, backoff, log line and error
+shape, so a job cannot tell them apart except by reading `ctx.mode`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+
+from core.codec import json_value
+from core.context import JobContext, Mode
+from core.deps import Deps
+from core.errors import JobFailed, JobTimeout, PermanentError, TransientError, classify
+from core.registry import JobDefinition
+from settings import Settings
+from worker.execution.outcomes import AttemptEnd, Outcomes
+
+__all__ = ["Attempt", "AttemptRunner", "backoff_delay"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    outcome: Literal["complete", "retry", "failed"]
+    result: Any = None
+    error: JobFailed | None = None
+    retry_in: float | None = None
+
+
+def backoff_delay(job_try: int, settings: Settings, retry_after: float | None = None) -> float:
+    """Exponential backoff with equal jitter; a provider's Retry-After wins when it is longer."""
+    ceiling = min(settings.retry_backoff_max, settings.retry_backoff_base * 2 ** (job_try - 1))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.retry_backoff_max))
+    return float(delay)
+
+
+class AttemptRunner:
+    """Runs job attempts with shared dependencies; one per process (worker or producer)."""
+
+    def __init__(self, settings: Settings, deps: Deps, outcomes: Outcomes) -> None:
+        self.settings = settings
+        self.deps = deps
+        self.outcomes = outcomes
+
+    def timeout_for(self, job: JobDefinition[Any, Any]) -> float:
+        return job.timeout if job.timeout is not None else self.settings.job_timeout
+
+    def max_tries_for(self, job: JobDefinition[Any, Any]) -> int:
+        return job.max_tries if job.max_tries is not None else self.settings.job_max_tries
+
+    async def attempt(
+        self,
+        job: JobDefinition[Any, Any],
+        *,
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        job_try: int,
+        mode: Mode,
+        enqueue_time: datetime | None = None,
+    ) -> Attempt:
+        bound = structlog.contextvars.bind_contextvars(
+            job_id=job_id, job=job.name, mode=mode, job_try=job_try
+        )
+        ctx = JobContext(
+            job_id=job_id,
+            job_name=job.name,
+            job_try=job_try,
+            max_tries=self.max_tries_for(job),
+            mode=mode,
+            enqueue_time=enqueue_time or datetime.now(UTC),
+            deps=self.deps,
+            log=log.bind(),
+        )
+        started = time.perf_counter()
+        self.outcomes.started(job.name, mode)
+        attempt: Attempt | None = None
+        try:
+            attempt = await self._run(job, ctx, kwargs)
+            return attempt
+        finally:
+            end = AttemptEnd(
+                job=job.name,
+                job_id=job_id,
+                mode=mode,
+                job_try=job_try,
+                outcome=attempt.outcome if attempt is not None else "cancelled",
+                duration_s=time.perf_counter() - started,
+                kwargs=kwargs,
+                result=attempt.result if attempt is not None else None,
+                error=attempt.error if attempt is not None else None,
+                retry_in=attempt.retry_in if attempt is not None else None,
+                retries_exhausted=attempt is not None
+                and attempt.error is not None
+                and attempt.error.kind == "transient",
+                enqueue_time=ctx.enqueue_time,
+                durable=job.durable,
+                reported=ctx.report,
+            )
+            try:
+                await self.outcomes.finished(end)
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
+
+    async def refuse(
+        self,
+        name: str,
+        *,
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        job_try: int,
+        mode: Mode,
+        error_type: str,
+        message: str,
+        enqueue_time: datetime | None = None,
+    ) -> JobFailed:
+        """Account for an attempt that could not run at all (an undecodable record, an unknown
+        job, tries used up): the same log line, counters and dead letter as a failed attempt."""
+        error = JobFailed(job_id, error_type, message, "permanent")
+        end = AttemptEnd(
+            job=name,
+            job_id=job_id,
+            mode=mode,
+            job_try=job_try,
+            outcome="failed",
+            duration_s=0.0,
+            kwargs=kwargs,
+            error=error,
+            enqueue_time=enqueue_time,
+            started=False,
+        )
+        await self.outcomes.finished(end)
+        return error
+
+    async def _run(self, job: JobDefinition[Any, Any], ctx: JobContext, kwargs: Mapping[str, Any]) -> Attempt:
+        timeout = self.timeout_for(job)
+        deadline = asyncio.timeout(timeout)
+        try:
+            if job.precheck is not None and (problem := job.precheck(self.settings)):
+                # The worker may run with other settings than the producer that checked.
+                raise PermanentError(problem)
+            arguments = job.load(kwargs)
+            async with deadline:
+                raw_result = await job.func(ctx, **arguments)
+            result = json_value(raw_result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error: Exception = exc
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                error = JobTimeout(f"job ran longer than its {timeout:g}s timeout")
+            kind = classify(error)
+            failure = JobFailed(ctx.job_id, type(error).__name__, str(error) or type(error).__name__, kind)
+            if kind == "transient" and ctx.job_try < ctx.max_tries:
+                retry_after = error.retry_after if isinstance(error, TransientError) else None
+                delay = backoff_delay(ctx.job_try, self.settings, retry_after)
+                return Attempt("retry", error=failure, retry_in=delay)
+            return Attempt("failed", error=failure)
+        return Attempt("complete", result=result)

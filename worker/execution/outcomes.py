@@ -1,0 +1,120 @@
+"""The one place where the end of an attempt is accounted for, whatever ran it.
+
+Every finished attempt, queued or inline, run or refused before it could run (an undecodable
+record, an unknown job, tries used up), comes through `Outcomes.finished` exactly once:
+
+- one `job finished` log line with `job_id`, `job`, `mode`, `job_try`, `outcome`, `duration_ms`
+  (and the error on failure, and what the job put in `ctx.report`);
+- the Prometheus counters and histogram, the recent counts `stats` shows, and the totals the
+  worker's health key carries;
+- the ledger: a failure for good is dead-lettered; an inline run's final outcome is kept for
+  `status`; a durable job's row is settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import structlog
+
+from core.context import Mode
+from core.errors import JobFailed
+from worker.ledger import Ledger
+from worker.telemetry.metrics import Metrics
+
+__all__ = ["AttemptEnd", "Outcome", "Outcomes"]
+
+log = structlog.get_logger(__name__)
+
+Outcome = Literal["complete", "retry", "failed", "cancelled"]
+_LEVELS: dict[str, str] = {"complete": "info", "retry": "warning", "failed": "error", "cancelled": "warning"}
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """What happened to one attempt, with what the ledger needs to record it."""
+
+    job: str
+    job_id: str
+    mode: Mode
+    job_try: int
+    outcome: Outcome
+    duration_s: float
+    kwargs: Mapping[str, Any]
+    result: Any = None
+    error: JobFailed | None = None
+    retry_in: float | None = None
+    retries_exhausted: bool = False
+    enqueue_time: datetime | None = None
+    durable: bool = False
+    # False for an attempt refused before the job ran (it was never counted as running).
+    started: bool = True
+    reported: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Outcomes:
+    """Counts, logs and records finished attempts for one process."""
+
+    def __init__(self, metrics: Metrics, ledger: Ledger) -> None:
+        self.metrics = metrics
+        self.ledger = ledger
+
+    def started(self, job: str, mode: Mode) -> None:
+        self.metrics.attempt_started(job, mode)
+
+    async def finished(self, end: AttemptEnd) -> None:
+        self._log(end)
+        self.metrics.attempt_finished(end.job, end.mode, end.outcome, end.duration_s, started=end.started)
+        if end.outcome in ("complete", "failed"):
+            await self._record(end)
+
+    def _log(self, end: AttemptEnd) -> None:
+        # What the job reported (e.g. token usage); the runner's own fields win a clash.
+        fields: dict[str, Any] = {k: v for k, v in end.reported.items() if k != "event"}
+        fields.update(
+            job_id=end.job_id,
+            job=end.job,
+            mode=end.mode,
+            job_try=end.job_try,
+            outcome=end.outcome,
+            duration_ms=round(end.duration_s * 1000, 2),
+        )
+        if end.error is not None:
+            fields.update(error_type=end.error.error_type, error=end.error.message)
+            if end.outcome == "failed":
+                fields.update(kind=end.error.kind, retries_exhausted=end.retries_exhausted)
+        if end.retry_in is not None:
+            fields["retry_in_s"] = round(end.retry_in, 3)
+        getattr(log, _LEVELS[end.outcome])("job finished", **fields)
+
+    async def _record(self, end: AttemptEnd) -> None:
+        error = end.error.to_dict() if end.error is not None else None
+        if end.mode == "inline":
+            # Inline runs sit in the caller's request: record without making it wait.
+            self.ledger.in_background(
+                self.ledger.inline_finished(
+                    job_id=end.job_id,
+                    name=end.job,
+                    result=end.result,
+                    error=error,
+                    tries=end.job_try,
+                    kwargs=dict(end.kwargs),
+                    durable=end.durable,
+                )
+            )
+            return
+        if error is not None:
+            await self.ledger.dead_letter(
+                job_id=end.job_id,
+                name=end.job,
+                kwargs=dict(end.kwargs),
+                error=error,
+                tries=end.job_try,
+                mode=end.mode,
+                enqueue_time=end.enqueue_time,
+            )
+        if end.durable:
+            await self.ledger.durable_done(end.job_id)

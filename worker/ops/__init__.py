@@ -1,0 +1,1 @@
+"""The ops surface: the command line, doctor, stats, dead letters and the demonstration."""

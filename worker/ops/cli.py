@@ -1,0 +1,219 @@
+"""`python -m worker run | enqueue | status | jobs | dead | migrate | doctor | stats | demo`: the
+command line for ops and developers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from core.errors import BackendRefused, EnqueueError, JobFailed, JobValidationError
+from jobs import REGISTRY
+from settings import Settings, SettingsError, load_settings
+from worker.backend import RedisBackend
+from worker.engine import run_worker
+from worker.ledger.migrate import apply_migrations
+from worker.ops import deadletters, demo
+from worker.ops.doctor import diagnose, render_diagnosis
+from worker.ops.stats import collect_stats, render_stats
+from worker.producer import Producer
+from worker.telemetry import configure_logging
+
+__all__ = ["main"]
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(data).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    async with Producer(settings) as producer:
+        handle = await producer.enqueue_json(args.job, args.args, job_id=args.job_id, inline=args.inline)
+        out: dict[str, Any] = {"job_id": handle.job_id, "job": handle.name, "mode": handle.mode}
+        if handle.duplicate:
+            out["duplicate"] = True
+        code = 0
+        if handle.mode == "inline" or args.wait is not None:
+            try:
+                out["result"] = await handle.result(timeout=args.wait)
+            except JobFailed as exc:
+                out["error"] = exc.to_dict()
+                code = 1
+            except TimeoutError:
+                out["error"] = {"type": "TimeoutError", "message": f"no result within {args.wait}s"}
+                code = 1
+        _print_json(out)
+        return code
+
+
+async def _status(settings: Settings, job_id: str) -> int:
+    async with Producer(settings) as producer:
+        report = await producer.status(job_id)
+    _print_json(report)
+    return 0 if report["status"] not in ("not_found", "unknown") else 1
+
+
+async def _dead(settings: Settings, args: argparse.Namespace) -> int:
+    async with Producer(settings) as producer:
+        ledger = producer.ledger
+        if args.action == "list":
+            for letter in await ledger.dead_letters(limit=args.limit):
+                _print_json(deadletters.dead_letter_row(letter, full=False))
+        elif args.action == "show":
+            found = await ledger.dead_letter_of(args.job_id)
+            if found is None:
+                sys.stderr.write(f"error: no dead letter with job id {args.job_id!r}\n")
+                return 1
+            _print_json(deadletters.dead_letter_row(found, full=True))
+        elif args.action == "retry":
+            if not args.all and not args.job_id:
+                sys.stderr.write("error: give a job id or --all\n")
+                return 2
+            for row in await deadletters.retry_dead(producer, None if args.all else [args.job_id]):
+                _print_json(row)
+        else:
+            _print_json({"purged": await ledger.purge_dead_letters(older_than_days=args.older_than_days)})
+    return 0
+
+
+async def _stats(settings: Settings, as_json: bool) -> int:
+    backend = RedisBackend(settings, role="cli")
+    try:
+        await backend.start()
+        if not backend.usable:
+            sys.stderr.write(f"error: Redis is {backend.state.value} ({settings.redis_url_redacted})\n")
+            return 2
+        report = await collect_stats(backend, settings.queue_name)
+    finally:
+        await backend.aclose()
+    if as_json:
+        _print_json(report)
+    else:
+        sys.stdout.write(render_stats(report) + "\n")
+    return 0
+
+
+async def _doctor(settings: Settings, as_json: bool) -> int:
+    diagnosis = await diagnose(settings)
+    if as_json:
+        _print_json(diagnosis.as_dict())
+    else:
+        sys.stdout.write(render_diagnosis(diagnosis) + "\n")
+    return 0 if diagnosis.healthy else 1
+
+
+async def _migrate(settings: Settings) -> int:
+    try:
+        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        sys.stderr.write(
+            f"error: cannot connect to Postgres at {settings.database_url_redacted}: {exc}; "
+            "check DATABASE_URL and that the server is up\n"
+        )
+        return 2
+    try:
+        applied = await apply_migrations(conn)
+    except asyncpg.PostgresError as exc:
+        sys.stderr.write(f"error: migration failed: {type(exc).__name__}: {exc}\n")
+        return 1
+    finally:
+        await conn.close()
+    _print_json({"applied": applied})
+    return 0
+
+
+def _jobs() -> int:
+    for definition in REGISTRY:
+        _print_json(
+            {
+                "job": definition.name,
+                "args": definition.arg_names,
+                "timeout_s": definition.timeout,
+                "max_tries": definition.max_tries,
+                "description": definition.description,
+            }
+        )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="Max Booster job runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the worker until SIGTERM")
+    run.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    enqueue = sub.add_parser("enqueue", help="enqueue a job (or run it inline when Redis is down)")
+    enqueue.add_argument("job", help="registered job name (see `jobs`)")
+    enqueue.add_argument("--args", default="{}", help="keyword arguments as a JSON object")
+    enqueue.add_argument("--job-id", default=None, help="your own id; a second enqueue with it is a no-op")
+    enqueue.add_argument(
+        "--inline", action="store_true", help="run here and now, whatever the state of Redis"
+    )
+    enqueue.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS", help="wait for a queued result"
+    )
+    status = sub.add_parser("status", help="show a job's state, result or error")
+    status.add_argument("job_id")
+    sub.add_parser("jobs", help="list registered jobs")
+    dead = sub.add_parser("dead", help="inspect and re-run jobs that failed for good")
+    dead_sub = dead.add_subparsers(dest="action", required=True)
+    dead_list = dead_sub.add_parser("list", help="the most recent dead letters, one JSON line each")
+    dead_list.add_argument("--limit", type=int, default=100)
+    dead_sub.add_parser("show", help="one dead letter with its arguments").add_argument("job_id")
+    dead_retry = dead_sub.add_parser("retry", help="enqueue again under a new job id")
+    dead_retry.add_argument("job_id", nargs="?")
+    dead_retry.add_argument("--all", action="store_true", help="every dead letter")
+    dead_purge = dead_sub.add_parser("purge", help="delete dead letters")
+    dead_purge.add_argument("--older-than-days", type=float, default=None)
+    sub.add_parser("migrate", help="apply pending Postgres migrations and print the versions applied")
+    sub.add_parser(
+        "demo", help="the runner doing its job, with a throwaway Redis (what `make run` shows first)"
+    )
+    doctor = sub.add_parser(
+        "doctor", help="check Redis, Postgres, email and AI; say what works and how to fix"
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        return demo.main()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    configure_logging(settings)
+    try:
+        if args.command == "run":
+            return asyncio.run(run_worker(settings, burst=args.burst))
+        if args.command == "enqueue":
+            return asyncio.run(_enqueue(settings, args))
+        if args.command == "status":
+            return asyncio.run(_status(settings, args.job_id))
+        if args.command == "dead":
+            return asyncio.run(_dead(settings, args))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings))
+        if args.command == "doctor":
+            return asyncio.run(_doctor(settings, args.json))
+        if args.command == "stats":
+            return asyncio.run(_stats(settings, args.json))
+        return _jobs()
+    except (JobValidationError, EnqueueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except BackendRefused as exc:
+        sys.stderr.write(f"error: {exc}; fix REDIS_URL (user, password, ACL)\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130

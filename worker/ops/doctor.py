@@ -1,0 +1,270 @@
+"""`python -m worker doctor`: what works, what is degraded and why, and how to fix it.
+
+Each dependency is checked live with short timeouts. A check reports one of four states:
+ok, degraded (works, but something can lose jobs or mail), not working, not configured; each
+problem comes with a one-line fix. Then the doctor says what the runner will do in this state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+import asyncpg
+import httpx
+
+from core.errors import BackendError
+from settings import Settings
+from worker.backend import RedisBackend
+from worker.ledger.migrate import pending_migrations
+
+__all__ = ["Check", "Diagnosis", "diagnose", "render_diagnosis"]
+
+State = Literal["ok", "degraded", "not working", "not configured"]
+TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    component: str
+    state: State
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    checks: list[Check]
+    behaviour: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.state != "not working" for c in self.checks)
+
+    def state_of(self, component: str) -> State:
+        return next(c.state for c in self.checks if c.component == component)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.healthy, "checks": [asdict(c) for c in self.checks], "behaviour": self.behaviour}
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+async def check_redis(settings: Settings) -> Check:
+    if not settings.redis_enabled:
+        return Check(
+            "redis", "not configured", "REDIS_URL is empty", "set REDIS_URL=redis://host:6379/0 to queue jobs"
+        )
+    where = settings.redis_url_redacted
+    patient = settings.model_copy(
+        update={"redis_socket_timeout": TIMEOUT_S, "redis_connect_timeout": TIMEOUT_S}
+    )
+    backend = RedisBackend(patient, role="doctor")
+    try:
+        async with asyncio.timeout(TIMEOUT_S * 2):
+            info = await backend.server_info()
+    except (BackendError, OSError, TimeoutError) as exc:
+        text = _error(exc)
+        if any(
+            word in text
+            for word in ("WRONGPASS", "NOAUTH", "Authentication", "invalid username", "credentials")
+        ):
+            fix = "check the user and password in REDIS_URL"
+        elif isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
+            fix = "check the TLS settings (rediss://, CA file) against the server's certificate"
+        else:
+            fix = f"start Redis or point REDIS_URL at it (tried {where})"
+        return Check("redis", "not working", text, fix)
+    finally:
+        await backend.aclose()
+    detail = f"Redis {info.version} at {where}" + (" over TLS" if where.startswith("rediss://") else "")
+    problems, fixes = [], []
+    if info.maxmemory_policy != "noeviction":
+        problems.append(f"maxmemory-policy {info.maxmemory_policy} can evict queued jobs")
+        fixes.append("set maxmemory-policy noeviction")
+    if not info.aof_enabled and info.save_schedule == "":
+        problems.append("no persistence: a restart loses every queued job")
+        fixes.append("enable appendonly yes")
+    if problems:
+        return Check("redis", "degraded", f"{detail}; " + "; ".join(problems), "; ".join(fixes))
+    return Check("redis", "ok", detail)
+
+
+async def check_postgres(settings: Settings) -> Check:
+    where = settings.database_url_redacted
+    try:
+        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return Check(
+            "postgres", "not working", _error(exc), f"start PostgreSQL or fix DATABASE_URL (tried {where})"
+        )
+    try:
+        version = str(await conn.fetchval("SHOW server_version")).split()[0]
+        pending = await pending_migrations(conn)
+    finally:
+        await conn.close()
+    detail = f"PostgreSQL {version} at {where}"
+    if pending:
+        return Check(
+            "postgres",
+            "degraded",
+            f"{detail}; {len(pending)} migration(s) pending",
+            "run python -m worker migrate",
+        )
+    return Check("postgres", "ok", f"{detail}; migrations current")
+
+
+def _email_transport(settings: Settings) -> str:
+    if settings.email_transport != "auto":
+        return settings.email_transport
+    if settings.sendgrid_api_key is not None:
+        return "sendgrid"
+    return "smtp" if settings.smtp_url is not None else "file"
+
+
+async def check_email(settings: Settings) -> Check:
+    transport = _email_transport(settings)
+    if transport == "file":
+        return Check(
+            "email",
+            "not configured",
+            f"mail is written as .eml files to {settings.email_file_dir}, not delivered",
+            "set SENDGRID_API_KEY or SMTP_URL",
+        )
+    if transport == "sendgrid":
+        key = settings.sendgrid_api_key.get_secret_value() if settings.sendgrid_api_key else ""
+        parts = key.split(".")
+        if not key:
+            return Check(
+                "email", "not working", "EMAIL_TRANSPORT=sendgrid but no key", "set SENDGRID_API_KEY"
+            )
+        if len(parts) != 3 or parts[0] != "SG" or not all(parts[1:]):
+            return Check(
+                "email",
+                "not working",
+                "SENDGRID_API_KEY is not a SendGrid key",
+                "use the SG.xxx.yyy key SendGrid issued",
+            )
+        return Check("email", "ok", f"SendGrid key present and well-formed; API {settings.sendgrid_api_host}")
+    return await _check_smtp(settings)
+
+
+async def _check_smtp(settings: Settings) -> Check:
+    if settings.smtp_url is None:
+        return Check("email", "not working", "EMAIL_TRANSPORT=smtp but SMTP_URL is unset", "set SMTP_URL")
+    url = urlsplit(settings.smtp_url.get_secret_value())
+    implicit_tls = url.scheme == "smtps"
+    client = aiosmtplib.SMTP(
+        hostname=url.hostname, port=url.port or (465 if implicit_tls else 587), use_tls=implicit_tls,
+        start_tls=None, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    where = f"{url.hostname}:{client.port}"
+    try:
+        await client.connect()
+        if url.username:
+            await client.login(unquote(url.username), unquote(url.password or ""))
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        return Check("email", "not working", f"SMTP {where} refused AUTH: {exc.code} {exc.message}",
+                     "check the user and password in SMTP_URL")  # fmt: skip
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return Check(
+            "email", "not working", f"SMTP {where}: {_error(exc)}", "start the SMTP server or fix SMTP_URL"
+        )
+    finally:
+        if client.is_connected:
+            client.close()
+    return Check("email", "ok", f"SMTP {where} accepts connections" + (" and AUTH" if url.username else ""))
+
+
+async def check_ai(settings: Settings) -> Check:
+    if not settings.ai_base_url or not settings.ai_model:
+        return Check(
+            "ai",
+            "not configured",
+            "no AI endpoint",
+            "set AI_BASE_URL and AI_MODEL (and AI_API_KEY if needed)",
+        )
+    headers = (
+        {"Authorization": f"Bearer {settings.ai_api_key.get_secret_value()}"} if settings.ai_api_key else {}
+    )
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+            response = await http.get(f"{settings.ai_base_url}/models", headers=headers)
+    except httpx.HTTPError as exc:
+        return Check(
+            "ai",
+            "not working",
+            f"{settings.ai_base_url}: {_error(exc)}",
+            "start the endpoint or fix AI_BASE_URL",
+        )
+    if response.status_code in (401, 403):
+        return Check(
+            "ai", "not working", f"the endpoint refused the key ({response.status_code})", "check AI_API_KEY"
+        )
+    if response.status_code != 200:
+        return Check("ai", "degraded", f"GET /models answered {response.status_code}", "check AI_BASE_URL")
+    try:
+        models = [m["id"] for m in response.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Check("ai", "degraded", "GET /models did not return a model list", "check AI_BASE_URL")
+    if settings.ai_model not in models:
+        shown = ", ".join(models[:5]) or "none"
+        return Check(
+            "ai", "degraded", f"model {settings.ai_model!r} is not listed", f"set AI_MODEL to one of: {shown}"
+        )
+    return Check("ai", "ok", f"{settings.ai_base_url} serves {settings.ai_model}")
+
+
+def _behaviour(checks: dict[str, Check]) -> list[str]:
+    lines = []
+    redis = checks["redis"].state
+    postgres_up = checks["postgres"].state != "not working"
+    if redis in ("ok", "degraded"):
+        lines.append("Redis up: jobs are queued and run by the worker")
+    elif postgres_up:
+        lines.append(
+            "Redis down: inline-policy jobs (email) run in the caller's process; spool-policy jobs (AI, "
+            "analytics) and deferred jobs wait in the Postgres spool until Redis returns"
+        )
+    else:
+        lines.append(
+            "Redis and Postgres down: inline-policy jobs run in the caller's process; spool-policy jobs run "
+            "inline if they allow it, else the caller gets an error; deferred jobs are refused"
+        )
+    if not postgres_up:
+        lines.append("Postgres down: jobs that need it (email idempotency, analytics) retry, then fail")
+    if checks["email"].state == "not configured":
+        lines.append("Email: written to files, not delivered")
+    elif checks["email"].state == "not working":
+        lines.append("Email: send_email jobs fail and are retried until the transport works")
+    if checks["ai"].state == "not configured":
+        lines.append("AI: AI jobs are refused at enqueue with the settings to set")
+    return lines
+
+
+async def diagnose(settings: Settings) -> Diagnosis:
+    probes: list[Callable[[Settings], Awaitable[Check]]] = [
+        check_redis,
+        check_postgres,
+        check_email,
+        check_ai,
+    ]
+    checks = list(await asyncio.gather(*(probe(settings) for probe in probes)))
+    return Diagnosis(checks, _behaviour({c.component: c for c in checks}))
+
+
+def render_diagnosis(diagnosis: Diagnosis) -> str:
+    lines = [f"{'component':<11}{'state':<16}detail / fix"]
+    for c in diagnosis.checks:
+        lines.append(f"{c.component:<11}{c.state:<16}{c.detail}")
+        if c.fix:
+            lines.append(f"{'':<27}fix: {c.fix}")
+    lines += ["", "What the runner will do:"] + [f"  - {line}" for line in diagnosis.behaviour]
+    return "\n".join(lines)

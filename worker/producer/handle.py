@@ -1,0 +1,80 @@
+"""`JobHandle`: what an enqueue returns, in every mode alike."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Generic, TypeVar
+
+from core.enqueue import Placement
+from core.errors import BackendError, JobFailed
+from worker.backend import QueueBackend
+
+__all__ = ["JobHandle"]
+
+R = TypeVar("R")
+
+
+class JobHandle(Generic[R]):
+    """The job id, where the job went (`mode`: queued, inline or spooled), whether the id was
+    already taken (`duplicate`), and `await result()`."""
+
+    def __init__(
+        self,
+        job_id: str,
+        name: str,
+        mode: Placement,
+        *,
+        duplicate: bool = False,
+        backend: QueueBackend | None = None,
+        task: asyncio.Future[Any] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.mode = mode
+        self.duplicate = duplicate
+        self._backend = backend
+        self._task = task
+
+    def __repr__(self) -> str:
+        dup = " duplicate" if self.duplicate else ""
+        return f"<JobHandle {self.name} {self.job_id} mode={self.mode}{dup}>"
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def result(self, timeout: float | None = None) -> R:
+        """The job's result; raises `JobFailed` if it failed and `TimeoutError` after `timeout` s."""
+        if self._task is not None:
+            value: R = await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            return value
+        if self._backend is None:
+            raise RuntimeError("handle has neither a task nor a backend")
+        return await self._poll_result(self._backend, timeout)
+
+    async def _poll_result(self, backend: QueueBackend, timeout: float | None) -> R:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            # A spooled job has no result until Redis is back and a worker has run it.
+            record = None
+            if backend.usable:
+                try:
+                    record = await backend.result(self.job_id)
+                except BackendError:
+                    record = None
+            if record is not None:
+                if record.success:
+                    return record.value  # type: ignore[no-any-return]
+                error = record.error or {}
+                raise JobFailed(
+                    self.job_id,
+                    error.get("type", "Error"),
+                    error.get("message", ""),
+                    error.get("kind", "permanent"),
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.job_id} has no result after {timeout}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)

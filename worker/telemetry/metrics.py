@@ -1,0 +1,98 @@
+"""Prometheus metrics for one process (worker or producer), in a registry of its own.
+
+The outcome path (`worker.execution.outcomes`) reports each attempt's start and end; the
+producer reports inline fallbacks; the breaker state and the queue depth are read when
+Prometheus scrapes, so an idle worker sends Redis nothing for its metrics. A worker's embedded
+producer shares the worker's `Metrics`, so its inline fallbacks show in the worker's /metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from worker.telemetry.recent import RecentCounts
+
+__all__ = ["Metrics"]
+
+_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """Counters and histograms of job execution; `render()` gives the text exposition format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.recent = RecentCounts()  # what `python -m worker stats` shows
+        self.totals: collections.Counter[str] = (
+            collections.Counter()
+        )  # finished attempts by outcome, for the health key
+        self.jobs_finished = Counter(
+            "maxbooster_jobs_finished",
+            "Job attempts finished, by job, outcome (complete, retry, failed) and mode (queued, inline).",
+            ["job", "outcome", "mode"],
+            registry=self.registry,
+        )
+        self.job_duration = Histogram(
+            "maxbooster_job_duration_seconds",
+            "Duration of job attempts.",
+            ["job", "mode"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs_in_progress = Gauge(
+            "maxbooster_jobs_in_progress",
+            "Job attempts running now.",
+            ["job", "mode"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "maxbooster_job_retries",
+            "Attempts that ended in a scheduled retry.",
+            ["job", "mode"],
+            registry=self.registry,
+        )
+        self.inline_fallbacks = Counter(
+            "maxbooster_inline_fallbacks",
+            "Jobs run inline because Redis was unusable.",
+            ["job"],
+            registry=self.registry,
+        )
+        self.breaker_open = Gauge(
+            "maxbooster_redis_breaker_open", "1 while Redis is considered unusable.", registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "maxbooster_queue_depth", "Jobs waiting in the queue (read at scrape time).", ["queue"],
+            registry=self.registry,
+        )  # fmt: skip
+
+    def attempt_started(self, job: str, mode: str) -> None:
+        self.jobs_in_progress.labels(job, mode).inc()
+        self.recent.running += 1
+
+    def attempt_finished(
+        self, job: str, mode: str, outcome: str, duration_s: float, *, started: bool = True
+    ) -> None:
+        """`started=False` for an attempt refused before it ran (an undecodable record, say)."""
+        if started:
+            self.jobs_in_progress.labels(job, mode).dec()
+            self.recent.running -= 1
+        if outcome != "cancelled":
+            self.recent.add(job, outcome)
+        if outcome in ("complete", "failed", "retry"):
+            self.totals[outcome] += 1
+        self.jobs_finished.labels(job, outcome, mode).inc()
+        self.job_duration.labels(job, mode).observe(duration_s)
+        if outcome == "retry":
+            self.retries.labels(job, mode).inc()
+
+    def inline_fallback(self, job: str) -> None:
+        self.inline_fallbacks.labels(job).inc()
+
+    def watch_breaker(self, is_open: Callable[[], bool]) -> None:
+        self.breaker_open.set_function(lambda: 1.0 if is_open() else 0.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
