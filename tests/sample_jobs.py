@@ -62,6 +62,13 @@ async def follow_up(ctx: JobContext, *, key: str) -> str:
     return await enqueue("record", {"key": key}, job_id=f"follow-up:{key}")
 
 
+async def follow_up_later(ctx: JobContext, *, key: str, seconds: float) -> str:
+    """Wait, then queue `record` as a follow-up (a test takes Redis away meanwhile)."""
+    await asyncio.sleep(seconds)
+    enqueue = await ctx.deps.get(ENQUEUE)
+    return await enqueue("record", {"key": key}, job_id=f"follow-up:{key}")
+
+
 async def bad_result(ctx: JobContext, *, key: str) -> object:
     """Return something JSON cannot carry."""
     return object()
@@ -78,6 +85,7 @@ TEST_REGISTRY = Registry(
         define(takes_any),
         define(bad_result),
         define(follow_up),
+        define(follow_up_later),
         define(record, name="record_spooled", fallback="spool", inline_if_spool_down=False),
         define(record, name="record_durable", durable=True),
         define(record, name="record_rejecting", fallback="reject"),

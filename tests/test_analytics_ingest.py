@@ -7,6 +7,7 @@ and when the same events are sent twice.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from tests.analytics_fixtures import (
     start_analytics_worker,
     stored_ids,
 )
-from tests.conftest import RunningWorker, eventually
+from tests.conftest import RunningWorker, eventually, raw_redis
 from worker.engine import WorkerService
 from worker.producer import Producer
 
@@ -115,15 +116,23 @@ async def test_a_large_backlog_queues_a_flush_without_waiting_for_the_schedule(
     settings = analytics_settings(redis_server.url, clean_analytics, analytics_flush_trigger_events=5000)
     # The same jobs and plug-in, without the flush every second.
     unscheduled = Registry(list(TEST_ANALYTICS_REGISTRY), plugins=TEST_ANALYTICS_REGISTRY.plugins)
-    service = WorkerService(settings, registry=unscheduled, handle_signals=False)
-    worker = RunningWorker(service, asyncio.create_task(service.run()))
-    try:
-        async with Producer(settings, registry=unscheduled) as producer:
-            for i in range(10):
-                await producer.track_events(make_events(1000, prefix=f"trigger-{i}"))
-            await eventually(lambda: _count_is(clean_analytics, "trigger", 10_000), timeout=10)
-    finally:
-        await worker.stop()
+    async with Producer(settings, registry=unscheduled) as producer:
+        # No worker yet: the flushes a producer queues stay in the queue where we can count them.
+        started = time.monotonic()
+        for i in range(5):
+            await producer.track_events(make_events(1000, prefix=f"trigger-{i}"))
+        assert time.monotonic() - started < 1.0  # all inside one trigger second
+        queued = await raw_redis(settings).zrange(settings.queue_name, 0, -1)
+        flushes = [job_id for job_id in queued if job_id.startswith(b"analytics-flush:")]
+        # One for the first push; one at once when the fifth push made the backlog 5,000 events.
+        # Without the backlog trigger the second would wait for the end of the second (trailing).
+        assert len(flushes) == 2, queued
+        service = WorkerService(settings, registry=unscheduled, handle_signals=False)
+        worker = RunningWorker(service, asyncio.create_task(service.run()))
+        try:
+            await eventually(lambda: _count_is(clean_analytics, "trigger", 5000), timeout=10)
+        finally:
+            await worker.stop()
 
 
 async def test_every_event_is_stored_once_while_redis_is_down(clean_analytics: str) -> None:

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import orjson
 
 from devservices.redis import RedisServer
+from tests.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,16 +42,9 @@ def _json(stdout: str) -> dict[str, object]:
     return value
 
 
-def _wait_for(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def test_enqueue_status_and_graceful_sigterm(redis_server: RedisServer, database_url: str) -> None:
+async def test_enqueue_status_and_graceful_sigterm(redis_server: RedisServer, database_url: str) -> None:
     env = _env(redis_server.url, database_url, f"cli:{uuid.uuid4().hex[:8]}")
-    worker = subprocess.Popen(
+    worker = subprocess.Popen(  # noqa: ASYNC220 - a worker process to signal, not awaited
         [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
     try:
@@ -61,7 +54,7 @@ def test_enqueue_status_and_graceful_sigterm(redis_server: RedisServer, database
         assert queued.returncode == 0, queued.stderr
         assert _json(queued.stdout) == {"job_id": "cli-1", "job": "ping", "mode": "queued"}
 
-        _wait_for(lambda: _json(_cli(env, "status", "cli-1").stdout)["status"] == "in_progress")
+        await eventually(lambda: _json(_cli(env, "status", "cli-1").stdout)["status"] == "in_progress")
         worker.send_signal(signal.SIGTERM)  # mid-job: the job must still finish
         _, stderr = worker.communicate(timeout=20)
         assert worker.returncode == 0, stderr

@@ -20,6 +20,7 @@ from arq.jobs import Job
 from pydantic import SecretStr
 
 from core.errors import EnqueueError, JobFailed
+from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
 from settings import Settings
 from tests.conftest import RunningWorker, eventually, make_settings, raw_redis, start_worker
@@ -288,3 +289,38 @@ async def test_unmigrated_database_is_reported_with_the_fix(
     lines = [line for line in log_output.getvalue().splitlines() if "could not record" in line]
     assert len(lines) == 5, lines  # one per outcome not written, none silent
     assert all("no runner tables" in line and "python -m worker migrate" in line for line in lines)
+
+
+async def _durable_rows(settings: Settings, job_id: str) -> int:
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM durable_jobs WHERE job_id = $1", job_id))
+    finally:
+        await conn.close()
+
+
+async def test_a_durable_job_whose_enqueue_reply_was_lost_runs_exactly_once(
+    redis_server: RedisServer, settings: Settings
+) -> None:
+    """The enqueue lands in Redis but its reply is lost: the job runs inline, the producer withdraws
+    the queued copy when Redis answers again, and the worker's reconciler must not queue it anew."""
+    checks = settings.model_copy(update={"durable_check_interval": 0.3})
+    async with TcpProxy("127.0.0.1", redis_server.port) as proxy:
+        proxied = checks.model_copy(update={"redis_url": SecretStr(proxy.url_for(redis_server.url))})
+        async with Producer(proxied, registry=TEST_REGISTRY) as producer:
+            await producer.enqueue_job("record", {"key": "warm-up"})  # scripts loaded: no NOSCRIPT below
+            proxy.blackhole_after(b"EVALSHA")
+            handle = await producer.enqueue_job("record_durable", {"key": "once"}, job_id="durable-once")
+            assert handle.mode == "inline"
+            assert (await handle.result(timeout=5))["mode"] == "inline"
+            proxy.restore()
+            await eventually(lambda: producer.backend.usable, what="the producer sees Redis again")
+            await producer.ledger.drain()
+            worker = await start_worker(checks)
+            try:
+                # Several reconciler rounds, each old enough to look at the record.
+                await asyncio.sleep(2.0)
+            finally:
+                await worker.stop()
+    assert [(key, mode) for key, mode, _ in RUNS if key == "once"] == [("once", "inline")]
+    assert await _durable_rows(settings, "durable-once") == 0  # settled by the inline run

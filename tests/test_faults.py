@@ -10,37 +10,21 @@ import asyncio
 import io
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import orjson
-import pytest
 
 from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
 from settings import Settings
-from tests.conftest import make_settings, raw_redis, start_worker
+from tests.conftest import eventually, make_settings, raw_redis, start_worker
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
 from worker.backend import keys
 from worker.producer import Producer
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    with RedisServer(persistent=True, extra_args=["--appendfsync", "always"]) as server:
-        yield server
-
-
 def _events(log_output: io.StringIO, event: str, role: str) -> int:
     lines = [orjson.loads(line) for line in log_output.getvalue().splitlines() if line.startswith("{")]
     return sum(1 for e in lines if e.get("event") == event and e.get("role") == role)
-
-
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_redis_killed_during_a_stream_of_enqueues_loses_nothing(
@@ -57,7 +41,7 @@ async def test_redis_killed_during_a_stream_of_enqueues_loses_nothing(
                     own_redis.kill()
                 if i == 200:
                     own_redis.restart()
-                    await _until(lambda: producer.backend.usable)
+                    await eventually(lambda: producer.backend.usable)
                 handles.append(await producer.enqueue(record, key=f"k{i}"))
                 await asyncio.sleep(0.001)
             results = [await h.result(timeout=20) for h in handles]
@@ -90,7 +74,7 @@ async def test_redis_restarted_queueing_resumes_without_restarting_anything(
                 await asyncio.sleep(0.3)  # the worker's blocked wake-up sees the connection drop
 
                 server.restart()
-                await _until(lambda: producer.backend.usable and worker.service.backend.usable)
+                await eventually(lambda: producer.backend.usable and worker.service.backend.usable)
                 after = await producer.enqueue(record, key="after")
                 assert after.mode == "queued"
                 assert (await after.result(timeout=5))["mode"] == "queued"
@@ -130,7 +114,7 @@ async def test_blackholed_redis_is_detected_by_the_socket_timeout(
             assert time.perf_counter() - started < 0.1  # breaker open: no network wait
 
             proxy.restore()
-            await _until(lambda: producer.backend.usable)
+            await eventually(lambda: producer.backend.usable)
             after = await producer.enqueue(record, key="after")
             assert after.mode == "queued"
             # The job whose reply was lost ran inline once and is not also waiting in the queue.

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import time
 
 import httpx
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.errors import JobFailed
 from devservices._process import pick_port
 from devservices.redis import RedisServer
-from tests.conftest import make_settings, start_worker
-from tests.sample_jobs import TEST_REGISTRY
+from settings import Settings
+from tests.conftest import eventually, make_settings, raw_redis, start_worker
+from tests.sample_jobs import RUNS, TEST_REGISTRY
+from worker.backend import keys
+from worker.engine import WorkerService
 from worker.producer import Producer
 
 
@@ -78,3 +84,61 @@ async def test_producer_counts_inline_fallbacks(database_url: str) -> None:
     assert samples[("maxbooster_inline_fallbacks_total", (("job", "record"),))] == 3
     labels = (("job", "record"), ("mode", "inline"), ("outcome", "complete"))
     assert samples[("maxbooster_jobs_finished_total", labels)] == 3
+
+
+async def test_jobs_the_worker_cannot_run_are_counted_like_any_failed_attempt(
+    settings: Settings, log_output: io.StringIO
+) -> None:
+    now_ms = int(time.time() * 1000)
+    forged = {
+        "undecodable": b"\x80\x04 not json",
+        "unknown-job": b'{"f": "no_such_job", "a": [], "k": {}, "et": 1}',
+        "used-up": b'{"f": "record", "a": [], "k": {"key": "x"}, "et": 1, "t": 5}',
+    }
+    redis = raw_redis(settings)
+    for job_id, record in forged.items():
+        await redis.set(keys.job_key(job_id), record)
+        await redis.zadd(settings.queue_name, {job_id: now_ms})
+    service = WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False)
+    assert await service.run() == 0
+
+    lines = [orjson.loads(line) for line in log_output.getvalue().splitlines() if line.startswith("{")]
+    finished = {line["job_id"]: line for line in lines if line["event"] == "job finished"}
+    assert set(finished) == set(forged)  # one line each
+    assert all(line["outcome"] == "failed" and "duration_ms" in line for line in finished.values())
+    assert finished["unknown-job"]["error"] == "function 'no_such_job' not found"
+    assert finished["used-up"]["error"] == "max 3 tries exceeded"
+    samples = _samples(service.metrics.render().decode())
+    for job in ("<unknown>", "no_such_job", "record"):
+        labels = (("job", job), ("mode", "queued"), ("outcome", "failed"))
+        assert samples[("maxbooster_jobs_finished_total", labels)] == 1
+    recent = orjson.loads(service.metrics.recent.snapshot("w", settings.queue_name))
+    counted: dict[str, int] = {}
+    for minute in recent["minutes"].values():
+        for job, outcomes in minute.items():
+            counted[job] = counted.get(job, 0) + outcomes.get("failed", 0)
+    assert counted == {"<unknown>": 1, "no_such_job": 1, "record": 1}  # what `stats` shows
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        letters = await producer.ledger.dead_letters(job_ids=list(forged))
+    assert {letter.job_id for letter in letters} == set(forged)  # and each is a dead letter
+
+
+async def test_follow_up_jobs_run_inline_in_a_worker_show_in_its_metrics(own_redis: RedisServer) -> None:
+    settings = make_settings(own_redis.url)
+    service = WorkerService(settings, registry=TEST_REGISTRY, handle_signals=False)
+    task = asyncio.create_task(service.run())
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            handle = await producer.enqueue_job("follow_up_later", {"key": "during-outage", "seconds": 0.5})
+            await eventually(lambda: bool(service.worker.tasks), what="the job started")
+            own_redis.kill()  # the follow-up is enqueued while Redis is away: it runs inline, here
+            await eventually(lambda: ("during-outage", "inline", 1) in RUNS, what="the follow-up ran inline")
+            own_redis.restart()
+            assert await handle.result(timeout=20) == "inline"
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 20)
+    samples = _samples(service.metrics.render().decode())
+    assert samples[("maxbooster_inline_fallbacks_total", (("job", "record"),))] == 1
+    labels = (("job", "record"), ("mode", "inline"), ("outcome", "complete"))
+    assert samples[("maxbooster_jobs_finished_total", labels)] == 1

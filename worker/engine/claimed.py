@@ -9,6 +9,7 @@ failed result.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +42,7 @@ class ClaimedJobs:
         self._queue = queue
 
     async def run(self, job: ClaimedJob) -> Finished:
-        start_ms = epoch_ms()
+        start_ms, started = epoch_ms(), time.perf_counter()
         record: JobRecord | None = None
         try:
             record = self._decode(job)
@@ -49,7 +50,7 @@ class ClaimedJobs:
             job_try = max(job.job_try, record.job_try or 0)
             self._check_tries(definition, job_try)
         except _Refused as refused:
-            return await self._refused(job, record, refused, start_ms)
+            return await self._refused(job, record, refused, start_ms, time.perf_counter() - started)
         attempt = await self._attempts.attempt(
             definition,
             job_id=job.job_id,
@@ -89,7 +90,7 @@ class ClaimedJobs:
             raise _Refused("JobExecutionFailed", f"max {max_tries} tries exceeded")
 
     async def _refused(
-        self, job: ClaimedJob, record: JobRecord | None, refused: _Refused, start_ms: int
+        self, job: ClaimedJob, record: JobRecord | None, refused: _Refused, start_ms: int, duration_s: float
     ) -> Finished:
         name = record.name if record is not None else "<unknown>"
         kwargs: Mapping[str, Any] = record.kwargs if record is not None else {}
@@ -101,6 +102,7 @@ class ClaimedJobs:
             mode="queued",
             error_type=refused.error_type,
             message=refused.message,
+            duration_s=duration_s,
         )
         result = self._result(job.job_id, record, job.job_try, False, failure_value(error), start_ms)
         return Finished(job.job_id, result=result, failed=True)

@@ -126,6 +126,7 @@ class AttemptRunner:
         mode: Mode,
         error_type: str,
         message: str,
+        duration_s: float = 0.0,
         enqueue_time: datetime | None = None,
     ) -> JobFailed:
         """Account for an attempt that could not run at all (an undecodable record, an unknown
@@ -137,7 +138,7 @@ class AttemptRunner:
             mode=mode,
             job_try=job_try,
             outcome="failed",
-            duration_s=0.0,
+            duration_s=duration_s,
             kwargs=kwargs,
             error=error,
             enqueue_time=enqueue_time,

@@ -15,6 +15,7 @@ import time
 
 import asyncpg
 
+from devservices.redis import RedisServer
 from settings import Settings, load_settings
 from worker.ledger.migrate import apply_migrations
 from worker.producer import Producer
@@ -67,8 +68,6 @@ async def _wait_until_queueing(producer: Producer, timeout: float = 10.0) -> flo
 
 
 async def _demo(settings: Settings) -> None:
-    from devservices.redis import RedisServer
-
     with RedisServer() as redis_server:
         demo_settings = settings.model_copy(
             update={"redis_url": type(settings.redis_url)(redis_server.url), "queue_name": "demo:queue"}
