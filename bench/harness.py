@@ -4,6 +4,10 @@ Redis's own counters.
 Kinds: `ours` (this runner), `arq-default` (plain arq as its `arq` command runs it) and
 `arq-tuned` (plain arq with 100 concurrent jobs, 500 jobs read per poll, 10 ms polling). The
 arq client writes arq's default records (pickle), as an arq app would.
+
+With `BENCH_BASELINE=<path>` (a checkout of an earlier commit, e.g. a `git worktree`), the kind
+`ours-before` runs that checkout's worker beside ours in the same run, fed by our producer (the
+records on the wire are the same), so a change is measured against what it replaced.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from bench.jobs import BENCH_REGISTRY
 from settings import Settings
 from worker.producer import JobHandle, Producer
 
-__all__ = ["KINDS", "Client", "Counters", "Delta", "WorkerProcess", "client_for"]
+__all__ = ["BASELINE", "KINDS", "OURS", "Client", "Counters", "Delta", "WorkerProcess", "client_for"]
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("ours", "arq-tuned", "arq-default")
+BASELINE = os.environ.get("BENCH_BASELINE") or None
+KINDS: tuple[str, ...] = ("ours", *(("ours-before",) if BASELINE else ()), "arq-tuned", "arq-default")
+OURS = ("ours", "ours-before")
 
 
 class WorkerProcess:
@@ -43,16 +49,20 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> WorkerProcess:
+        root, env, kind = ROOT, self.env, self.kind
+        if self.kind == "ours-before" and BASELINE:
+            root, kind = Path(BASELINE), "ours"
+            env = {**env, "PYTHONPATH": BASELINE}
         with self.log_path.open("wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "bench.worker_entry",
-                self.kind,
+                kind,
                 self.url,
                 self.queue,
-                cwd=ROOT,
-                env=self.env,
+                cwd=root,
+                env=env,
                 stdout=log,
                 stderr=log,
             )
@@ -98,8 +108,8 @@ class Client:
 
 
 class OurClient(Client):
-    def __init__(self, producer: Producer) -> None:
-        self.kind = "ours"
+    def __init__(self, producer: Producer, kind: str = "ours") -> None:
+        self.kind = kind
         self.producer = producer
         self.queue = producer.settings.queue_name
         # A plain client of its own for the counters; the producer's backend holds no raw client.
@@ -152,13 +162,13 @@ class ArqClient(Client):
 
 
 async def client_for(kind: str, url: str, queue: str) -> Client:
-    if kind == "ours":
+    if kind in OURS:
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None, redis_url=SecretStr(url), queue_name=queue, log_format="json"
         )
         producer = Producer(settings, registry=BENCH_REGISTRY)
         await producer.start()
-        return OurClient(producer)
+        return OurClient(producer, kind)
     redis = await create_pool(RedisSettings.from_dsn(url), default_queue_name=queue)
     return ArqClient(kind, redis, queue)
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 
 __all__ = ["drain_curves", "latency_cdf", "memory_curve"]
 
-COLORS = {"ours": "tab:green", "arq-tuned": "tab:orange", "arq-default": "tab:red"}
+COLORS = {"ours": "tab:green", "ours-before": "tab:blue", "arq-tuned": "tab:orange", "arq-default": "tab:red"}
 
 
 def latency_cdf(series: dict[str, list[float]], path: Path, title: str) -> None:

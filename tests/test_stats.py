@@ -32,7 +32,9 @@ async def test_stats_shows_depths_throughput_and_failure_rate(
                 await handle.result(timeout=10)
         await producer.enqueue_job("record", {"key": "later"}, defer_by=60)
         service = worker.service
-        await publish_once(service.backend, service.metrics.recent, service.worker.token, settings.queue_name)
+        await publish_once(
+            service.backend, service.metrics.recent, service.worker.token, settings.queue_name, lambda: []
+        )
 
     env = {
         **os.environ,

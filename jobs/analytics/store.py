@@ -18,7 +18,7 @@ from jobs.analytics.events import ROW_COLUMNS, decode_chunk
 
 __all__ = ["WriteResult", "write_chunks", "write_rows"]
 
-log = structlog.get_logger("jobs.analytics.store")
+log = structlog.get_logger(__name__)
 
 _STAGING = "analytics_events_staging"
 # Lives as long as the pooled connection; ON COMMIT DELETE ROWS empties it after each batch.

@@ -3,8 +3,8 @@
 Before delivering, a run claims the message's idempotency key. A key is free if it is new,
 if its last run failed (unless the provider refused it for good and this is the same job
 retrying, say the rest of a bulk send), or if its claim is stale: the lease expired (a crashed worker), or
-the claim belongs to an earlier try of the same job in the same mode (that try is over: arq
-and the inline runner start a try only after the previous one ended). A key that is `sent`
+the claim belongs to an earlier try of the same job in the same mode (that try is over: the
+worker and the inline executor start a try only after the previous one ended). A key that is `sent`
 is never claimed again: the re-run returns the recorded outcome instead.
 
 Sent but not recorded: once the provider has accepted a message, nothing may turn into a
@@ -35,7 +35,7 @@ from settings import Settings
 
 __all__ = ["SENT_MEMO", "Claim", "Claimant", "Delivery", "DeliveryStore", "SentMemo"]
 
-log = structlog.get_logger("jobs.email")
+log = structlog.get_logger(__name__)
 
 # Pauses between attempts to record a send; bounded so a job never waits long on a dead database.
 _RECORD_RETRY_DELAYS = (0.0, 0.1, 0.4, 1.0)

@@ -16,14 +16,12 @@ __all__ = [
     "RETRY_PREFIX",
     "WORKERS_KEY",
     "cache_key",
-    "done_key",
     "health_check_key",
     "in_progress_key",
     "job_key",
     "plugin_key",
     "result_key",
     "retry_key",
-    "running_key",
     "schedule_key",
     "wake_key",
     "worker_stats_key",
@@ -63,16 +61,6 @@ def health_check_key(queue: str) -> str:
 def wake_key(queue: str) -> str:
     """Touched by every enqueue; idle workers block on it (BZPOPMIN) instead of polling."""
     return queue + ":wake"
-
-
-def running_key(queue: str) -> str:
-    """Sorted set: running job id -> when its lock expires (ms). Read side only."""
-    return f"mb:running:{queue}"
-
-
-def done_key(queue: str) -> str:
-    """Sorted set: finished job id -> when it finished (ms), the most recent few. Read side only."""
-    return f"mb:done:{queue}"
 
 
 def cache_key(key: str) -> str:

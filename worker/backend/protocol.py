@@ -94,7 +94,6 @@ class Finished:
     job_id: str
     result: bytes | None = None
     run_again_at_ms: int | None = None
-    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +101,7 @@ class QueueCounts:
     queue: str
     queued: int  # due now
     deferred: int  # due later, not running
-    in_progress: int
-    recently_finished: int  # entries of the done index (the most recent finished jobs)
+    in_progress: int  # as the live workers' snapshots report it
 
 
 @dataclass(frozen=True, slots=True)

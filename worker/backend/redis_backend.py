@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 from redis.exceptions import ResponseError
 
 from core.clock import epoch_ms
@@ -37,8 +38,8 @@ __all__ = ["EXPIRES_EXTRA_MS", "RedisBackend"]
 
 # arq's default: a queued job's record outlives its start time by a day.
 EXPIRES_EXTRA_MS = 86_400_000
-# Finished jobs remembered by the done index, per queue (the read side's "recent" pages).
-DONE_INDEX_SIZE = 100_000
+# A worker snapshot lives 10 minutes; one older than that belongs to a worker that is gone.
+_SNAPSHOT_TTL_MS = 600_000
 
 
 def _text(value: Any) -> str:
@@ -138,7 +139,7 @@ class RedisBackend:
 
         Claimed jobs are scored `now_ms + lock_ms`, which is how a lost claim is found again.
         """
-        keys_ = (queue, keys.health_check_key(queue), keys.running_key(queue))
+        keys_ = (queue, keys.health_check_key(queue))
         args = (
             now_ms or epoch_ms(),
             lock_ms,
@@ -166,26 +167,23 @@ class RedisBackend:
             keys.IN_PROGRESS_PREFIX,
             keys.RETRY_PREFIX,
             keys.RESULT_PREFIX,
-            epoch_ms(),
-            DONE_INDEX_SIZE,
         ]
         for item in done:
             if item.run_again_at_ms is not None:
                 args += ("r", item.job_id, item.run_again_at_ms)
             else:
-                args += ("x" if item.failed else "f", item.job_id, item.result or b"")
-        keys_ = (queue, keys.wake_key(queue), keys.running_key(queue), keys.done_key(queue))
-        await self.link.script(scripts.FINISH, keys_, args)
+                args += ("f", item.job_id, item.result or b"")
+        await self.link.script(scripts.FINISH, (queue, keys.wake_key(queue)), args)
 
     async def release(self, queue: str, claimed_score: int, token: str) -> int:
         """Undo a claim whose reply was lost (jobs scored `claimed_score`, locked by `token`)."""
         args = (epoch_ms(), claimed_score, keys.IN_PROGRESS_PREFIX, keys.RETRY_PREFIX, token)
-        return int(await self.link.script(scripts.RELEASE, (queue, keys.running_key(queue)), args))
+        return int(await self.link.script(scripts.RELEASE, (queue,), args))
 
     async def extend(self, queue: str, job_ids: list[str], token: str, lock_ms: int) -> int:
         """Push back the locks this token still holds (and the jobs' queue scores with them)."""
         args = (epoch_ms(), lock_ms, keys.IN_PROGRESS_PREFIX, token, *job_ids)
-        return int(await self.link.script(scripts.EXTEND, (queue, keys.running_key(queue)), args))
+        return int(await self.link.script(scripts.EXTEND, (queue,), args))
 
     async def withdraw(self, queue: str, job_id: str) -> WithdrawOutcome:
         """Remove a queued job that no worker has started."""
@@ -208,49 +206,42 @@ class RedisBackend:
     # -- read side ---------------------------------------------------------------------------
 
     async def counts(self, queue: str) -> QueueCounts:
-        now = epoch_ms()
-        total, due, running, done = await self._replies(
-            ("ZCARD", queue),
-            ("ZCOUNT", queue, "-inf", now),
-            ("ZCOUNT", keys.running_key(queue), now, "+inf"),
-            ("ZCARD", keys.done_key(queue)),
-        )
-        # Running jobs sit in the queue too, scored at their lock's expiry (in the future).
-        deferred = max(int(total) - int(due) - int(running), 0)
-        return QueueCounts(queue, int(due), deferred, int(running), int(done))
+        """Jobs due, deferred and running. Running jobs sit in the queue too, scored at their
+        lock's expiry; how many there are comes from the workers' snapshots (no per-job index)."""
+        total, due = await self._replies(("ZCARD", queue), ("ZCOUNT", queue, "-inf", epoch_ms()))
+        running = sum(len(ids) for ids in (await self._running_ids(queue)).values())
+        return QueueCounts(queue, int(due), max(int(total) - int(due) - running, 0), running)
 
     async def jobs(self, queue: str, state: JobState, *, offset: int = 0, limit: int = 50) -> list[JobView]:
-        """A page of jobs in `state`: queued and deferred by start time, running by lock expiry,
-        finished (complete and failed together, as `COMPLETE`) newest first."""
-        now = epoch_ms()
+        """A page of jobs in `state`: queued and deferred by start time, running as the workers'
+        latest snapshots list them (at most 10 s old while they work). Finished jobs are not
+        indexed (that would cost commands on every job): look one up by id with `job()`; those
+        that failed for good are the ledger's dead letters."""
+        if state is JobState.IN_PROGRESS:
+            ids = sorted(i for ids in (await self._running_ids(queue)).values() for i in ids)
+            page = ids[offset : offset + limit]
+            if not page:
+                return []
+            (records,) = await self._replies(("MGET", *(keys.job_key(i) for i in page)))
+            return [
+                self._pending_view(queue, i, raw, None, state) for i, raw in zip(page, records, strict=True)
+            ]
         if state is JobState.QUEUED:
-            key, low, high, prefix, reverse = queue, "-inf", str(now), keys.JOB_PREFIX, False
-        elif state is JobState.IN_PROGRESS:
-            key, low, high, prefix, reverse = (
-                keys.running_key(queue),
-                str(now),
-                "+inf",
-                keys.JOB_PREFIX,
-                False,
-            )
+            low, high = "-inf", str(epoch_ms())
         elif state is JobState.DEFERRED:
-            key, low, high, prefix, reverse = queue, f"({now}", "+inf", keys.JOB_PREFIX, False
-        elif state in (JobState.COMPLETE, JobState.FAILED):
-            key, low, high, prefix, reverse = keys.done_key(queue), "-inf", "+inf", keys.RESULT_PREFIX, True
+            low, high = f"({epoch_ms()}", "+inf"
         else:
-            return []
-        args = (low, high, offset, limit, prefix, "1" if reverse else "0")
-        flat = await self.link.script(scripts.PAGE, (key,), args)
-        views = []
-        for i in range(0, len(flat), 3):
-            job_id, score, raw = _text(flat[i]), int(float(flat[i + 1])), flat[i + 2]
-            if prefix == keys.RESULT_PREFIX:
-                views.append(self._finished_view(queue, job_id, raw, score))
-            else:
-                views.append(self._pending_view(queue, job_id, raw, score, state))
+            raise ValueError(
+                f"jobs in state {state.value!r} are not listed: look one up by id, or read the dead letters"
+            )
+        flat = await self.link.script(scripts.PAGE, (queue,), (low, high, offset, limit, keys.JOB_PREFIX))
+        views = [
+            self._pending_view(queue, _text(flat[i]), flat[i + 2], int(float(flat[i + 1])), state)
+            for i in range(0, len(flat), 3)
+        ]
         if state is JobState.DEFERRED:
             # Running jobs share those scores; they are listed under IN_PROGRESS.
-            running = await self._running_among(queue, [v.job_id for v in views])
+            running = await self._running_among([v.job_id for v in views])
             views = [v for v in views if v.job_id not in running]
         return views
 
@@ -290,6 +281,21 @@ class RedisBackend:
             return []
         (raw,) = await self._replies(("MGET", *(keys.worker_stats_key(_text(i)) for i in ids)))
         return [bytes(r) for r in raw if r is not None]
+
+    async def _running_ids(self, queue: str) -> dict[str, list[str]]:
+        """Per live worker of `queue`, the ids of the jobs its latest snapshot says it runs."""
+        out: dict[str, list[str]] = {}
+        for raw in await self.worker_snapshots():
+            try:
+                snapshot = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(snapshot, dict) or snapshot.get("queue") != queue:
+                continue
+            ids = snapshot.get("running_ids")
+            if isinstance(ids, list):
+                out[str(snapshot.get("worker"))] = [i for i in ids if isinstance(i, str)]
+        return out
 
     async def server_info(self) -> ServerInfo:
         """The server's version and durability settings, read whatever the breaker says (for
@@ -349,7 +355,7 @@ class RedisBackend:
                 raise BackendRefused(f"Redis refused {command[0]}: {type(reply).__name__}: {reply}")
         return replies
 
-    async def _running_among(self, queue: str, job_ids: list[str]) -> set[str]:
+    async def _running_among(self, job_ids: list[str]) -> set[str]:
         if not job_ids:
             return set()
         replies = await self._replies(*(("EXISTS", keys.in_progress_key(i)) for i in job_ids))
@@ -383,10 +389,6 @@ class RedisBackend:
         return JobView(
             job_id, state, queue, record=record, result=result, score_ms=score, tries=result.job_try
         )
-
-
-# A worker snapshot lives 10 minutes; one older than that belongs to a worker that is gone.
-_SNAPSHOT_TTL_MS = 600_000
 
 
 class RedisBatchList:

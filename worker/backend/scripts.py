@@ -88,11 +88,9 @@ return out
 
 # Claims up to `limit` due jobs for one worker. For each: take the in-progress lock (holding the
 # worker's token), count the try in the retry key, and move its score to the lock's expiry. A
-# job locked by someone else is looked at again when that lock expires. Claimed jobs join the
-# running index (read side). Optionally writes the health key (arq's format plus the queue
-# length) and, with it, drops running-index entries whose lock ended an hour ago (a dead worker's).
-# KEYS: queue, health key, running index; ARGV: now ms, lock ms, limit, token, job prefix, lock
-# prefix, retry prefix, health text ('' = skip), health ttl.
+# job locked by someone else is looked at again when that lock expires. Optionally writes the
+# health key (arq's format plus the queue length). KEYS: queue, health key; ARGV: now ms, lock
+# ms, limit, token, job prefix, lock prefix, retry prefix, health text ('' = skip), health ttl.
 # Returns {more, next_due, then id, score, record or nil, try per claimed job}; `more` is 1 when
 # more jobs may be due, `next_due` the earliest score not yet due ('' when none).
 CLAIM = Script(
@@ -129,77 +127,63 @@ if n > 0 then
     keys[n + j] = ARGV[7] .. ids[j]
   end
   local vals = redis.call('MGET', unpack(keys))
-  local tries, running = {}, {}
+  local tries = {}
   for j = 1, n do
     local try = (tonumber(vals[n + j]) or 0) + 1
     tries[#tries + 1] = keys[n + j]
     tries[#tries + 1] = try
-    running[#running + 1] = locked_until
-    running[#running + 1] = ids[j]
     out[#out + 1] = ids[j]
     out[#out + 1] = scores[j]
     out[#out + 1] = vals[j]
     out[#out + 1] = try
   end
   redis.call('MSET', unpack(tries))
-  redis.call('ZADD', KEYS[3], unpack(running))
 end
 if #bump > 0 then redis.call('ZADD', KEYS[1], 'XX', unpack(bump)) end
 if ARGV[8] ~= '' then
   redis.call('PSETEX', KEYS[2], ARGV[9], ARGV[8] .. ' queued=' .. redis.call('ZCARD', KEYS[1]))
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 3600000)
 end
 return out
 """,
 )
 
-# Records a batch of finished attempts. KEYS: queue, wake, running index, done index; ARGV:
-# result ttl ms (0 = keep no result), job prefix, lock prefix, retry prefix, result prefix, now
-# ms, done index size, then per job: op, id, value.
-# op 'f' (finished, complete) or 'x' (finished, failed): value is arq's result record; the result
-# is kept, the job removed, and the id joins the done index (its most recent entries only).
+# Records a batch of finished attempts. KEYS: queue, wake; ARGV: result ttl ms (0 = keep no
+# result), job prefix, lock prefix, retry prefix, result prefix, then per job: op, id, value.
+# op 'f' (finished): value is arq's result record; the result is kept and the job removed.
 # op 'r' (run again): value is the new score; the lock is dropped, the try count kept, a
 # worker woken. Returns the number of entries applied. Applying a batch twice is harmless.
 FINISH = Script(
     "finish",
     """
-local ttl, now = tonumber(ARGV[1]), ARGV[6]
-local dels, zrem, zadd, done, ids = {}, {}, {}, {}, {}
-for i = 8, #ARGV, 3 do
+local ttl = tonumber(ARGV[1])
+local dels, zrem, zadd = {}, {}, {}
+for i = 6, #ARGV, 3 do
   local op, id = ARGV[i], ARGV[i + 1]
   dels[#dels + 1] = ARGV[3] .. id
-  ids[#ids + 1] = id
-  if op == 'r' then
-    zadd[#zadd + 1] = ARGV[i + 2]
-    zadd[#zadd + 1] = id
-  else
+  if op == 'f' then
     if ttl > 0 then redis.call('SET', ARGV[5] .. id, ARGV[i + 2], 'PX', ttl) end
     dels[#dels + 1] = ARGV[2] .. id
     dels[#dels + 1] = ARGV[4] .. id
     zrem[#zrem + 1] = id
-    done[#done + 1] = now
-    done[#done + 1] = id
+  else
+    zadd[#zadd + 1] = ARGV[i + 2]
+    zadd[#zadd + 1] = id
   end
 end
 if #dels > 0 then redis.call('DEL', unpack(dels)) end
-if #ids > 0 then redis.call('ZREM', KEYS[3], unpack(ids)) end
 if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end
-if #done > 0 then
-  redis.call('ZADD', KEYS[4], unpack(done))
-  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[7]) - 1)
-end
 if #zadd > 0 then
   redis.call('ZADD', KEYS[1], 'XX', unpack(zadd))
   redis.call('ZADD', KEYS[2], 0, 'w')
 end
-return (#ARGV - 7) / 3
+return (#ARGV - 5) / 3
 """,
 )
 
 # Undoes a claim whose reply was lost. Its jobs carry the score the claim gave them; for each
 # whose lock still holds our token: drop the lock, make the job due now and uncount the try
-# that never ran. KEYS: queue, running index; ARGV: now ms, claimed score, lock prefix, retry
-# prefix, token. Returns how many were released.
+# that never ran. KEYS: queue; ARGV: now ms, claimed score, lock prefix, retry prefix, token.
+# Returns how many were released.
 RELEASE = Script(
     "release",
     """
@@ -207,7 +191,6 @@ local released = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[2])) do
   if redis.call('GET', ARGV[3] .. id) == ARGV[5] then
     redis.call('DEL', ARGV[3] .. id)
-    redis.call('ZREM', KEYS[2], id)
     redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
     if redis.call('DECR', ARGV[4] .. id) <= 0 then redis.call('DEL', ARGV[4] .. id) end
     released = released + 1
@@ -325,9 +308,8 @@ return out
 )
 
 # Extends the locks this worker still holds, a running job's in-progress key and its queue
-# score together (the score is when the job becomes claimable again), and their running-index
-# entries. KEYS: queue, running index; ARGV: now ms, lock ms, lock prefix, token, ids... Returns
-# how many locks were still held.
+# score together (the score is when the job becomes claimable again). KEYS: queue; ARGV: now
+# ms, lock ms, lock prefix, token, ids... Returns how many locks were still held.
 EXTEND = Script(
     "extend",
     """
@@ -337,7 +319,6 @@ for i = 5, #ARGV do
   if redis.call('GET', ARGV[3] .. ARGV[i]) == ARGV[4] then
     redis.call('PEXPIRE', ARGV[3] .. ARGV[i], ARGV[2])
     redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i])
-    redis.call('ZADD', KEYS[2], 'XX', until_ms, ARGV[i])
     held = held + 1
   end
 end
@@ -358,18 +339,12 @@ return vals
 """,
 )
 
-# A page of jobs of one queue by state, with their records. KEYS: queue or index; ARGV: min
-# score, max score, offset, limit, record prefix, reverse ('1' newest first). Returns {id,
-# score, record or nil...}.
+# A page of a queue's jobs by score, with their records. KEYS: queue; ARGV: min score, max
+# score, offset, limit, job prefix. Returns {id, score, record or nil...}.
 PAGE = Script(
     "page",
     """
-local ids
-if ARGV[6] == '1' then
-  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[2], ARGV[1], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
-else
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
-end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[3], ARGV[4])
 local out = {}
 for i = 1, #ids, 2 do
   out[#out + 1] = ids[i]

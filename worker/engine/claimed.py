@@ -67,7 +67,7 @@ class ClaimedJobs:
             return Finished(job.job_id, result=result)
         error = attempt.error or JobFailed(job.job_id, "Error", "the job failed", "permanent")
         result = self._result(job.job_id, record, job_try, False, failure_value(error), start_ms)
-        return Finished(job.job_id, result=result, failed=True)
+        return Finished(job.job_id, result=result)
 
     @staticmethod
     def _decode(job: ClaimedJob) -> JobRecord:
@@ -105,7 +105,7 @@ class ClaimedJobs:
             duration_s=duration_s,
         )
         result = self._result(job.job_id, record, job.job_try, False, failure_value(error), start_ms)
-        return Finished(job.job_id, result=result, failed=True)
+        return Finished(job.job_id, result=result)
 
     def _result(
         self, job_id: str, record: JobRecord | None, job_try: int, success: bool, value: Any, start_ms: int

@@ -112,7 +112,11 @@ class WorkerService:
             background = [
                 asyncio.create_task(
                     publish_forever(
-                        self.backend, self.metrics.recent, self.worker.token, self.settings.queue_name
+                        self.backend,
+                        self.metrics.recent,
+                        self.worker.token,
+                        self.settings.queue_name,
+                        lambda: list(self.worker.tasks),
                     )
                 ),
                 asyncio.create_task(self._durability()),

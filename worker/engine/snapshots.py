@@ -1,13 +1,15 @@
-"""A worker's snapshot of its recent counts, written to the backend for `python -m worker stats`.
+"""A worker's snapshot, written to the backend for `python -m worker stats` and the read side:
+its recent counts and the ids of the jobs it runs now.
 
 Every 10 s while jobs finish and every 5 minutes when idle, so watching costs an idle worker a
-few hundred Redis commands a day.
+few hundred Redis commands a day, and nothing is written per job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from core.errors import BackendError
 from worker.backend import QueueBackend
@@ -20,11 +22,16 @@ PUBLISH_IDLE_S = 300.0
 SNAPSHOT_TTL_MS = 600_000
 
 
-async def publish_once(backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str) -> None:
-    await backend.publish_snapshot(worker_id, counts.snapshot(worker_id, queue), SNAPSHOT_TTL_MS)
+async def publish_once(
+    backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str, running: Callable[[], list[str]]
+) -> None:
+    snapshot = counts.snapshot(worker_id, queue, running_ids=running())
+    await backend.publish_snapshot(worker_id, snapshot, SNAPSHOT_TTL_MS)
 
 
-async def publish_forever(backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str) -> None:
+async def publish_forever(
+    backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str, running: Callable[[], list[str]]
+) -> None:
     last = 0.0
     while True:
         await asyncio.sleep(1.0)
@@ -34,7 +41,7 @@ async def publish_forever(backend: QueueBackend, counts: RecentCounts, worker_id
         ):
             continue
         try:
-            await publish_once(backend, counts, worker_id, queue)
+            await publish_once(backend, counts, worker_id, queue, running)
             last = time.monotonic()
         except BackendError:
             continue  # the claim loop reports outages; stats just wait for the next round

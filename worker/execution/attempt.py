@@ -112,7 +112,9 @@ class AttemptRunner:
                 reported=ctx.report,
             )
             try:
-                await self.outcomes.finished(end)
+                self.outcomes.account(end)
+                if self.outcomes.needs_record(end):
+                    await self.outcomes.record(end)
             finally:
                 structlog.contextvars.reset_contextvars(**bound)
 

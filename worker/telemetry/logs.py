@@ -1,7 +1,7 @@
 """Logging, configured once at the entry point (CLI or the web app's startup).
 
 structlog renders JSON (one object per line) in production and readable lines on a terminal.
-Standard-library loggers (arq, asyncio, ...) are routed through the same renderer. Job context
+Standard-library loggers (asyncio, httpx, ...) are routed through the same renderer. Job context
 is bound through contextvars so every line a job logs carries its id, name and mode.
 """
 
@@ -57,8 +57,6 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
-    # arq's own lines repeat ours and print job arguments; keep only its warnings and errors.
-    logging.getLogger("arq").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     # The SendGrid SDK's HTTP client logs request headers (the API key) at DEBUG.
     logging.getLogger("python_http_client").setLevel(logging.WARNING)
     # httpx logs every request at INFO; the job's own line already says what happened.
