@@ -2,7 +2,8 @@
 
 Records keep arq's layout, so arq's `Job` API reads our jobs:
 
-- a job record is `{"t": try or null, "f": job name, "a": [], "k": {kwargs}, "et": enqueue ms}`;
+- a job record is `{"t": try or null, "f": job name, "a": [], "k": {kwargs}, "et": enqueue ms}`,
+  plus `"tp"`, the W3C `traceparent` of the request that enqueued it, when there was one;
 - a result record adds `"s"` (success), `"r"` (the value, or for a failure
   `{"__error__": {"type", "message", "kind"}}`), `"st"` / `"ft"` (start and finish ms), `"q"`
   (queue) and `"id"` (job id).
@@ -14,6 +15,7 @@ that is not a record we would have written.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "error_from_value",
     "failure_value",
     "json_value",
+    "valid_traceparent",
 ]
 
 ERROR_KEY = "__error__"
@@ -57,6 +60,7 @@ class JobRecord:
     kwargs: dict[str, Any]
     enqueue_ms: int
     job_try: int | None = None
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: made per job, and frozen init costs ~0.3 µs a field
@@ -71,6 +75,7 @@ class ResultRecord:
     start_ms: int
     finish_ms: int
     queue: str
+    traceparent: str | None = None
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -84,8 +89,33 @@ class ResultRecord:
         }
 
 
-def encode_job(name: str, kwargs: dict[str, Any], *, enqueue_ms: int, job_try: int | None = None) -> bytes:
-    return orjson.dumps({"t": job_try, "f": name, "a": [], "k": kwargs, "et": enqueue_ms})
+# W3C Trace Context: version-trace id-parent id-flags, lowercase hex.
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def valid_traceparent(value: object) -> bool:
+    """A well-formed W3C `traceparent` (an all-zero trace or parent id is invalid, as the spec says)."""
+    return (
+        isinstance(value, str)
+        and _TRACEPARENT.match(value) is not None
+        and value[3:35] != "0" * 32
+        and value[36:52] != "0" * 16
+        and value[:2] != "ff"
+    )
+
+
+def encode_job(
+    name: str,
+    kwargs: dict[str, Any],
+    *,
+    enqueue_ms: int,
+    job_try: int | None = None,
+    traceparent: str | None = None,
+) -> bytes:
+    record: dict[str, Any] = {"t": job_try, "f": name, "a": [], "k": kwargs, "et": enqueue_ms}
+    if traceparent is not None:
+        record["tp"] = traceparent
+    return orjson.dumps(record)
 
 
 def _load_object(raw: bytes, what: str) -> dict[str, Any]:
@@ -119,7 +149,10 @@ def decode_job(raw: bytes) -> JobRecord:
         or not 0 <= enqueued < _MAX_PLAUSIBLE_MS
     ):
         enqueued = epoch_ms()
-    return JobRecord(name, kwargs, int(enqueued), job_try)
+    traceparent = record.get("tp")
+    return JobRecord(
+        name, kwargs, int(enqueued), job_try, traceparent if valid_traceparent(traceparent) else None
+    )
 
 
 def encode_result(result: ResultRecord) -> bytes:
@@ -127,22 +160,22 @@ def encode_result(result: ResultRecord) -> bytes:
     value = result.value
     if not result.success and error_from_value(value) is None:
         value = {ERROR_KEY: {"type": "Error", "message": str(value), "kind": "permanent"}}
-    return orjson.dumps(
-        {
-            "t": result.job_try,
-            "f": result.name,
-            "a": [],
-            "k": result.kwargs,
-            "et": result.enqueue_ms,
-            "s": result.success,
-            "r": value,
-            "st": result.start_ms,
-            "ft": result.finish_ms,
-            "q": result.queue,
-            "id": result.job_id,
-        },
-        option=orjson.OPT_NON_STR_KEYS,
-    )
+    record = {
+        "t": result.job_try,
+        "f": result.name,
+        "a": [],
+        "k": result.kwargs,
+        "et": result.enqueue_ms,
+        "s": result.success,
+        "r": value,
+        "st": result.start_ms,
+        "ft": result.finish_ms,
+        "q": result.queue,
+        "id": result.job_id,
+    }
+    if result.traceparent is not None:
+        record["tp"] = result.traceparent
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
 
 
 def failure_value(error: JobFailed) -> dict[str, Any]:
@@ -174,6 +207,7 @@ def decode_result(raw: bytes, job_id: str = "") -> ResultRecord:
         start_ms=ms("st"),
         finish_ms=ms("ft"),
         queue=str(record.get("q") or ""),
+        traceparent=record["tp"] if valid_traceparent(record.get("tp")) else None,
     )
 
 

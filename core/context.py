@@ -28,3 +28,5 @@ class JobContext:
     deps: Deps
     log: structlog.typing.FilteringBoundLogger
     report: dict[str, Any] = field(default_factory=dict)
+    # The W3C traceparent of the request that enqueued the job, when it came with one.
+    traceparent: str | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import orjson
 import pytest
 
 from core.errors import JobFailed, JobValidationError, UnknownJobError
@@ -106,3 +109,20 @@ async def test_unknown_job_by_function_object(producer: Producer) -> None:
 async def test_enqueue_by_function_checks_keyword_arguments(producer: Producer) -> None:
     with pytest.raises(JobValidationError, match="argument 'key'"):
         await producer.enqueue(record, key=7)  # type: ignore[arg-type]
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_traceparent_joins_the_jobs_log_lines_to_its_request(
+    producer: Producer, log_output: io.StringIO
+) -> None:
+    handle = await producer.enqueue_job("record", {"key": "traced"}, traceparent=TRACEPARENT)
+    await handle.result(timeout=5)
+    lines = [orjson.loads(line) for line in log_output.getvalue().splitlines() if line.startswith("{")]
+    [finished] = [
+        line for line in lines if line["event"] == "job finished" and line["job_id"] == handle.job_id
+    ]
+    assert finished["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    with pytest.raises(JobValidationError, match="traceparent: 'not-a-trace' is not a W3C traceparent"):
+        await producer.enqueue_job("record", {"key": "x"}, traceparent="not-a-trace")

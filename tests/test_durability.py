@@ -47,7 +47,9 @@ async def test_spooled_jobs_are_delivered_once_when_redis_returns(own_redis: Red
     try:
         async with Producer(settings, registry=TEST_REGISTRY) as producer:
             await asyncio.to_thread(own_redis.stop)
-            handles = [await producer.enqueue_job("record_spooled", {"key": f"s{i}"}) for i in range(50)]
+            handles = [await producer.enqueue_job("record_spooled", {"key": f"s{i}"}) for i in range(49)]
+            traced = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            handles.append(await producer.enqueue_job("record_spooled", {"key": "s49"}, traceparent=traced))
             deferred = await producer.enqueue_job("record", {"key": "deferred"}, defer_by=2.0)
             spooled_at = time.monotonic()
             assert {h.mode for h in handles} | {deferred.mode} == {"spooled"}
@@ -62,6 +64,11 @@ async def test_spooled_jobs_are_delivered_once_when_redis_returns(own_redis: Red
     finally:
         await worker.stop()
     assert [r["key"] for r in results] == [f"s{i}" for i in range(50)]
+    # The relayed job kept the trace of the request that spooled it.
+    assert (
+        orjson.loads(await raw_redis(settings).get(f"arq:result:{handles[-1].job_id}") or b"{}")["tp"]
+        == traced
+    )
     assert Counter(key for key, _, _ in RUNS) == Counter({f"s{i}": 1 for i in range(50)} | {"deferred": 1})
     assert ran_after >= 2.0  # the deferred job did not run before its time
     assert await _spool_count(settings.database_url.get_secret_value(), settings.queue_name) == 0

@@ -146,7 +146,14 @@ class QueueBackend(Protocol):
 
     # -- write side --------------------------------------------------------------------------
     async def enqueue(
-        self, queue: str, *, job_id: str, name: str, kwargs: dict[str, Any], defer_by_s: float | None = None
+        self,
+        queue: str,
+        *,
+        job_id: str,
+        name: str,
+        kwargs: dict[str, Any],
+        defer_by_s: float | None = None,
+        traceparent: str | None = None,
     ) -> EnqueueReply: ...
 
     async def enqueue_many(

@@ -81,13 +81,20 @@ class RedisBackend:
     # -- write side --------------------------------------------------------------------------
 
     async def enqueue(
-        self, queue: str, *, job_id: str, name: str, kwargs: dict[str, Any], defer_by_s: float | None = None
+        self,
+        queue: str,
+        *,
+        job_id: str,
+        name: str,
+        kwargs: dict[str, Any],
+        defer_by_s: float | None = None,
+        traceparent: str | None = None,
     ) -> EnqueueReply:
         """Queue one job atomically in one round trip (raises `NotSent` or `ReplyLost`)."""
         now_ms = epoch_ms()
         score = now_ms + int((defer_by_s or 0) * 1000)
         keys_ = (keys.job_key(job_id), keys.result_key(job_id), queue, keys.wake_key(queue))
-        record = encode_job(name, kwargs, enqueue_ms=now_ms)
+        record = encode_job(name, kwargs, enqueue_ms=now_ms, traceparent=traceparent)
         args = (record, score - now_ms + EXPIRES_EXTRA_MS, score, job_id)
         reply = await self.link.script(scripts.ENQUEUE, keys_, args)
         return EnqueueReply.QUEUED if reply == 1 else EnqueueReply.DUPLICATE
@@ -385,7 +392,7 @@ class RedisBackend:
         except CodecError as exc:
             return JobView(job_id, JobState.FAILED, queue, score_ms=score, problem=str(exc))
         state = JobState.COMPLETE if result.success else JobState.FAILED
-        record = JobRecord(result.name, result.kwargs, result.enqueue_ms, result.job_try)
+        record = JobRecord(result.name, result.kwargs, result.enqueue_ms, result.job_try, result.traceparent)
         return JobView(
             job_id, state, queue, record=record, result=result, score_ms=score, tries=result.job_try
         )

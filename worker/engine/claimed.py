@@ -58,6 +58,7 @@ class ClaimedJobs:
             job_try=job_try,
             mode="queued",
             enqueue_time=datetime.fromtimestamp(record.enqueue_ms / 1000, UTC),
+            traceparent=record.traceparent,
         )
         if attempt.outcome == "retry":
             again = epoch_ms() + int((attempt.retry_in or 0) * 1000)
@@ -122,5 +123,6 @@ class ClaimedJobs:
                 start_ms=start_ms,
                 finish_ms=epoch_ms(),
                 queue=self._queue,
+                traceparent=record.traceparent if record is not None else None,
             )
         )

@@ -72,10 +72,12 @@ class AttemptRunner:
         job_try: int,
         mode: Mode,
         enqueue_time: datetime | None = None,
+        traceparent: str | None = None,
     ) -> Attempt:
-        bound = structlog.contextvars.bind_contextvars(
-            job_id=job_id, job=job.name, mode=mode, job_try=job_try
-        )
+        fields: dict[str, Any] = {"job_id": job_id, "job": job.name, "mode": mode, "job_try": job_try}
+        if traceparent is not None:  # every line of the job joins the request that enqueued it
+            fields["trace_id"] = traceparent[3:35]
+        bound = structlog.contextvars.bind_contextvars(**fields)
         ctx = JobContext(
             job_id=job_id,
             job_name=job.name,
@@ -85,6 +87,7 @@ class AttemptRunner:
             enqueue_time=enqueue_time or datetime.now(UTC),
             deps=self.deps,
             log=log.bind(),
+            traceparent=traceparent,
         )
         started = time.perf_counter()
         self.outcomes.started(job.name, mode)

@@ -75,6 +75,7 @@ class SpooledJob:
     queue: str
     run_at: datetime
     durable: bool
+    traceparent: str | None = None
 
     @property
     def defer_by_s(self) -> float | None:
@@ -89,6 +90,7 @@ class DurableRecord:
     kwargs: dict[str, Any]
     queue: str
     run_at: datetime
+    traceparent: str | None = None
 
     @property
     def defer_by_s(self) -> float | None:
@@ -117,6 +119,13 @@ class InlineOutcome:
     error: dict[str, Any] | None
     tries: int
     finished_at: datetime
+
+
+def _spooled(row: asyncpg.Record) -> SpooledJob:
+    return SpooledJob(
+        row["seq"], row["job_id"], row["job_name"], orjson.loads(row["payload"]),
+        row["queue"], row["run_at"], row["durable"], row["traceparent"],
+    )  # fmt: skip
 
 
 def _dead_letter(row: asyncpg.Record) -> DeadLetter:
@@ -253,13 +262,20 @@ class Ledger:
         return await self._record("inline outcome", job_id, write)
 
     async def durable_recorded(
-        self, *, job_id: str, name: str, kwargs: dict[str, Any], queue: str, run_at: datetime | None = None
+        self,
+        *,
+        job_id: str,
+        name: str,
+        kwargs: dict[str, Any],
+        queue: str,
+        run_at: datetime | None = None,
+        traceparent: str | None = None,
     ) -> bool:
         async def write(pool: asyncpg.Pool) -> None:
             await pool.execute(
-                "INSERT INTO durable_jobs (job_id, job_name, payload, queue, run_at)"
-                " VALUES ($1, $2, $3::jsonb, $4, $5) ON CONFLICT (job_id) DO NOTHING",
-                job_id, name, _json(kwargs), queue, run_at or datetime.now(UTC),
+                "INSERT INTO durable_jobs (job_id, job_name, payload, queue, run_at, traceparent)"
+                " VALUES ($1, $2, $3::jsonb, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING",
+                job_id, name, _json(kwargs), queue, run_at or datetime.now(UTC), traceparent,
             )  # fmt: skip
 
         return await self._record("durable job", job_id, write)
@@ -295,6 +311,7 @@ class Ledger:
         queue: str,
         run_at: datetime | None = None,
         durable: bool = False,
+        traceparent: str | None = None,
     ) -> bool:
         """Insert one job (in the caller's transaction when `conn` is in one; the process's pool
         when None); False if the id is already spooled. Raises `PG_DOWN_ERRORS`.
@@ -303,15 +320,17 @@ class Ledger:
         """
         target = conn if conn is not None else await self.pool()
         status = await target.execute(
-            "WITH ins AS (INSERT INTO job_spool (job_id, job_name, payload, queue, run_at, durable)"
-            " VALUES ($1, $2, $3::jsonb, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING RETURNING 1)"
-            " SELECT pg_notify($7, '') FROM ins",
+            "WITH ins AS (INSERT INTO job_spool"
+            " (job_id, job_name, payload, queue, run_at, durable, traceparent)"
+            " VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING RETURNING 1)"
+            " SELECT pg_notify($8, '') FROM ins",
             job_id,
             name,
             _json(kwargs),
             queue,
             run_at or datetime.now(UTC),
             durable,
+            traceparent,
             NOTIFY_CHANNEL,
         )
         return str(status).endswith(" 1")
@@ -325,16 +344,13 @@ class Ledger:
         so several relays never deliver one twice."""
         async with (await self.pool()).acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT seq, job_id, job_name, payload, queue, run_at, durable FROM job_spool"
+                "SELECT seq, job_id, job_name, payload, queue, run_at, durable, traceparent FROM job_spool"
                 " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
                 limit,
             )
             delivered: list[asyncpg.Record] = []
             for row in rows:
-                job = SpooledJob(
-                    row["seq"], row["job_id"], row["job_name"], orjson.loads(row["payload"]),
-                    row["queue"], row["run_at"], row["durable"],
-                )  # fmt: skip
+                job = _spooled(row)
                 if not await deliver(job):
                     break  # this row and the rest stay in the spool for the next round
                 delivered.append(row)
@@ -343,10 +359,10 @@ class Ledger:
                     "DELETE FROM job_spool WHERE seq = ANY($1::bigint[])", [r["seq"] for r in delivered]
                 )
                 await conn.executemany(
-                    "INSERT INTO durable_jobs (job_id, job_name, payload, queue, run_at)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
-                    [(r["job_id"], r["job_name"], r["payload"], r["queue"], r["run_at"]) for r in delivered
-                     if r["durable"]],
+                    "INSERT INTO durable_jobs (job_id, job_name, payload, queue, run_at, traceparent)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id) DO NOTHING",
+                    [(r["job_id"], r["job_name"], r["payload"], r["queue"], r["run_at"], r["traceparent"])
+                     for r in delivered if r["durable"]],
                 )  # fmt: skip
         return len(rows), len(delivered)
 
@@ -374,7 +390,7 @@ class Ledger:
         pool = await self.pool()
         await pool.execute("DELETE FROM durable_jobs d USING inline_outcomes i WHERE i.job_id = d.job_id")
         rows = await pool.fetch(
-            "SELECT job_id, job_name, payload, queue, run_at FROM durable_jobs"
+            "SELECT job_id, job_name, payload, queue, run_at, traceparent FROM durable_jobs"
             " WHERE created_at < now() - make_interval(secs => $1)"
             " AND (inline_until IS NULL OR inline_until < now())"
             " ORDER BY created_at LIMIT $2",
@@ -382,7 +398,14 @@ class Ledger:
             limit,
         )
         return [
-            DurableRecord(r["job_id"], r["job_name"], orjson.loads(r["payload"]), r["queue"], r["run_at"])
+            DurableRecord(
+                r["job_id"],
+                r["job_name"],
+                orjson.loads(r["payload"]),
+                r["queue"],
+                r["run_at"],
+                r["traceparent"],
+            )
             for r in rows
         ]
 
@@ -402,15 +425,11 @@ class Ledger:
 
     async def spooled(self, job_id: str) -> SpooledJob | None:
         row = await (await self.pool()).fetchrow(
-            "SELECT seq, job_id, job_name, payload, queue, run_at, durable FROM job_spool WHERE job_id = $1",
+            "SELECT seq, job_id, job_name, payload, queue, run_at, durable, traceparent FROM job_spool"
+            " WHERE job_id = $1",
             job_id,
         )
-        if row is None:
-            return None
-        return SpooledJob(
-            row["seq"], row["job_id"], row["job_name"], orjson.loads(row["payload"]),
-            row["queue"], row["run_at"], row["durable"],
-        )  # fmt: skip
+        return None if row is None else _spooled(row)
 
     async def spool_backlog(self) -> int:
         return int(await (await self.pool()).fetchval("SELECT count(*) FROM job_spool"))

@@ -54,6 +54,7 @@ class DurableReconciler:
                 name=record.name,
                 kwargs=record.kwargs,
                 defer_by_s=record.defer_by_s,
+                traceparent=record.traceparent,
             )
             await self._ledger.durable_requeued(record.job_id)
             log.warning("durable job lost by Redis, queued again", job_id=record.job_id, job=record.name)

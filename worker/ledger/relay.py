@@ -54,7 +54,12 @@ class SpoolRelay:
     async def _deliver(self, job: SpooledJob) -> bool:
         try:
             reply = await self._backend.enqueue(
-                job.queue, job_id=job.job_id, name=job.name, kwargs=job.kwargs, defer_by_s=job.defer_by_s
+                job.queue,
+                job_id=job.job_id,
+                name=job.name,
+                kwargs=job.kwargs,
+                defer_by_s=job.defer_by_s,
+                traceparent=job.traceparent,
             )
         except BackendUnavailable:
             return False

@@ -28,6 +28,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -35,7 +36,7 @@ import asyncpg
 import structlog
 
 from core.clock import epoch_ms
-from core.codec import encode_job
+from core.codec import encode_job, valid_traceparent
 from core.context import JobContext
 from core.enqueue import ENQUEUE, EnqueueOutcome
 from core.errors import EnqueueError, JobValidationError, NotSent, ReplyLost
@@ -74,6 +75,28 @@ def _new_job_ids(count: int) -> list[str]:
 
 def _run_at(defer_by: float | None) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=defer_by or 0)
+
+
+def _trace(traceparent: str | None) -> str | None:
+    if traceparent is not None and not valid_traceparent(traceparent):
+        shown = repr(traceparent) if len(traceparent) <= 80 else repr(traceparent[:77] + "...")
+        raise JobValidationError(
+            f"traceparent: {shown} is not a W3C traceparent; "
+            "use 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>"
+        )
+    return traceparent
+
+
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    """One validated job on its way: where it goes is decided from here on."""
+
+    definition: JobDefinition[Any, Any]
+    payload: dict[str, Any]
+    job_id: str
+    defer_by: float | None = None
+    background: bool = False
+    traceparent: str | None = None
 
 
 class Producer:
@@ -179,6 +202,7 @@ class Producer:
         job_id: str | None = None,
         defer_by: float | None = None,
         background: bool = False,
+        traceparent: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue by function, definition or registered name.
 
@@ -186,11 +210,16 @@ class Producer:
         in Redis creates nothing and returns a handle with `duplicate=True`. `defer_by` delays
         the start; a deferred job is never run early, so it is spooled or refused while Redis is
         down. With `background=True` an inline run returns at once and runs as a tracked task.
+        `traceparent` (W3C Trace Context) travels with the job, so its log lines join the trace
+        of the request that enqueued it.
         """
         definition = self.registry.get(job)
         payload = definition.payload(kwargs or {}, max_bytes=self.settings.max_payload_bytes)
         definition.check_settings(self.settings)
-        return await self._submit(definition, payload, job_id or uuid.uuid4().hex, defer_by, background)
+        sub = _Submission(
+            definition, payload, job_id or uuid.uuid4().hex, defer_by, background, _trace(traceparent)
+        )
+        return await self._submit(sub)
 
     async def enqueue_json(
         self, job: JobRef, raw_args: str | bytes, *, job_id: str | None = None, inline: bool = False
@@ -199,10 +228,10 @@ class Producer:
         definition = self.registry.get(job)
         payload = definition.payload_from_json(raw_args, max_bytes=self.settings.max_payload_bytes)
         definition.check_settings(self.settings)
-        job_id = job_id or uuid.uuid4().hex
+        sub = _Submission(definition, payload, job_id or uuid.uuid4().hex)
         if inline:
-            return await self._run_inline(definition, payload, job_id, background=False)
-        return await self._submit(definition, payload, job_id, None, False)
+            return await self._run_inline(sub)
+        return await self._submit(sub)
 
     async def enqueue_in_transaction(
         self,
@@ -212,6 +241,7 @@ class Producer:
         *,
         job_id: str | None = None,
         defer_by: float | None = None,
+        traceparent: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue as part of the caller's open transaction on `conn` (the outbox pattern).
 
@@ -234,6 +264,7 @@ class Producer:
             queue=self.settings.queue_name,
             run_at=_run_at(defer_by),
             durable=definition.durable,
+            traceparent=_trace(traceparent),
         )
         return JobHandle(job_id, definition.name, "spooled", backend=self.backend)
 
@@ -245,6 +276,7 @@ class Producer:
         job_ids: Sequence[str] | None = None,
         defer_by: float | None = None,
         background: bool = False,
+        traceparent: str | None = None,
     ) -> list[JobHandle[Any]]:
         """Enqueue many jobs of one kind; one handle per job, in order.
 
@@ -265,12 +297,18 @@ class Producer:
                 f"{definition.name}: {len(ids)} job ids for {len(payloads)} jobs; give one id per job"
             )
         queue = self.settings.queue_name
+        trace = _trace(traceparent)
         if definition.durable and self.backend.usable:
             for job_id, payload in zip(ids, payloads, strict=True):
                 await self.ledger.durable_recorded(
-                    job_id=job_id, name=definition.name, kwargs=payload, queue=queue, run_at=_run_at(defer_by)
+                    job_id=job_id,
+                    name=definition.name,
+                    kwargs=payload,
+                    queue=queue,
+                    run_at=_run_at(defer_by),
+                    traceparent=trace,
                 )
-        replies = await self._send_many(definition.name, ids, payloads, defer_by)
+        replies = await self._send_many(definition.name, ids, payloads, defer_by, trace)
         handles: list[JobHandle[Any] | None] = [None] * len(ids)
         left = []
         for i, reply in enumerate(replies):
@@ -287,7 +325,8 @@ class Producer:
             log.warning("bulk enqueue falling back", job=definition.name, count=len(left))
         try:
             for i in left:
-                handles[i] = await self._fall_back(definition, payloads[i], ids[i], defer_by, background)
+                sub = _Submission(definition, payloads[i], ids[i], defer_by, background, trace)
+                handles[i] = await self._fall_back(sub)
         except EnqueueError as exc:
             raise EnqueueError(str(exc), queued=[h for h in handles if h is not None]) from None
         return [h for h in handles if h is not None]
@@ -321,64 +360,66 @@ class Producer:
         return sink
 
     async def _send_many(
-        self, name: str, ids: list[str], payloads: list[dict[str, Any]], defer_by: float | None
+        self,
+        name: str,
+        ids: list[str],
+        payloads: list[dict[str, Any]],
+        defer_by: float | None,
+        traceparent: str | None,
     ) -> list[EnqueueReply]:
         if not self.backend.usable:
             return [EnqueueReply.NOT_SENT] * len(ids)
         now_ms = epoch_ms()
         score = now_ms + int((defer_by or 0) * 1000)
         jobs = [
-            NewJob(job_id, encode_job(name, payload, enqueue_ms=now_ms), score)
+            NewJob(job_id, encode_job(name, payload, enqueue_ms=now_ms, traceparent=traceparent), score)
             for job_id, payload in zip(ids, payloads, strict=True)
         ]
         return await self.backend.enqueue_many(
             self.settings.queue_name, jobs, batch_size=self.settings.worker_batch_size
         )
 
-    async def _submit(
-        self,
-        definition: JobDefinition[Any, Any],
-        payload: dict[str, Any],
-        job_id: str,
-        defer_by: float | None,
-        background: bool,
-    ) -> JobHandle[Any]:
+    async def _submit(self, sub: _Submission) -> JobHandle[Any]:
         if not self.backend.usable:
-            return await self._fall_back(definition, payload, job_id, defer_by, background)
-        queue = self.settings.queue_name
-        if definition.durable:
+            return await self._fall_back(sub)
+        queue, name = self.settings.queue_name, sub.definition.name
+        if sub.definition.durable:
             await self.ledger.durable_recorded(
-                job_id=job_id, name=definition.name, kwargs=payload, queue=queue, run_at=_run_at(defer_by)
+                job_id=sub.job_id,
+                name=name,
+                kwargs=sub.payload,
+                queue=queue,
+                run_at=_run_at(sub.defer_by),
+                traceparent=sub.traceparent,
             )
         try:
             reply = await self.backend.enqueue(
-                queue, job_id=job_id, name=definition.name, kwargs=payload, defer_by_s=defer_by
+                queue,
+                job_id=sub.job_id,
+                name=name,
+                kwargs=sub.payload,
+                defer_by_s=sub.defer_by,
+                traceparent=sub.traceparent,
             )
         except NotSent:
-            return await self._fall_back(definition, payload, job_id, defer_by, background)
+            return await self._fall_back(sub)
         except ReplyLost:
-            self._ambiguous.add(queue, job_id)
-            log.warning("enqueue reply lost, running inline", job_id=job_id, job=definition.name)
-            return await self._fall_back(definition, payload, job_id, defer_by, background)
+            self._ambiguous.add(queue, sub.job_id)
+            log.warning("enqueue reply lost, running inline", job_id=sub.job_id, job=name)
+            return await self._fall_back(sub)
         duplicate = reply is EnqueueReply.DUPLICATE
-        return JobHandle(job_id, definition.name, "queued", duplicate=duplicate, backend=self.backend)
+        return JobHandle(sub.job_id, name, "queued", duplicate=duplicate, backend=self.backend)
 
-    async def _fall_back(
-        self,
-        definition: JobDefinition[Any, Any],
-        payload: dict[str, Any],
-        job_id: str,
-        defer_by: float | None,
-        background: bool,
-    ) -> JobHandle[Any]:
+    async def _fall_back(self, sub: _Submission) -> JobHandle[Any]:
         """Redis is unusable: spool, run inline or refuse, as `routing.decide` says."""
+        definition = sub.definition
         state = LinkState.DOWN if self.backend.state is LinkState.UP else self.backend.state
         spool_failed = False
         while True:
             decision = decide(
                 fallback=definition.fallback,
                 inline_if_spool_down=definition.inline_if_spool_down,
-                deferred=bool(defer_by),
+                deferred=bool(sub.defer_by),
                 backend=state,
                 spool_failed=spool_failed,
             )
@@ -387,39 +428,34 @@ class Producer:
             if decision.route is Route.SPOOL:
                 # A spooled copy of a job whose enqueue reply was lost is harmless: the relay's
                 # enqueue deduplicates by job id.
-                if await self._try_spool(definition, payload, job_id, defer_by):
-                    return JobHandle(job_id, definition.name, "spooled", backend=self.backend)
+                if await self._try_spool(sub):
+                    return JobHandle(sub.job_id, definition.name, "spooled", backend=self.backend)
                 spool_failed = True
                 continue
             self._inline_count += 1
             self.metrics.inline_fallback(definition.name)
             if definition.durable and state is not LinkState.DISABLED:
                 # Its durable record may exist (written before the enqueue failed): hold it.
-                await self.ledger.durable_running_inline(job_id, lease_s=self._inline.lease_s(definition))
-            return await self._run_inline(definition, payload, job_id, background=background)
+                await self.ledger.durable_running_inline(sub.job_id, lease_s=self._inline.lease_s(definition))
+            return await self._run_inline(sub)
 
-    async def _try_spool(
-        self,
-        definition: JobDefinition[Any, Any],
-        payload: dict[str, Any],
-        job_id: str,
-        defer_by: float | None,
-    ) -> bool:
+    async def _try_spool(self, sub: _Submission) -> bool:
         try:
             async with asyncio.timeout(5):
                 await self.ledger.spool(
                     None,
-                    job_id=job_id,
-                    name=definition.name,
-                    kwargs=payload,
+                    job_id=sub.job_id,
+                    name=sub.definition.name,
+                    kwargs=sub.payload,
                     queue=self.settings.queue_name,
-                    run_at=_run_at(defer_by),
-                    durable=definition.durable,
+                    run_at=_run_at(sub.defer_by),
+                    durable=sub.definition.durable,
+                    traceparent=sub.traceparent,
                 )
         except PG_DOWN_ERRORS as exc:
-            log.error("could not spool job: Postgres unreachable", job_id=job_id, error=str(exc))
+            log.error("could not spool job: Postgres unreachable", job_id=sub.job_id, error=str(exc))
             return False
-        log.info("job spooled until Redis returns", job_id=job_id, job=definition.name)
+        log.info("job spooled until Redis returns", job_id=sub.job_id, job=sub.definition.name)
         self._start_relay()
         return True
 
@@ -433,8 +469,12 @@ class Producer:
             self.backend.on_up(wake)
             self._relay_task = asyncio.get_running_loop().create_task(relay.run_forever())
 
-    async def _run_inline(
-        self, definition: JobDefinition[Any, Any], payload: dict[str, Any], job_id: str, *, background: bool
-    ) -> JobHandle[Any]:
-        task = await self._inline.start(definition, job_id=job_id, kwargs=payload, background=background)
-        return JobHandle(job_id, definition.name, "inline", task=task)
+    async def _run_inline(self, sub: _Submission) -> JobHandle[Any]:
+        task = await self._inline.start(
+            sub.definition,
+            job_id=sub.job_id,
+            kwargs=sub.payload,
+            background=sub.background,
+            traceparent=sub.traceparent,
+        )
+        return JobHandle(sub.job_id, sub.definition.name, "inline", task=task)

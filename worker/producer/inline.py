@@ -29,14 +29,26 @@ class InlineExecutor:
         self._slots = asyncio.Semaphore(settings.inline_max_background)
 
     async def run(
-        self, job: JobDefinition[Any, Any], *, job_id: str, kwargs: Mapping[str, Any], mode: Mode = "inline"
+        self,
+        job: JobDefinition[Any, Any],
+        *,
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        mode: Mode = "inline",
+        traceparent: str | None = None,
     ) -> Any:
         """Run every try here and now; return the result or raise `JobFailed`."""
         enqueue_time = datetime.now(UTC)
         job_try = 1
         while True:
             attempt = await self._attempts.attempt(
-                job, job_id=job_id, kwargs=kwargs, job_try=job_try, mode=mode, enqueue_time=enqueue_time
+                job,
+                job_id=job_id,
+                kwargs=kwargs,
+                job_try=job_try,
+                mode=mode,
+                enqueue_time=enqueue_time,
+                traceparent=traceparent,
             )
             if attempt.outcome == "complete":
                 return attempt.result
@@ -46,12 +58,18 @@ class InlineExecutor:
             job_try += 1
 
     async def start(
-        self, job: JobDefinition[Any, Any], *, job_id: str, kwargs: Mapping[str, Any], background: bool
+        self,
+        job: JobDefinition[Any, Any],
+        *,
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        background: bool,
+        traceparent: str | None = None,
     ) -> asyncio.Future[Any]:
         """Start the run; wait for it unless `background` (then hold one of the bounded slots)."""
         if background:
             await self._slots.acquire()
-        task = asyncio.ensure_future(self.run(job, job_id=job_id, kwargs=kwargs))
+        task = asyncio.ensure_future(self.run(job, job_id=job_id, kwargs=kwargs, traceparent=traceparent))
         if background:
             self._background.add(task)
             task.add_done_callback(self._background_done)
