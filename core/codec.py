@@ -11,25 +11,38 @@ Records keep arq's layout, so arq's `Job` API reads our jobs:
 Nothing written to Redis can make a process execute code: a record is data, decoded by orjson
 and checked field by field. `decode_job` and `decode_result` raise `CodecError` for anything
 that is not a record we would have written.
+
+Signing (JOB_SIGNING_KEYS): a signed record ends in `,"sg":"<hex>"}`, the HMAC-SHA256 of the job
+id, a newline and the record without that last field; the record stays JSON that arq reads.
+`sign` appends it; `verify` checks it against every key (the first one signs, the others are
+for rotation) without re-serializing anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
 from core.clock import epoch_ms
-from core.errors import JobFailed, PermanentError
+from core.errors import JobFailed, JobValidationError, PermanentError
 
 __all__ = [
     "ERROR_KEY",
+    "JOB_ID_RULE",
+    "MAX_DEPTH",
     "CodecError",
     "JobRecord",
     "ResultRecord",
+    "Signature",
+    "check_job_id",
     "decode_job",
     "decode_result",
     "encode_job",
@@ -37,13 +50,52 @@ __all__ = [
     "error_from_value",
     "failure_value",
     "json_value",
+    "sign",
+    "too_deep",
     "valid_traceparent",
+    "verify",
 ]
 
 ERROR_KEY = "__error__"
+# orjson writes at most 254 levels of nesting; a record we read must be one we could write back
+# (as the result record, which carries the same arguments at the same depth).
+MAX_DEPTH = 254
+# Job ids: 1-200 characters of letters, digits and _ . : @ / + = - (the claim quarantines others).
+JOB_ID_RULE = "1-200 characters of letters, digits and _ . : @ / + = -"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,200}$")
 # Enqueue times outside [epoch, year 5138] are forged or broken; such a record is treated as
 # enqueued now rather than refused (arq writes what its callers give it).
 _MAX_PLAUSIBLE_MS = 10**14
+
+
+class Signature(StrEnum):
+    VALID = "valid"
+    MISSING = "missing"
+    INVALID = "invalid"
+
+
+_SG_HEAD, _SG_TAIL = b',"sg":"', b'"}'
+_SG_LENGTH = len(_SG_HEAD) + 64 + len(_SG_TAIL)
+
+
+def _mac(key: bytes, job_id: str, body: bytes) -> bytes:
+    return hmac.new(key, job_id.encode() + b"\n" + body, hashlib.sha256).hexdigest().encode()
+
+
+def sign(record: bytes, job_id: str, key: bytes) -> bytes:
+    """`record` (a JSON object we wrote) with its signature as the last field."""
+    return record[:-1] + _SG_HEAD + _mac(key, job_id, record) + _SG_TAIL
+
+
+def verify(record: bytes, job_id: str, keys: Sequence[bytes]) -> Signature:
+    """Whether `record` carries a signature of `job_id` and its content by one of `keys`."""
+    tail = record[-_SG_LENGTH:]
+    if not (tail.startswith(_SG_HEAD) and tail.endswith(_SG_TAIL)):
+        return Signature.INVALID if b'"sg"' in record else Signature.MISSING
+    body = record[:-_SG_LENGTH] + b"}"
+    given = tail[len(_SG_HEAD) : -len(_SG_TAIL)]
+    ok = any(hmac.compare_digest(_mac(key, job_id, body), given) for key in keys)
+    return Signature.VALID if ok else Signature.INVALID
 
 
 class CodecError(ValueError):
@@ -118,7 +170,27 @@ def encode_job(
     return orjson.dumps(record)
 
 
+def check_job_id(job_id: str) -> None:
+    """Raise `JobValidationError` unless `job_id` follows the job-id rule."""
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        shown = repr(job_id) if len(str(job_id)) <= 60 else repr(str(job_id)[:57] + "...")
+        raise JobValidationError(f"job_id: {shown} is not a valid job id; use {JOB_ID_RULE}")
+
+
+def too_deep(raw: bytes) -> bool:
+    """Whether JSON text nests deeper than `MAX_DEPTH` (cheap unless it has many brackets)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return False
+    try:
+        orjson.dumps(orjson.loads(raw))
+    except (orjson.JSONDecodeError, TypeError):
+        return True
+    return False
+
+
 def _load_object(raw: bytes, what: str) -> dict[str, Any]:
+    if too_deep(raw):
+        raise CodecError(f"unable to deserialize {what}: nested deeper than {MAX_DEPTH} levels")
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -134,6 +206,12 @@ def _is_int(value: Any) -> bool:
 
 def decode_job(raw: bytes) -> JobRecord:
     """A job record we wrote; `CodecError` for anything else (a pickle, a forged shape)."""
+    if raw[:1] == b"\x80":  # pickle's protocol marker: plain arq's default serializer
+        raise CodecError(
+            "unable to deserialize job: a pickled record, as plain arq writes by default; this runner "
+            "reads JSON only and never unpickles. Give plain arq producers a queue of their own "
+            "(a different QUEUE_NAME for this runner)"
+        )
     record = _load_object(raw, "job")
     name, kwargs, args, job_try = record.get("f"), record.get("k"), record.get("a"), record.get("t")
     if not isinstance(name, str) or not isinstance(kwargs, dict):

@@ -30,3 +30,11 @@ class JobContext:
     report: dict[str, Any] = field(default_factory=dict)
     # The W3C traceparent of the request that enqueued the job, when it came with one.
     traceparent: str | None = None
+    # How many times the job has been started, this one included: `job_try` plus the runs that
+    # were interrupted (a worker killed, or stopped mid-run), which do not count as tries. A
+    # later start of the same job knows every earlier one is over.
+    attempt: int = 0
+
+    @property
+    def start_number(self) -> int:
+        return self.attempt or self.job_try

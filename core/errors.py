@@ -14,6 +14,7 @@ importing the backend.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import asyncpg
@@ -23,6 +24,7 @@ __all__ = [
     "BackendError",
     "BackendRefused",
     "BackendUnavailable",
+    "CredentialsRefused",
     "EnqueueError",
     "ErrorKind",
     "JobFailed",
@@ -34,6 +36,7 @@ __all__ = [
     "TransientError",
     "UnknownJobError",
     "classify",
+    "scrub",
 ]
 
 ErrorKind = Literal["transient", "permanent"]
@@ -117,6 +120,11 @@ class BackendRefused(BackendError):
     data problem, not an outage."""
 
 
+class CredentialsRefused(BackendRefused):
+    """The backend refused this client: a wrong password or user, or an ACL that does not grant
+    a command the runner needs. A configuration error: the message says what to fix."""
+
+
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncio.TimeoutError,
@@ -130,6 +138,14 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     BackendUnavailable,
 )
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by `***` (providers echo keys back in error messages)."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _http_status(exc: BaseException) -> int | None:

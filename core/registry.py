@@ -24,7 +24,16 @@ from core.errors import JobValidationError, UnknownJobError
 from core.plugin import PluginFactory
 from settings import Settings
 
-__all__ = ["Fallback", "JobDefinition", "JobFunc", "Precheck", "Registry", "Schedule", "define"]
+__all__ = [
+    "Fallback",
+    "InlineLimit",
+    "JobDefinition",
+    "JobFunc",
+    "Precheck",
+    "Registry",
+    "Schedule",
+    "define",
+]
 
 P = ParamSpec("P")
 Fallback = Literal["inline", "spool", "reject"]
@@ -32,6 +41,9 @@ R = TypeVar("R")
 JobFunc = Callable[Concatenate[JobContext, P], Awaitable[R]]
 # Says why a job cannot run with these settings (e.g. a provider not configured), or None.
 Precheck = Callable[[Settings], str | None]
+# Says why this one job is too big to run inline in a caller's process (e.g. a bulk email to
+# thousands), or None; such a job waits in the spool while Redis is down instead.
+InlineLimit = Callable[[Settings, Mapping[str, Any]], str | None]
 
 
 def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
@@ -51,6 +63,10 @@ def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
     config = ConfigDict(extra="forbid", strict=True)
     model: type[BaseModel] = pydantic.create_model(f"{name}_args", __config__=config, **fields)
     return model
+
+
+def _context(settings: Settings | None) -> dict[str, Any] | None:
+    return None if settings is None else {"settings": settings}
 
 
 def _explain(job: str, exc: pydantic.ValidationError) -> str:
@@ -78,6 +94,7 @@ class JobDefinition(Generic[P, R]):
     max_tries: int | None = None
     description: str = ""
     precheck: Precheck | None = None
+    inline_limit: InlineLimit | None = None
     # What happens when Redis is unusable: run inline now, keep in the Postgres spool until Redis
     # returns, or refuse. A spooled job may still run inline when Postgres is down too.
     fallback: Fallback = "inline"
@@ -93,18 +110,25 @@ class JobDefinition(Generic[P, R]):
     def arg_names(self) -> list[str]:
         return list(self.args_model.model_fields)
 
-    def payload(self, kwargs: Mapping[str, Any], *, max_bytes: int) -> dict[str, Any]:
-        """Validate caller arguments and return the JSON-ready payload; raises JobValidationError."""
+    def payload(
+        self, kwargs: Mapping[str, Any], *, max_bytes: int, settings: Settings | None = None
+    ) -> dict[str, Any]:
+        """Validate caller arguments and return the JSON-ready payload; raises JobValidationError.
+
+        `settings` reach the argument models' validators as the validation context (`info.context
+        ["settings"]`), for checks that depend on the deployment (e.g. allowed email senders)."""
         try:
-            model = self.args_model.model_validate(dict(kwargs))
+            model = self.args_model.model_validate(dict(kwargs), context=_context(settings))
         except pydantic.ValidationError as exc:
             raise JobValidationError(_explain(self.name, exc)) from None
         return self._encode(model, max_bytes)
 
-    def payload_from_json(self, raw: str | bytes, *, max_bytes: int) -> dict[str, Any]:
+    def payload_from_json(
+        self, raw: str | bytes, *, max_bytes: int, settings: Settings | None = None
+    ) -> dict[str, Any]:
         """Like `payload`, for arguments given as JSON text (the CLI)."""
         try:
-            model = self.args_model.model_validate_json(raw)
+            model = self.args_model.model_validate_json(raw, context=_context(settings))
         except pydantic.ValidationError as exc:
             raise JobValidationError(_explain(self.name, exc)) from None
         return self._encode(model, max_bytes)
@@ -125,6 +149,13 @@ class JobDefinition(Generic[P, R]):
             )
         # Return what the worker will see: the JSON round trip, so inline runs get the same values.
         decoded: dict[str, Any] = orjson.loads(encoded)
+        if b"\\u0000" in encoded and (where := _nul_at(decoded, self.name)) is not None:
+            # Postgres text and jsonb cannot hold NUL: such a job could not be spooled or
+            # dead-lettered, so it is refused here rather than lost there.
+            raise JobValidationError(
+                f"{where}: contains a NUL character (\\u0000), which the job ledger cannot store; "
+                "remove it or send the data base64-encoded"
+            )
         return decoded
 
     def load(self, payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,10 +166,31 @@ class JobDefinition(Generic[P, R]):
             raise JobValidationError(_explain(self.name, exc)) from None
         return {name: getattr(model, name) for name in self.args_model.model_fields}
 
+    def too_big_inline(self, settings: Settings, payload: Mapping[str, Any]) -> str | None:
+        """Why this job may not run inline (see `InlineLimit`), or None."""
+        return self.inline_limit(settings, payload) if self.inline_limit is not None else None
+
     def check_settings(self, settings: Settings) -> None:
         """Raise JobValidationError if `precheck` says the job cannot run with `settings`."""
         if self.precheck is not None and (problem := self.precheck(settings)):
             raise JobValidationError(f"{self.name}: {problem}")
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in `value` holding a NUL character, or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path} key {key!r}"
+            if (found := _nul_at(item, f"{path}.{key}")) is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _nul_at(item, f"{path}[{i}]")) is not None:
+                return found
+    return None
 
 
 def define(
@@ -148,6 +200,7 @@ def define(
     timeout: float | None = None,
     max_tries: int | None = None,
     precheck: Precheck | None = None,
+    inline_limit: InlineLimit | None = None,
     fallback: Fallback = "inline",
     inline_if_spool_down: bool = True,
     durable: bool = False,
@@ -160,6 +213,7 @@ def define(
         max_tries=max_tries,
         description=doc.splitlines()[0] if doc else "",
         precheck=precheck,
+        inline_limit=inline_limit,
         fallback=fallback,
         inline_if_spool_down=inline_if_spool_down,
         durable=durable,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections import Counter
 from typing import Any
 
@@ -69,6 +71,19 @@ async def follow_up_later(ctx: JobContext, *, key: str, seconds: float) -> str:
     return await enqueue("record", {"key": key}, job_id=f"follow-up:{key}")
 
 
+async def sleepy_marked(ctx: JobContext, *, seconds: float) -> dict[str, Any]:
+    """Sleep; say when it started, which try and which start of the job this was."""
+    started = time.time()
+    await asyncio.sleep(seconds)
+    return {"started": started, "job_try": ctx.job_try, "start": ctx.start_number}
+
+
+async def kills_its_worker(ctx: JobContext) -> None:
+    """Take the whole worker process down, as a poison job can (segfaulting C code, say)."""
+    RUNS.append(("kills", ctx.mode, ctx.job_try))
+    os._exit(17)
+
+
 async def bad_result(ctx: JobContext, *, key: str) -> object:
     """Return something JSON cannot carry."""
     return object()
@@ -90,5 +105,7 @@ TEST_REGISTRY = Registry(
         define(record, name="record_durable", durable=True),
         define(record, name="record_rejecting", fallback="reject"),
         define(sleepy, name="sleepy_long", timeout=60, max_tries=5),
+        define(sleepy_marked, timeout=60, max_tries=2),
+        define(kills_its_worker, max_tries=5),
     ]
 )

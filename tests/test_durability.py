@@ -16,7 +16,6 @@ from pathlib import Path
 import asyncpg
 import orjson
 import pytest
-from arq.jobs import Job
 from pydantic import SecretStr
 
 from core.errors import EnqueueError, JobFailed
@@ -254,7 +253,8 @@ async def test_sigkilled_workers_jobs_run_again_within_their_lock_timeout(own_re
     kills: list[float] = []
     try:
         async with Producer(settings, registry=TEST_REGISTRY) as producer:
-            handles = [await producer.enqueue_job("sleepy_long", {"seconds": 0.1}) for _ in range(2000)]
+            # Two tries each: before, a job a kill interrupted twice was dead-lettered.
+            handles = [await producer.enqueue_job("sleepy_marked", {"seconds": 0.1}) for _ in range(2000)]
             for _ in range(3):  # kill one worker mid-stream, three times, replacing it each time
                 await asyncio.sleep(1.0)
                 victim = workers.pop(0)
@@ -263,20 +263,17 @@ async def test_sigkilled_workers_jobs_run_again_within_their_lock_timeout(own_re
                 victim.wait()
                 workers.append(spawn())
             results = [await h.result(timeout=60) for h in handles]
-            infos = [
-                await Job(h.job_id, raw_redis(producer.settings), _deserializer=orjson.loads).result_info()
-                for h in handles
-            ]
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
             worker.wait(timeout=30)
-    assert results == ["woke"] * 2000  # every job completed
-    rerun = [i for i in infos if i is not None and i.job_try > 1]
+    assert len(results) == 2000  # every job completed, none dead-lettered by the kills
+    assert {r["job_try"] for r in results} == {1}  # an interrupted run is not one of its tries
+    rerun = [r["started"] for r in results if r["start"] > 1]
     assert rerun, "no job was caught mid-run by a kill"
     # Each re-run started after some kill; the gap from the latest kill before it is the recovery time.
-    gaps = [min(i.start_time.timestamp() - k for k in kills if k <= i.start_time.timestamp()) for i in rerun]
+    gaps = [min(started - k for k in kills if k <= started) for started in rerun]
     # Within the lock's lifetime, plus the claim of a busy worker behind the backlog's older jobs.
     assert max(gaps) < lock_s + 2.0, gaps
     print(f"\nkill-to-rerun: {len(rerun)} jobs re-run; gap max {max(gaps):.1f}s, min {min(gaps):.1f}s")
@@ -331,3 +328,38 @@ async def test_a_durable_job_whose_enqueue_reply_was_lost_runs_exactly_once(
                 await worker.stop()
     assert [(key, mode) for key, mode, _ in RUNS if key == "once"] == [("once", "inline")]
     assert await _durable_rows(settings, "durable-once") == 0  # settled by the inline run
+
+
+async def test_a_job_that_kills_its_worker_is_stopped_by_the_interruption_budget(
+    own_redis: RedisServer,
+) -> None:
+    settings = make_settings(own_redis.url, worker_max_interruptions=1)
+    env = {
+        **os.environ,
+        "REDIS_URL": own_redis.url,
+        "DATABASE_URL": settings.database_url.get_secret_value(),
+        "QUEUE_NAME": settings.queue_name,
+        "LOG_LEVEL": "WARNING",
+        "WORKER_HTTP_PORT": "0",
+        "WORKER_LOCK_TIMEOUT": "3",
+        "WORKER_MAX_INTERRUPTIONS": "1",
+    }
+    started = 0
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("kills_its_worker", {})
+        deadline = time.monotonic() + 30
+        while (await producer.status(handle.job_id))["status"] != "dead":
+            assert time.monotonic() < deadline, "the poison job was never stopped"
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.run_worker", cwd=ROOT, env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            started += 1
+            try:
+                await asyncio.wait_for(worker.wait(), 8)  # it dies under the job, or idles once it is dead
+            except TimeoutError:
+                worker.terminate()
+                await worker.wait()
+        status = await producer.status(handle.job_id)
+    assert "WORKER_MAX_INTERRUPTIONS=1 ran out" in status["error"]["message"]
+    assert started <= 4  # two runs that killed their worker, then the refusal

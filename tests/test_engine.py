@@ -104,15 +104,17 @@ async def test_job_of_a_dead_worker_runs_again_once_its_lock_expires(settings: S
             assert (await handle.result(timeout=5))["key"] == "orphan"
         finally:
             await worker.stop()
-    assert RUNS == [("orphan", "queued", 2)]  # the dead worker's try counted
+    assert RUNS == [("orphan", "queued", 1)]  # the dead worker's run was interrupted, not a try
 
 
-async def test_a_job_that_keeps_killing_workers_fails_after_its_tries(settings: Settings) -> None:
+async def test_a_job_whose_runs_keep_being_interrupted_fails_after_its_budget(settings: Settings) -> None:
+    settings = settings.model_copy(update={"worker_max_interruptions": 2})
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
-        handle = await producer.enqueue_job("record", {"key": "poison"})  # max_tries=3
-        for _ in range(3):
+        handle = await producer.enqueue_job("record", {"key": "poison"})
+        for _ in range(3):  # three workers claim it and die
             claimed = await producer.backend.claim(settings.queue_name, limit=1, lock_ms=1, token="dead")
             assert len(claimed.jobs) == 1
+            assert claimed.jobs[0].job_try == 1  # an interrupted run is not a try
             await asyncio.sleep(0.01)  # the 1 ms lock runs out
         await raw_redis(producer.settings).delete(keys.in_progress_key(handle.job_id))
         worker = await start_worker(settings)
@@ -123,12 +125,24 @@ async def test_a_job_that_keeps_killing_workers_fails_after_its_tries(settings: 
             report = await producer.status(handle.job_id)
         finally:
             await worker.stop()
-    assert report["error"] == {
-        "type": "JobExecutionFailed",
-        "message": "max 3 tries exceeded",
-        "kind": "permanent",
-    }
+    assert report["error"]["type"] == "JobExecutionFailed"
+    assert "interrupted 3 times" in report["error"]["message"]
+    assert "WORKER_MAX_INTERRUPTIONS=2 ran out" in report["error"]["message"]
     assert RUNS == []
+
+
+async def test_interrupted_runs_do_not_use_up_a_healthy_jobs_tries(settings: Settings) -> None:
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("record", {"key": "survivor"})  # max_tries=3
+        for _ in range(3):
+            await producer.backend.claim(settings.queue_name, limit=1, lock_ms=1, token="dead")
+            await asyncio.sleep(0.01)
+        worker = await start_worker(settings)
+        try:
+            assert (await handle.result(timeout=10))["key"] == "survivor"
+        finally:
+            await worker.stop()
+    assert RUNS == [("survivor", "queued", 1)]  # three interruptions, and still its first try
 
 
 async def test_lost_claim_is_released_for_another_try(settings: Settings) -> None:
@@ -173,7 +187,7 @@ async def test_job_still_running_after_the_grace_runs_again(settings: Settings) 
             result = await handle.result(timeout=5)
         finally:
             await second.stop()
-    assert (result["message"], result["try"]) == ("slow", 2)
+    assert (result["message"], result["try"]) == ("slow", 1)  # a run cancelled at shutdown is not a try
 
 
 async def test_records_that_are_not_arq_job_records_fail_without_running(settings: Settings) -> None:

@@ -9,8 +9,11 @@ when Redis answers. A cache never fails a job: every error becomes a miss or a s
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import structlog
 
@@ -57,13 +60,36 @@ class MemoryCache:
 
 
 class HybridCache:
-    """Entries in Redis under `keys.cache_key`; in `memory` when Redis cannot take them."""
+    """Entries in Redis under `keys.cache_key`; in `memory` when Redis cannot take them.
 
-    def __init__(self, link: RedisLink, memory: MemoryCache) -> None:
+    With JOB_SIGNING_KEYS set, an entry in Redis is `<32-byte HMAC of key and value><value>`: an
+    entry someone else wrote (a forged AI result, say) fails the check and is a miss.
+    """
+
+    def __init__(self, link: RedisLink, memory: MemoryCache, signing_keys: Sequence[bytes] = ()) -> None:
         self.link = link
         self.memory = memory
+        self._keys = list(signing_keys)
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._forged_logged_at = -3600.0
+
+    def _mac(self, secret: bytes, key: str, value: bytes) -> bytes:
+        return hmac.new(secret, key.encode() + b"\n" + value, hashlib.sha256).digest()
+
+    def _seal(self, key: str, value: bytes) -> bytes:
+        return self._mac(self._keys[0], key, value) + value if self._keys else value
+
+    def _open(self, key: str, stored: bytes) -> bytes | None:
+        if not self._keys:
+            return stored
+        mac, value = stored[:32], stored[32:]
+        if any(hmac.compare_digest(self._mac(secret, key, value), mac) for secret in self._keys):
+            return value
+        if time.monotonic() - self._forged_logged_at > 60:
+            self._forged_logged_at = time.monotonic()
+            log.warning("ignoring cache entries whose signature does not verify", key=key)
+        return None
 
     async def get(self, key: str) -> bytes | None:
         if await self._redis_usable():
@@ -72,8 +98,8 @@ class HybridCache:
             except BackendError as exc:  # a cache error is a miss, never a job failure
                 self._failed("get", exc)
             else:
-                if value is not None:
-                    return bytes(value)
+                if value is not None and (opened := self._open(key, bytes(value))) is not None:
+                    return opened
         # Checked on a Redis miss too: it holds what was written during an outage.
         return await self.memory.get(key)
 
@@ -82,7 +108,8 @@ class HybridCache:
             return
         if await self._redis_usable():
             try:
-                await self.link.command("SET", keys.cache_key(key), value, "PX", max(1, int(ttl_s * 1000)))
+                sealed = self._seal(key, value)
+                await self.link.command("SET", keys.cache_key(key), sealed, "PX", max(1, int(ttl_s * 1000)))
             except BackendError as exc:  # a failed write only costs a later miss
                 self._failed("set", exc)
             else:
@@ -114,4 +141,4 @@ def make_cache(settings: Settings) -> Cache:
     """The process's cache: hybrid when Redis is configured, memory only when it is not."""
     if not settings.redis_enabled:
         return MemoryCache()
-    return HybridCache(RedisLink(settings, role="cache"), MemoryCache())
+    return HybridCache(RedisLink(settings, role="cache"), MemoryCache(), settings.signing_keys)

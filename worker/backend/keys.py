@@ -10,8 +10,10 @@ from __future__ import annotations
 
 __all__ = [
     "CACHE_PREFIX",
+    "ENDED_PREFIX",
     "IN_PROGRESS_PREFIX",
     "JOB_PREFIX",
+    "MAX_JOB_ID_LENGTH",
     "RESULT_PREFIX",
     "RETRY_PREFIX",
     "WORKERS_KEY",
@@ -20,6 +22,7 @@ __all__ = [
     "in_progress_key",
     "job_key",
     "plugin_key",
+    "quarantine_key",
     "result_key",
     "retry_key",
     "schedule_key",
@@ -34,6 +37,10 @@ RETRY_PREFIX = "arq:retry:"
 _HEALTH_SUFFIX = ":health-check"
 
 CACHE_PREFIX = "mb:cache:"
+# Per job: how many of its tries ended in a retry (the claims beyond were interrupted).
+ENDED_PREFIX = "mb:ended:"
+# The longest job id the runner accepts; the claim quarantines longer ones (see `JOB_ID_RULE`).
+MAX_JOB_ID_LENGTH = 200
 # Sorted set: worker id -> time of its last snapshot (ms), so readers find workers without SCAN.
 WORKERS_KEY = "mb:workers"
 
@@ -61,6 +68,11 @@ def health_check_key(queue: str) -> str:
 def wake_key(queue: str) -> str:
     """Touched by every enqueue; idle workers block on it (BZPOPMIN) instead of polling."""
     return queue + ":wake"
+
+
+def quarantine_key(queue: str) -> str:
+    """List of queue entries the claim set aside (raw id, newline, score), the latest 1,000."""
+    return f"mb:quarantine:{queue}"
 
 
 def cache_key(key: str) -> str:

@@ -28,11 +28,11 @@ from redis.exceptions import AuthenticationError, NoScriptError, RedisError, Res
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.errors import BackendRefused, BackendUnavailable, NotSent, ReplyLost
+from core.errors import BackendRefused, BackendUnavailable, CredentialsRefused, NotSent, ReplyLost
 from settings import Settings
 from worker.backend.scripts import Script
 
-__all__ = ["Command", "LinkState", "RedisLink"]
+__all__ = ["Command", "LinkState", "RedisLink", "refused"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,13 +67,29 @@ def _pack(conn: AbstractConnection, commands: Sequence[Command]) -> list[bytes]:
     return [_hiredis_pack(command) for command in commands]
 
 
+# How Redis words a refusal of this client (a wrong password, or an ACL without a command).
+_CREDENTIAL_WORDS = ("WRONGPASS", "NOAUTH", "NOPERM", "can't run this command", "no permissions")
+_CREDENTIALS_FIX = (
+    "fix the user and password in REDIS_URL, or grant the user the commands the README's "
+    "least-privilege section lists"
+)
+
+
 def _refusal(exc: BaseException) -> BackendRefused | None:
     """A refusal dressed as a connection error (bad credentials), or None for a real outage."""
     if isinstance(exc, AuthenticationError) or (
-        isinstance(exc, RedisError) and any(w in str(exc) for w in ("WRONGPASS", "NOAUTH", "NOPERM"))
+        isinstance(exc, RedisError) and any(w in str(exc) for w in _CREDENTIAL_WORDS)
     ):
-        return BackendRefused(f"Redis refused the credentials in REDIS_URL: {exc}")
+        return CredentialsRefused(f"Redis refused this client: {exc}; {_CREDENTIALS_FIX}")
     return None
+
+
+def refused(what: str, reply: ResponseError) -> BackendRefused:
+    """The error for a reply Redis refused; a credentials refusal says what to fix."""
+    text = f"Redis refused {what}: {type(reply).__name__}: {reply}"
+    if any(w in str(reply) for w in _CREDENTIAL_WORDS):
+        return CredentialsRefused(f"{text}; {_CREDENTIALS_FIX}")
+    return BackendRefused(text)
 
 
 def _tls_options(settings: Settings, role: str) -> dict[str, Any]:
@@ -235,16 +251,22 @@ class RedisLink:
             return
 
     async def _ping(self) -> None:
-        conn = await self._connection()
+        try:
+            conn = await self._connection()  # connecting sends AUTH: a wrong password fails here
+        except BaseException as exc:
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise refusal from None
+            raise
         try:
             async with asyncio.timeout(self._settings.redis_connect_timeout + self._socket_timeout):
                 await conn.send_command("PING")
                 await conn.read_response()
         except BaseException as exc:
             await conn.disconnect()
-            refused = _refusal(exc)
-            if refused is not None:
-                raise refused from None
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise refusal from None
             raise
         finally:
             await self._release(conn)
@@ -277,9 +299,9 @@ class RedisLink:
         except BackendRefused:
             raise
         except _DOWN_ERRORS as exc:
-            refused = _refusal(exc)
-            if refused is not None:
-                raise refused from None
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise refusal from None
             self._open(exc)
             raise NotSent(f"{type(exc).__name__}: {exc}") from exc
         replies: list[Any] = []
@@ -287,9 +309,9 @@ class RedisLink:
             await self._pipeline(conn, commands, scripts, replies)
         except _DOWN_ERRORS as exc:
             await conn.disconnect()
-            refused = _refusal(exc)
-            if refused is not None:
-                raise refused from None
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise refusal from None
             self._open(exc)
             raise ReplyLost(f"{type(exc).__name__}: {exc}", replies) from exc
         except BaseException:
@@ -324,14 +346,14 @@ class RedisLink:
         """One command; a refusal raises `BackendRefused`."""
         reply = (await self.execute([args]))[0]
         if isinstance(reply, ResponseError):
-            raise BackendRefused(f"Redis refused {args[0]}: {type(reply).__name__}: {reply}")
+            raise refused(str(args[0]), reply)
         return reply
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One EVALSHA of `script`; a refusal (OOM, NOPERM, WRONGTYPE...) raises `BackendRefused`."""
         reply = (await self.scripts(script, [(keys, args)]))[0]
         if isinstance(reply, ResponseError):
-            raise BackendRefused(f"Redis refused the {script.name} script: {type(reply).__name__}: {reply}")
+            raise refused(f"the {script.name} script", reply)
         return reply
 
     async def scripts(
@@ -399,12 +421,12 @@ class RedisLink:
                 await conn.send_command("BZPOPMIN", key, f"{max(timeout_s, 0.001):.3f}")
                 reply = await conn.read_response()
         except ResponseError as exc:
-            raise BackendRefused(f"Redis refused to block on {key}: {exc}") from None
+            raise refused(f"to block on {key}", exc) from None
         except _DOWN_ERRORS as exc:
             await conn.disconnect()
-            refused = _refusal(exc)
-            if refused is not None:
-                raise refused from None
+            refusal = _refusal(exc)
+            if refusal is not None:
+                raise refusal from None
             self._open(exc)
             raise ReplyLost(f"{type(exc).__name__}: {exc}") from exc
         except BaseException:

@@ -12,7 +12,7 @@ wake-up. Read side: queue counts, pages of jobs by state, one job, a result, wor
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ __all__ = [
     "JobView",
     "LinkState",
     "NewJob",
+    "PoisonEntry",
     "Presence",
     "QueueBackend",
     "QueueCounts",
@@ -77,7 +78,25 @@ class ClaimedJob:
     job_id: str
     score: int
     record: bytes | None  # None when the job key expired
-    job_try: int
+    job_try: int  # this try's number: the tries that ended in a retry, plus one
+    interruptions: int = 0  # earlier claims that never ended: a worker died or stopped mid-run
+    untrusted: str | None = None  # why the record must not run (signing on, a bad signature)
+
+
+@dataclass(frozen=True, slots=True)
+class PoisonEntry:
+    """A queue entry no producer of ours writes, set aside by the claim (never run)."""
+
+    raw_id: bytes
+    score: str
+    reason: str
+
+    @property
+    def shown_id(self) -> str:
+        """The id as text for logs and the dead letter: undecodable bytes and control
+        characters (NUL included, which Postgres cannot store) escaped."""
+        text = self.raw_id[:200].decode("utf-8", "backslashreplace")
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,7 @@ class ClaimBatch:
     jobs: list[ClaimedJob]
     more: bool  # more jobs may be due now
     next_due_ms: int | None  # earliest score not yet due (deferred, retrying or running)
+    poison: list[PoisonEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,9 @@ class Finished:
     job_id: str
     result: bytes | None = None
     run_again_at_ms: int | None = None
+    # For a run again: True when the try was interrupted (cancelled at shutdown), so it does
+    # not count as one of the job's tries.
+    interrupted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +206,8 @@ class QueueBackend(Protocol):
     async def presence(self, job_ids: Sequence[str]) -> list[Presence]: ...
 
     async def wait_for_wake(self, queue: str, timeout_s: float) -> bool: ...
+
+    async def repair_wake(self, queue: str) -> bool: ...
 
     # -- read side ---------------------------------------------------------------------------
     async def counts(self, queue: str) -> QueueCounts: ...

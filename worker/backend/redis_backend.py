@@ -5,21 +5,33 @@ the link's breaker and timeouts.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+import structlog
 from redis.exceptions import ResponseError
 
 from core.clock import epoch_ms
-from core.codec import CodecError, JobRecord, ResultRecord, decode_job, decode_result, encode_job
-from core.errors import BackendRefused, NotSent, ReplyLost
+from core.codec import (
+    CodecError,
+    JobRecord,
+    ResultRecord,
+    Signature,
+    decode_job,
+    decode_result,
+    encode_job,
+    sign,
+    verify,
+)
+from core.errors import NotSent, ReplyLost
 from core.plugin import BatchList, ClaimedBatch
 from settings import Settings
 from worker.backend import keys, scripts
-from worker.backend.link import LinkState, RedisLink
+from worker.backend.link import LinkState, RedisLink, refused
 from worker.backend.protocol import (
     ClaimBatch,
     ClaimedJob,
@@ -28,6 +40,7 @@ from worker.backend.protocol import (
     JobState,
     JobView,
     NewJob,
+    PoisonEntry,
     Presence,
     QueueCounts,
     ServerInfo,
@@ -35,6 +48,8 @@ from worker.backend.protocol import (
 )
 
 __all__ = ["EXPIRES_EXTRA_MS", "RedisBackend"]
+
+log = structlog.get_logger(__name__)
 
 # arq's default: a queued job's record outlives its start time by a day.
 EXPIRES_EXTRA_MS = 86_400_000
@@ -46,12 +61,50 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _score(value: Any) -> int | None:
+    """A score in whole ms; None for '' (no such score) and for anything not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) else None
+
+
+def _poison(raw_id: Any, score: Any) -> PoisonEntry:
+    raw = raw_id if isinstance(raw_id, bytes) else str(raw_id).encode()
+    shown_score = _text(score)
+    if _score(score) is None:
+        reason = f"the queue score {shown_score} is not a time"
+    elif len(raw) > keys.MAX_JOB_ID_LENGTH:
+        reason = f"the job id is {len(raw)} bytes, over the {keys.MAX_JOB_ID_LENGTH}-byte limit"
+    else:
+        reason = "the job id has characters outside letters, digits and _ . : @ / + = -"
+    return PoisonEntry(raw, shown_score, reason)
+
+
 class RedisBackend:
     """`QueueBackend` over one `RedisLink`. `role` names the user in the link's log lines."""
 
     def __init__(self, settings: Settings, *, role: str, socket_timeout: float | None = None) -> None:
         self.settings = settings
         self.link = RedisLink(settings, role=role, socket_timeout=socket_timeout)
+        # Job and result records are signed with the first key and checked against all of them.
+        self._keys = settings.signing_keys
+        self._accept_unsigned = settings.job_signing_accept_unsigned
+
+    def _sign(self, record: bytes, job_id: str) -> bytes:
+        return sign(record, job_id, self._keys[0]) if self._keys else record
+
+    def _untrusted(self, record: bytes, job_id: str) -> str | None:
+        """Why a record read from Redis must not be trusted (signing on), or None."""
+        if not self._keys:
+            return None
+        signature = verify(record, job_id, self._keys)
+        if signature is Signature.VALID or (signature is Signature.MISSING and self._accept_unsigned):
+            return None
+        if signature is Signature.MISSING:
+            return "it is not signed, and JOB_SIGNING_KEYS is set (JOB_SIGNING_ACCEPT_UNSIGNED is off)"
+        return "its signature does not verify with any key in JOB_SIGNING_KEYS"
 
     # -- lifecycle and health --------------------------------------------------------------
 
@@ -94,7 +147,7 @@ class RedisBackend:
         now_ms = epoch_ms()
         score = now_ms + int((defer_by_s or 0) * 1000)
         keys_ = (keys.job_key(job_id), keys.result_key(job_id), queue, keys.wake_key(queue))
-        record = encode_job(name, kwargs, enqueue_ms=now_ms, traceparent=traceparent)
+        record = self._sign(encode_job(name, kwargs, enqueue_ms=now_ms, traceparent=traceparent), job_id)
         args = (record, score - now_ms + EXPIRES_EXTRA_MS, score, job_id)
         reply = await self.link.script(scripts.ENQUEUE, keys_, args)
         return EnqueueReply.QUEUED if reply == 1 else EnqueueReply.DUPLICATE
@@ -111,7 +164,7 @@ class RedisBackend:
         for chunk in chunks:
             args: list[Any] = list(head)
             for job in chunk:
-                args += (job.job_id, job.record, job.score)
+                args += (job.job_id, self._sign(job.record, job.job_id), job.score)
             calls.append(((queue, keys.wake_key(queue)), tuple(args)))
         try:
             replies = await self.link.scripts(scripts.ENQUEUE_MANY, calls)
@@ -126,7 +179,7 @@ class RedisBackend:
                 outcomes += [EnqueueReply.QUEUED if r == 1 else EnqueueReply.DUPLICATE for r in reply]
             elif isinstance(reply, ResponseError):
                 # Refused (OOM, NOPERM...): a configuration problem, not an outage.
-                raise BackendRefused(f"Redis refused the bulk enqueue: {reply}")
+                raise refused("the bulk enqueue", reply)
             else:
                 outcomes += [EnqueueReply.UNKNOWN] * len(chunk)
         return outcomes
@@ -145,8 +198,9 @@ class RedisBackend:
         """Claim up to `limit` due jobs with their records and try counts, in one round trip.
 
         Claimed jobs are scored `now_ms + lock_ms`, which is how a lost claim is found again.
+        Entries that are not ours come back in `poison`, already removed from the queue.
         """
-        keys_ = (queue, keys.health_check_key(queue))
+        keys_ = (queue, keys.health_check_key(queue), keys.quarantine_key(queue))
         args = (
             now_ms or epoch_ms(),
             lock_ms,
@@ -157,14 +211,22 @@ class RedisBackend:
             keys.RETRY_PREFIX,
             health or "",
             health_ttl_ms,
+            keys.ENDED_PREFIX,
+            keys.MAX_JOB_ID_LENGTH,
         )
         flat = await self.link.script(scripts.CLAIM, keys_, args)
-        jobs = [
-            ClaimedJob(_text(flat[i]), int(float(flat[i + 1])), flat[i + 2], int(flat[i + 3]))
-            for i in range(2, len(flat), 4)
-        ]
-        next_due = int(float(flat[1])) if flat[1] else None
-        return ClaimBatch(jobs, bool(flat[0]), next_due)
+        poisoned = int(flat[2])
+        poison = [_poison(flat[i], flat[i + 1]) for i in range(3, 3 + 2 * poisoned, 2)]
+        jobs = []
+        for i in range(3 + 2 * poisoned, len(flat), 5):
+            claims, ended = int(flat[i + 3]), int(flat[i + 4])
+            # The id passed the claim's rule (ASCII only), so it decodes.
+            job_id, record = _text(flat[i]), flat[i + 2]
+            untrusted = self._untrusted(record, job_id) if record is not None else None
+            jobs.append(
+                ClaimedJob(job_id, _score(flat[i + 1]) or 0, record, ended + 1, claims - 1 - ended, untrusted)
+            )
+        return ClaimBatch(jobs, bool(flat[0]), _score(flat[1]), poison)
 
     async def finish(self, queue: str, done: Sequence[Finished], *, keep_result_ms: int) -> None:
         """Record a batch of finished attempts in one round trip (safe to repeat)."""
@@ -174,12 +236,13 @@ class RedisBackend:
             keys.IN_PROGRESS_PREFIX,
             keys.RETRY_PREFIX,
             keys.RESULT_PREFIX,
+            keys.ENDED_PREFIX,
         ]
         for item in done:
             if item.run_again_at_ms is not None:
-                args += ("r", item.job_id, item.run_again_at_ms)
+                args += ("c" if item.interrupted else "r", item.job_id, item.run_again_at_ms)
             else:
-                args += ("f", item.job_id, item.result or b"")
+                args += ("f", item.job_id, self._sign(item.result or b"{}", item.job_id))
         await self.link.script(scripts.FINISH, (queue, keys.wake_key(queue)), args)
 
     async def release(self, queue: str, claimed_score: int, token: str) -> int:
@@ -209,6 +272,10 @@ class RedisBackend:
 
     async def wait_for_wake(self, queue: str, timeout_s: float) -> bool:
         return await self.link.wait_for_wake(keys.wake_key(queue), timeout_s)
+
+    async def repair_wake(self, queue: str) -> bool:
+        """Make the wake key a sorted set with one member again; True if it was not."""
+        return bool(await self.link.script(scripts.REPAIR_WAKE, (keys.wake_key(queue),), ()))
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -258,6 +325,11 @@ class RedisBackend:
         record, result, lock, tries, score = await self.link.script(scripts.INSPECT, keys_, args)
         try_count = int(tries) if tries is not None and _text(tries).isdigit() else None
         score_ms = int(float(score)) if score is not None else None
+        if result is not None and (untrusted := self._untrusted(result, job_id)) is not None:
+            problem = f"the result in Redis is not trusted: {untrusted}"
+            return JobView(
+                job_id, JobState.FAILED, queue, score_ms=score_ms, tries=try_count, problem=problem
+            )
         if result is not None:
             view = self._finished_view(queue, job_id, result, score_ms)
             return JobView(
@@ -275,9 +347,14 @@ class RedisBackend:
         return JobView(job_id, state, queue, view.record, None, score_ms, try_count, view.problem)
 
     async def result(self, job_id: str) -> ResultRecord | None:
+        """The job's result record; `CodecError` when it is not one we wrote, or, signing on,
+        not signed by a known key (so nobody reads a forged result)."""
         raw = await self.link.command("GET", keys.result_key(job_id))
         if raw is None:
             return None
+        untrusted = self._untrusted(raw, job_id)
+        if untrusted is not None:
+            raise CodecError(f"the result in Redis is not trusted: {untrusted}", "UnverifiedResult")
         return decode_result(raw, job_id)
 
     async def worker_snapshots(self) -> list[bytes]:
@@ -309,7 +386,7 @@ class RedisBackend:
         doctor: a failure raises with the underlying error)."""
         info_text, save = await self.link.one_off([("INFO",), ("CONFIG", "GET", "save")])
         if isinstance(info_text, ResponseError):
-            raise BackendRefused(f"Redis refused INFO: {info_text}")
+            raise refused("INFO", info_text)
         fields = dict(
             line.split(":", 1)
             for line in _text(info_text).splitlines()
@@ -342,8 +419,14 @@ class RedisBackend:
         )
 
     async def schedule_note(self, queue: str, job: str) -> int | None:
+        """The due time (epoch s) of the latest queued run of `job`; None when there is no note,
+        or one we did not write (it is then overwritten by the next run's note)."""
         raw = await self.link.command("GET", keys.schedule_key(queue, job))
-        return int(raw) if raw is not None else None
+        try:
+            return int(raw) if raw is not None else None
+        except ValueError:
+            log.warning("ignoring a schedule note that is not a time", job=job, note=_text(raw)[:60])
+            return None
 
     async def set_schedule_note(self, queue: str, job: str, due_s: int, ttl_s: float) -> None:
         await self.link.command(
@@ -359,7 +442,7 @@ class RedisBackend:
         replies = await self.link.execute(commands)
         for command, reply in zip(commands, replies, strict=True):
             if isinstance(reply, ResponseError):
-                raise BackendRefused(f"Redis refused {command[0]}: {type(reply).__name__}: {reply}")
+                raise refused(str(command[0]), reply)
         return replies
 
     async def _running_among(self, job_ids: list[str]) -> set[str]:

@@ -28,9 +28,23 @@ __all__ = [
     "PAGE",
     "PRESENCE",
     "RELEASE",
+    "REPAIR_WAKE",
     "WITHDRAW",
     "Script",
 ]
+
+
+# Touches the wake key. A wake key of the wrong type (written by someone else) must not fail
+# the enqueue after the job is queued: it is replaced. No extra command when all is well.
+_WAKE = """
+local function WAKE(key)
+  local reply = redis.pcall('ZADD', key, 0, 'w')
+  if type(reply) == 'table' and reply.err then
+    redis.call('DEL', key)
+    redis.call('ZADD', key, 0, 'w')
+  end
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,8 @@ class Script:
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
+        if "WAKE(" in self.source:
+            object.__setattr__(self, "source", _WAKE + self.source)
         sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
         object.__setattr__(self, "sha", sha)
 
@@ -52,7 +68,7 @@ ENQUEUE = Script(
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[4], 0, 'w')
+WAKE(KEYS[4])
 return 1
 """,
 )
@@ -80,62 +96,95 @@ for i = 5, #ARGV, 3 do
 end
 if #zargs > 0 then
   redis.call('ZADD', KEYS[1], unpack(zargs))
-  redis.call('ZADD', KEYS[2], 0, 'w')
+  WAKE(KEYS[2])
 end
 return out
 """,
 )
 
 # Claims up to `limit` due jobs for one worker. For each: take the in-progress lock (holding the
-# worker's token), count the try in the retry key, and move its score to the lock's expiry. A
-# job locked by someone else is looked at again when that lock expires. Optionally writes the
-# health key (arq's format plus the queue length). KEYS: queue, health key; ARGV: now ms, lock
-# ms, limit, token, job prefix, lock prefix, retry prefix, health text ('' = skip), health ttl.
-# Returns {more, next_due, then id, score, record or nil, try per claimed job}; `more` is 1 when
-# more jobs may be due, `next_due` the earliest score not yet due ('' when none).
+# worker's token), count the claim in the retry key, and move its score to the lock's expiry. A
+# job locked by someone else is looked at again when that lock expires. Entries no producer of
+# ours writes (an infinite score, an id outside the job-id rule: too long, or bytes other than
+# letters, digits and _ . : @ / + = -) are quarantined: removed with their keys and kept, raw,
+# in a capped list, and returned so the worker dead-letters them; the rest of the batch runs.
+# Optionally writes the health key (arq's format plus the queue length).
+# KEYS: queue, health key, quarantine list; ARGV: now ms, lock ms, limit, token, job prefix, lock
+# prefix, retry prefix, health text ('' = skip), health ttl, ended prefix, max id length.
+# Returns {more, next_due, n poison, then id, score per poison entry, then id, score, record or
+# nil, claims, ended per claimed job}; `more` is 1 when more jobs may be due, `next_due` the
+# earliest score not yet due ('' when none). `claims` counts this claim; `ended` counts the
+# attempts that ended in a retry, so claims - 1 - ended were interrupted (a worker died or
+# stopped mid-run).
 CLAIM = Script(
     "claim",
     """
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local max_id = tonumber(ARGV[11])
 local entries = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, limit + 1)
-local ids, scores, bump = {}, {}, {}
+local ids, scores, bump, poison = {}, {}, {}, {}
 local next_due, more = '', 0
 local locked_until = now + tonumber(ARGV[2])
 for i = 1, #entries, 2 do
   local id, score = entries[i], entries[i + 1]
-  if tonumber(score) > now then next_due = score break end
-  if #ids == limit then more = 1 break end
-  local lock = ARGV[6] .. id
-  if redis.call('SET', lock, ARGV[4], 'NX', 'PX', ARGV[2]) then
-    ids[#ids + 1] = id
-    scores[#scores + 1] = score
-    bump[#bump + 1] = locked_until
+  local s = tonumber(score)
+  if s == math.huge or s == -math.huge or #id > max_id or string.find(id, '[^%w_%.:@/%+=%-]') then
+    poison[#poison + 1] = id
+    poison[#poison + 1] = score
   else
-    local ttl = redis.call('PTTL', lock)
-    if ttl < 1000 then ttl = 1000 end
-    bump[#bump + 1] = now + ttl
+    if s > now then next_due = score break end
+    if #ids == limit then more = 1 break end
+    local lock = ARGV[6] .. id
+    if redis.call('SET', lock, ARGV[4], 'NX', 'PX', ARGV[2]) then
+      ids[#ids + 1] = id
+      scores[#scores + 1] = score
+      bump[#bump + 1] = locked_until
+    else
+      local ttl = redis.call('PTTL', lock)
+      if ttl < 1000 then ttl = 1000 end
+      bump[#bump + 1] = now + ttl
+    end
+    bump[#bump + 1] = id
   end
-  bump[#bump + 1] = id
   if i + 1 == #entries and #entries > 2 * limit then more = 1 end
 end
-local out = {more, next_due}
+local out = {more, next_due, #poison / 2}
+if #poison > 0 then
+  local gone, dels = {}, {}
+  for j = 1, #poison, 2 do
+    local id = poison[j]
+    gone[#gone + 1] = id
+    dels[#dels + 1] = ARGV[5] .. id
+    dels[#dels + 1] = ARGV[6] .. id
+    dels[#dels + 1] = ARGV[7] .. id
+    dels[#dels + 1] = ARGV[10] .. id
+    redis.call('RPUSH', KEYS[3], string.sub(id, 1, 1024) .. '\\n' .. poison[j + 1])
+    out[#out + 1] = id
+    out[#out + 1] = poison[j + 1]
+  end
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('DEL', unpack(dels))
+  redis.call('LTRIM', KEYS[3], -1000, -1)
+end
 local n = #ids
 if n > 0 then
   local keys = {}
   for j = 1, n do
     keys[j] = ARGV[5] .. ids[j]
     keys[n + j] = ARGV[7] .. ids[j]
+    keys[2 * n + j] = ARGV[10] .. ids[j]
   end
   local vals = redis.call('MGET', unpack(keys))
   local tries = {}
   for j = 1, n do
-    local try = (tonumber(vals[n + j]) or 0) + 1
+    local claims = (tonumber(vals[n + j]) or 0) + 1
     tries[#tries + 1] = keys[n + j]
-    tries[#tries + 1] = try
+    tries[#tries + 1] = claims
     out[#out + 1] = ids[j]
     out[#out + 1] = scores[j]
     out[#out + 1] = vals[j]
-    out[#out + 1] = try
+    out[#out + 1] = claims
+    out[#out + 1] = tonumber(vals[2 * n + j]) or 0
   end
   redis.call('MSET', unpack(tries))
 end
@@ -148,24 +197,30 @@ return out
 )
 
 # Records a batch of finished attempts. KEYS: queue, wake; ARGV: result ttl ms (0 = keep no
-# result), job prefix, lock prefix, retry prefix, result prefix, then per job: op, id, value.
+# result), job prefix, lock prefix, retry prefix, result prefix, ended prefix, then per job:
+# op, id, value.
 # op 'f' (finished): value is arq's result record; the result is kept and the job removed.
-# op 'r' (run again): value is the new score; the lock is dropped, the try count kept, a
-# worker woken. Returns the number of entries applied. Applying a batch twice is harmless.
+# op 'r' (run again after a failed try): value is the new score; the lock is dropped, the try
+# counted as ended, a worker woken.
+# op 'c' (cancelled at shutdown): like 'r', but the try does not count as ended: it was
+# interrupted. Returns the number of entries applied. Applying a batch twice is harmless, but
+# for the ended count of a retry, which the next claim reads as at most one try more.
 FINISH = Script(
     "finish",
     """
 local ttl = tonumber(ARGV[1])
 local dels, zrem, zadd = {}, {}, {}
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local op, id = ARGV[i], ARGV[i + 1]
   dels[#dels + 1] = ARGV[3] .. id
   if op == 'f' then
     if ttl > 0 then redis.call('SET', ARGV[5] .. id, ARGV[i + 2], 'PX', ttl) end
     dels[#dels + 1] = ARGV[2] .. id
     dels[#dels + 1] = ARGV[4] .. id
+    dels[#dels + 1] = ARGV[6] .. id
     zrem[#zrem + 1] = id
   else
+    if op == 'r' then redis.call('INCR', ARGV[6] .. id) end
     zadd[#zadd + 1] = ARGV[i + 2]
     zadd[#zadd + 1] = id
   end
@@ -174,9 +229,9 @@ if #dels > 0 then redis.call('DEL', unpack(dels)) end
 if #zrem > 0 then redis.call('ZREM', KEYS[1], unpack(zrem)) end
 if #zadd > 0 then
   redis.call('ZADD', KEYS[1], 'XX', unpack(zadd))
-  redis.call('ZADD', KEYS[2], 0, 'w')
+  WAKE(KEYS[2])
 end
-return (#ARGV - 5) / 3
+return (#ARGV - 6) / 3
 """,
 )
 
@@ -323,6 +378,20 @@ for i = 5, #ARGV do
   end
 end
 return held
+""",
+)
+
+# Makes the wake key what enqueues expect: a sorted set holding the one member 'w'. A key of
+# another type, or a set grown with many members (each would wake a worker for nothing), is
+# replaced. KEYS: wake. Returns 1 when it repaired something.
+REPAIR_WAKE = Script(
+    "repair_wake",
+    """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' or (kind == 'zset' and redis.call('ZCARD', KEYS[1]) <= 1) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZADD', KEYS[1], 0, 'w')
+return 1
 """,
 )
 

@@ -1,27 +1,34 @@
 """One claimed job, start to finish: decode its record, run it through the attempt path, and
 say what to write back (a result record in arq's format, or a new start time for a retry).
 
-A record that is not ours (a forged pickle, say), an expired job, an unknown job name and a job
-past its tries (a worker died under it too often) are never executed: they are refused through
-the same outcome path as a failed attempt (one log line, the counters, a dead letter) and get a
-failed result.
+A record that is not ours (a forged pickle, a record too big or nested too deep), an expired
+job, an unknown job name, a job past its tries and a job whose runs were interrupted too often
+(its worker killed, or stopped mid-run) are never executed: they are refused, on first sight,
+through the same outcome path as a failed attempt (one log line, the counters, a dead letter)
+and get a failed result. So are queue entries the claim quarantined (an id or score no producer
+of ours writes). Nothing read from Redis can make this raise in a loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from core.clock import epoch_ms
 from core.codec import CodecError, JobRecord, ResultRecord, decode_job, encode_result, failure_value
 from core.errors import JobFailed, UnknownJobError
 from core.registry import JobDefinition, Registry
-from worker.backend import ClaimedJob, Finished
+from worker.backend import ClaimedJob, Finished, PoisonEntry
 from worker.execution import AttemptRunner
 
 __all__ = ["ClaimedJobs"]
+
+log = structlog.get_logger(__name__)
 
 
 class _Refused(Exception):
@@ -42,13 +49,44 @@ class ClaimedJobs:
         self._queue = queue
 
     async def run(self, job: ClaimedJob) -> Finished:
+        """The outcome to record; never raises for anything about the job or its record."""
+        try:
+            return await self._run(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A fault of ours (not the job's: the attempt path catches those). Recorded as a failure
+            # with its reason, so it is not re-run at every lock expiry.
+            log.error(
+                "could not finish a job; recorded as failed",
+                job_id=job.job_id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            refused = _Refused(
+                "InternalError", f"the worker could not finish the job: {type(exc).__name__}: {exc}"
+            )
+            return await self._refused(job, None, refused, epoch_ms(), 0.0)
+
+    async def quarantined(self, entry: PoisonEntry) -> None:
+        """A queue entry the claim set aside: one log line, the counters, a dead letter."""
+        await self._attempts.refuse(
+            "<quarantined>",
+            job_id=entry.shown_id,
+            kwargs={"raw_id_hex": entry.raw_id[:1024].hex(), "score": entry.score},
+            job_try=1,
+            mode="queued",
+            error_type="PoisonEntry",
+            message=f"queue entry set aside: {entry.reason}",
+        )
+
+    async def _run(self, job: ClaimedJob) -> Finished:
         start_ms, started = epoch_ms(), time.perf_counter()
         record: JobRecord | None = None
         try:
             record = self._decode(job)
             definition = self._definition(record)
             job_try = max(job.job_try, record.job_try or 0)
-            self._check_tries(definition, job_try)
+            self._check_tries(definition, job_try, job.interruptions)
         except _Refused as refused:
             return await self._refused(job, record, refused, start_ms, time.perf_counter() - started)
         attempt = await self._attempts.attempt(
@@ -59,6 +97,7 @@ class ClaimedJobs:
             mode="queued",
             enqueue_time=datetime.fromtimestamp(record.enqueue_ms / 1000, UTC),
             traceparent=record.traceparent,
+            start_number=job_try + job.interruptions,
         )
         if attempt.outcome == "retry":
             again = epoch_ms() + int((attempt.retry_in or 0) * 1000)
@@ -70,10 +109,18 @@ class ClaimedJobs:
         result = self._result(job.job_id, record, job_try, False, failure_value(error), start_ms)
         return Finished(job.job_id, result=result)
 
-    @staticmethod
-    def _decode(job: ClaimedJob) -> JobRecord:
+    def _decode(self, job: ClaimedJob) -> JobRecord:
         if job.record is None:
             raise _Refused("JobExecutionFailed", "job expired")
+        if job.untrusted is not None:
+            raise _Refused("SignatureError", f"the job record is refused unread: {job.untrusted}")
+        limit = self._attempts.settings.worker_max_record_bytes
+        if len(job.record) > limit:
+            raise _Refused(
+                "DeserializationError",
+                f"the job record is {len(job.record)} bytes, over the {limit}-byte limit "
+                "(WORKER_MAX_RECORD_BYTES)",
+            )
         try:
             return decode_job(job.record)
         except CodecError as exc:
@@ -85,10 +132,17 @@ class ClaimedJobs:
         except UnknownJobError:
             raise _Refused("JobExecutionFailed", f"function {record.name!r} not found") from None
 
-    def _check_tries(self, definition: JobDefinition[Any, Any], job_try: int) -> None:
+    def _check_tries(self, definition: JobDefinition[Any, Any], job_try: int, interruptions: int) -> None:
         max_tries = self._attempts.max_tries_for(definition)
         if job_try > max_tries:
             raise _Refused("JobExecutionFailed", f"max {max_tries} tries exceeded")
+        budget = self._attempts.settings.worker_max_interruptions
+        if interruptions > budget:
+            raise _Refused(
+                "JobExecutionFailed",
+                f"its run was interrupted {interruptions} times (a worker killed, or stopped mid-run); "
+                f"WORKER_MAX_INTERRUPTIONS={budget} ran out",
+            )
 
     async def _refused(
         self, job: ClaimedJob, record: JobRecord | None, refused: _Refused, start_ms: int, duration_s: float

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from core.clock import epoch_ms
-from core.errors import BackendError, BackendRefused, BackendUnavailable, ReplyLost
+from core.errors import BackendError, BackendRefused, BackendUnavailable, CredentialsRefused, ReplyLost
 from core.registry import Registry
 from settings import Settings
 from worker.backend import ClaimBatch, ClaimedJob, Finished, QueueBackend
@@ -85,6 +85,11 @@ class JobEngine:
         self._slot_free = asyncio.Event()
         self._lost_claims: list[int] = []  # bumped scores of claims whose reply was lost
         self._next_health = 0.0
+        self._side_tasks: set[asyncio.Task[None]] = set()  # dead letters of quarantined entries
+        self._empty_wakes = 0  # wake-ups in a row that found nothing to do
+        self._wake_repaired_at = 0.0
+        # Set when Redis refuses this worker's credentials or ACL: the worker stops and says so.
+        self.fatal: CredentialsRefused | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -110,6 +115,8 @@ class JobEngine:
         finally:
             await self._finish_running()
             await self._recorder.close(_RECORD_AT_STOP_S if self.stopping else 3600.0)
+            if self._side_tasks:
+                await asyncio.gather(*self._side_tasks, return_exceptions=True)
 
     async def _finish_running(self) -> None:
         """Give running jobs the shutdown grace, then cancel them (they will run again)."""
@@ -135,7 +142,11 @@ class JobEngine:
                 continue
             for job in batch.jobs:
                 self._start(job)
+            for entry in batch.poison:
+                self._side_task(self._claimed.quarantined(entry))
             if batch.more or self.stopping:
+                continue
+            if await self._woken_for_nothing(batch):
                 continue
             if self.burst:
                 if not await self._burst_wait(batch):
@@ -166,8 +177,11 @@ class JobEngine:
         except BackendUnavailable as exc:
             await self._until_stopped(self._wait_for_redis(exc))
             return None
+        except CredentialsRefused as exc:
+            self._stop_on(exc)
+            return None
         except BackendRefused as exc:
-            # A refusal (OOM, NOPERM, ...) would repeat on every claim; say so and slow down.
+            # A refusal (OOM, a script error) would repeat on every claim; say so and slow down.
             log.error("redis refused a worker command", error=str(exc))
             await self._until_stopped(asyncio.sleep(1.0))
             return None
@@ -188,14 +202,20 @@ class JobEngine:
         try:
             finished = await self._claimed.run(job)
         except asyncio.CancelledError:
-            self._recorder.add(Finished(job.job_id, run_again_at_ms=epoch_ms()))
+            # Stopped past the shutdown grace: due again at once, and not counted as a try.
+            self._recorder.add(Finished(job.job_id, run_again_at_ms=epoch_ms(), interrupted=True))
             raise
-        except Exception:
-            # A bug on our side, not the job's (the attempt path catches those): keep the worker
-            # going; the job runs again when its lock expires, and counts against its tries.
-            log.exception("could not finish a job; it will run again", job_id=job.job_id)
-            return
         self._recorder.add(finished)
+
+    def _side_task(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _stop_on(self, exc: CredentialsRefused) -> None:
+        log.error("redis refuses this worker; stopping", error=str(exc))
+        self.fatal = exc
+        self.request_stop()
 
     async def _wait_slot(self) -> None:
         """Until a job task ends (or stop is requested, which sets the event too)."""
@@ -219,13 +239,40 @@ class JobEngine:
             except BackendUnavailable as exc:
                 await self._until_stopped(self._wait_for_redis(exc))
                 return
+            except CredentialsRefused as exc:
+                self._stop_on(exc)
+                return
             except BackendRefused as exc:
-                # A wake key of the wrong type, say: claims still work, so poll instead of blocking.
-                log.error("redis refused the idle wait; polling until it is repaired", error=str(exc))
-                await self._until_stopped(asyncio.sleep(1.0))
+                # A wake key of the wrong type, written by someone else: make it right again.
+                await self._repair_wake(str(exc))
                 return
             if woken:
                 return
+
+    async def _woken_for_nothing(self, batch: ClaimBatch) -> bool:
+        """A wake-up that found nothing due, over and over, means a wake key someone grew with
+        many members (each BZPOPMIN returns at once): repair it rather than spin."""
+        if batch.jobs or batch.poison or self.tasks:
+            self._empty_wakes = 0
+            return False
+        self._empty_wakes += 1
+        if self._empty_wakes < 3:
+            return False
+        self._empty_wakes = 0
+        await self._repair_wake("wake-ups with nothing to claim")
+        return False
+
+    async def _repair_wake(self, why: str) -> None:
+        try:
+            repaired = await self.backend.repair_wake(self.queue)
+        except BackendError as exc:
+            repaired, why = False, f"{why}; repair failed: {exc}"
+        if repaired or time.monotonic() - self._wake_repaired_at > 60:
+            # Logged once a minute at most, whatever writes the key.
+            log.error("the queue's wake key was not ours; repaired it", queue=self.queue, reason=why)
+            self._wake_repaired_at = time.monotonic()
+        if not repaired:
+            await self._until_stopped(asyncio.sleep(1.0))
 
     async def _burst_wait(self, batch: ClaimBatch) -> bool:
         """In burst mode: False when the queue is empty and nothing runs, else wait a little."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -103,33 +105,36 @@ class WorkerService:
             try:
                 await self.backend.start()
             except BackendRefused as exc:
-                log.error("redis refused the worker: fix REDIS_URL", error=str(exc))
+                log.error(
+                    "redis refuses this worker; not starting",
+                    url=self.settings.redis_url_redacted,
+                    error=str(exc),
+                )
                 return 2
             self.backend.on_up(self._plugins.redis_back)
             await migrate_at_start(self.settings)
             await self.producer.start()
             await self._plugins.start(self.runtime, "worker", self.producer.enqueue_by_name)
-            background = [
-                asyncio.create_task(
-                    publish_forever(
-                        self.backend,
-                        self.metrics.recent,
-                        self.worker.token,
-                        self.settings.queue_name,
-                        lambda: list(self.worker.tasks),
-                    )
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                "snapshots": lambda: publish_forever(
+                    self.backend,
+                    self.metrics.recent,
+                    self.worker.token,
+                    self.settings.queue_name,
+                    lambda: list(self.worker.tasks),
                 ),
-                asyncio.create_task(self._durability()),
-                asyncio.create_task(self.worker.extend_locks_forever()),
-            ]
+                "durability": self._durability,
+                "lock extension": self.worker.extend_locks_forever,
+            }
             if not self._burst:  # a burst run drains the queue and exits; schedules would refill it
-                background.append(asyncio.create_task(self._scheduler.run_forever()))
+                loops["schedules"] = self._scheduler.run_forever
+            background = [asyncio.create_task(_supervised(name, loop)) for name, loop in loops.items()]
             await self.worker.run()
         finally:
             for task in background:
                 task.cancel()
             await self._shutdown()
-        return 0
+        return 2 if self.worker.fatal is not None else 0
 
     async def _durability(self) -> None:
         """Relay the spool and reconcile durable jobs, once Postgres answers."""
@@ -173,6 +178,30 @@ class WorkerService:
                 failed=totals["failed"],
                 retried=totals["retry"],
             )
+
+
+async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop for the worker's life: a failure is logged and the loop restarted
+    (after 1 s, doubling to 60 s while it keeps failing), never left unread."""
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if time.monotonic() - started > 60:
+                delay = 1.0  # it had been running fine for a while
+            log.error(
+                "background task failed; restarting it",
+                task=name,
+                error=f"{type(exc).__name__}: {exc}",
+                restart_in_s=delay,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 60.0)
 
 
 async def run_worker(settings: Settings, *, burst: bool = False) -> int:

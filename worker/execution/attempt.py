@@ -22,7 +22,7 @@ import structlog
 from core.codec import json_value
 from core.context import JobContext, Mode
 from core.deps import Deps
-from core.errors import JobFailed, JobTimeout, PermanentError, TransientError, classify
+from core.errors import JobFailed, JobTimeout, PermanentError, TransientError, classify, scrub
 from core.registry import JobDefinition
 from settings import Settings
 from worker.execution.outcomes import AttemptEnd, Outcomes
@@ -56,6 +56,8 @@ class AttemptRunner:
         self.settings = settings
         self.deps = deps
         self.outcomes = outcomes
+        # Scrubbed from every error message before it is logged, stored or returned.
+        self._secrets = settings.secret_values()
 
     def timeout_for(self, job: JobDefinition[Any, Any]) -> float:
         return job.timeout if job.timeout is not None else self.settings.job_timeout
@@ -73,6 +75,7 @@ class AttemptRunner:
         mode: Mode,
         enqueue_time: datetime | None = None,
         traceparent: str | None = None,
+        start_number: int | None = None,
     ) -> Attempt:
         fields: dict[str, Any] = {"job_id": job_id, "job": job.name, "mode": mode, "job_try": job_try}
         if traceparent is not None:  # every line of the job joins the request that enqueued it
@@ -88,6 +91,7 @@ class AttemptRunner:
             deps=self.deps,
             log=log.bind(),
             traceparent=traceparent,
+            attempt=start_number or job_try,
         )
         started = time.perf_counter()
         self.outcomes.started(job.name, mode)
@@ -170,7 +174,8 @@ class AttemptRunner:
             if isinstance(exc, TimeoutError) and deadline.expired():
                 error = JobTimeout(f"job ran longer than its {timeout:g}s timeout")
             kind = classify(error)
-            failure = JobFailed(ctx.job_id, type(error).__name__, str(error) or type(error).__name__, kind)
+            message = scrub(str(error) or type(error).__name__, self._secrets)
+            failure = JobFailed(ctx.job_id, type(error).__name__, message, kind)
             if kind == "transient" and ctx.job_try < ctx.max_tries:
                 retry_after = error.retry_after if isinstance(error, TransientError) else None
                 delay = backoff_delay(ctx.job_try, self.settings, retry_after)

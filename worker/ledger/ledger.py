@@ -63,7 +63,20 @@ _MIGRATE_FIX = "run `python -m worker migrate` (a worker also applies migrations
 
 
 def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    text = orjson.dumps(value).decode()
+    # jsonb cannot hold NUL. Payloads are refused at enqueue when they carry one, but an error
+    # message or a forged entry may: it is stored with the NUL spelled out rather than lost.
+    return orjson.dumps(_without_nul(value)).decode() if "\\u0000" in text else text
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
