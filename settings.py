@@ -7,9 +7,10 @@ to fix it. Secrets are `SecretStr` so neither `repr()` nor logs can show them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import email_validator
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -17,7 +18,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings", "redact_url"]
 
-_SECRET_FIELDS = {"redis_url", "database_url", "smtp_url", "sendgrid_api_key", "ai_api_key"}
+_SECRET_FIELDS = {
+    "redis_url",
+    "database_url",
+    "smtp_url",
+    "sendgrid_api_key",
+    "ai_api_key",
+    "job_signing_keys",
+}
 
 # A fix hint per field, used when pydantic's own message is all we have.
 _FIX_HINTS: dict[str, str] = {
@@ -38,21 +46,42 @@ _FIX_HINTS: dict[str, str] = {
     "worker_batch_size": "use 1 to 1000 jobs per claim and per outcome write (default 100)",
     "worker_idle_block": "use 0.05 to 3600 seconds; longer blocks cost an idle worker fewer commands",
     "worker_health_interval": "use 1 to 86400 seconds; the health key lives 10 s longer than this",
+    "job_signing_keys": "use keys of at least 32 characters, separated by commas (the first signs)",
+    "email_allowed_from": "use a comma-separated list of domains (example.com) or addresses (a@example.com)",
+    "worker_max_interruptions": "use 0 to 100 interrupted runs (worker killed or stopped mid-run)",
 }
 
 
+# Query options whose values are secrets (redis-py takes `?password=`).
+# A value runs to the next `&` or `;` (an unescaped `#`, `?` or `@` in it is still hidden).
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|key)=)[^&;]*")
+
+
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, safe for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    # Work on the raw netloc: parts.port raises on a bad port, and this runs while reporting one.
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """`url` with any password replaced by `***`, safe for logs and error messages.
+
+    Credentials end at the last `@` before the host, so a password with an unescaped `/`, `#`, `?`
+    or `@` is still hidden whole; a password given as a query option is hidden too. Never raises.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    rest = _SECRET_QUERY.sub(r"\1***", rest)  # first, so an `@` in a query password is gone
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    return f"{scheme}{sep}{rest}"
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password of a URL (as written and percent-decoded) and secret query options."""
+    rest = url.partition("://")[2] or url
+    found = [m.group(0).split("=", 1)[1] for m in _SECRET_QUERY.finditer(rest)]
+    userinfo, at, _ = _SECRET_QUERY.sub("", rest).rpartition("@")
+    if at and ":" in userinfo:
+        password = userinfo.split(":", 1)[1]
+        found += [password, unquote(password)]
+    return found
 
 
 def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
@@ -66,6 +95,17 @@ def _check_url(value: str, schemes: tuple[str, ...], what: str) -> None:
         parts.port  # noqa: B018 - raises on a non-numeric port
     except ValueError:
         raise ValueError(f"the port is not a number; use {schemes[0]}://host:port") from None
+
+
+# Query options redis-py would read from the URL to weaken or replace TLS verification.
+_TLS_URL_OPTIONS = {
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_ca_path",
+}
 
 
 class SettingsError(ValueError):
@@ -103,6 +143,14 @@ class Settings(BaseSettings):
     job_keep_result: float = Field(3600.0, ge=0)
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
     inline_max_background: int = Field(64, ge=1, le=10000)
+    # Jobs one producer runs inline at once while Redis is down, awaited ones included; a caller
+    # beyond that waits up to INLINE_WAIT_TIMEOUT for a slot, then gets an EnqueueError.
+    inline_max_concurrent: int = Field(32, ge=1, le=10000)
+    inline_wait_timeout: float = Field(10.0, ge=0, le=3600)
+    # Signing of job and result records (HMAC-SHA256): the first key signs, every key verifies.
+    job_signing_keys: SecretStr | None = None
+    # A migration window: accept records without a signature (a wrong one is still refused).
+    job_signing_accept_unsigned: bool = False
 
     # Worker.
     worker_max_jobs: int = Field(100, ge=1, le=10000)
@@ -116,6 +164,11 @@ class Settings(BaseSettings):
     # A running job's lock lives this long unless its worker, while alive, keeps extending it; a
     # SIGKILLed worker's jobs run again elsewhere within about this time.
     worker_lock_timeout: float = Field(15.0, ge=3, le=3600)
+    # Runs of one job that were interrupted (its worker killed, or stopped past the shutdown
+    # grace) before the job fails; they do not count as tries.
+    worker_max_interruptions: int = Field(3, ge=0, le=100)
+    # The largest job record a worker reads; a bigger one is dead-lettered unread.
+    worker_max_record_bytes: int = Field(1024 * 1024, ge=4096, le=64 * 1024 * 1024)
     # How often the worker re-enqueues durable jobs that Redis has lost.
     durable_check_interval: float = Field(15.0, gt=0, le=3600)
     worker_http_host: str = "127.0.0.1"
@@ -127,6 +180,12 @@ class Settings(BaseSettings):
     # verified sender in production.
     email_from: str = "Max Booster <no-reply@maxbooster.example>"
     email_file_dir: str = "var/mail"
+    # Who may appear as a message's sender (from_address): domains or addresses; unset means the
+    # domain of EMAIL_FROM.
+    email_allowed_from: str | None = None
+    # A bulk email to more recipients than this is never sent inline from a caller's process
+    # while Redis is down: it waits in the spool for a worker.
+    email_inline_max_recipients: int = Field(50, ge=1, le=100_000)
     # A claim on an idempotency key blocks other runs for this long; it must outlast one
     # send_email run (60 s timeout), or a slow live run could be overtaken and send twice.
     email_claim_lease: float = Field(120.0, ge=60, le=86400)
@@ -181,6 +240,12 @@ class Settings(BaseSettings):
         raw = v.get_secret_value().strip()
         if raw:
             _check_url(raw, ("redis", "rediss"), "Redis")
+            options = {name.lower() for name, _ in parse_qsl(urlsplit(raw).query)}
+            if options & _TLS_URL_OPTIONS:
+                raise ValueError(
+                    f"TLS options in the URL ({', '.join(sorted(options & _TLS_URL_OPTIONS))}) are not "
+                    "honoured; use REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE/KEY_FILE or REDIS_TLS_INSECURE"
+                )
             db = urlsplit(raw).path.lstrip("/")
             if db and not db.isdigit():
                 raise ValueError(f"database index {db!r} is not a number; use redis://host:6379/0")
@@ -213,12 +278,39 @@ class Settings(BaseSettings):
             raise ValueError("give the API root, not the endpoint: drop the trailing /chat/completions")
         return url
 
-    @field_validator("ai_api_key", "ai_model")
+    @field_validator("ai_api_key", "ai_model", "job_signing_keys")
     @classmethod
     def _blank_is_unset(cls, v: Any) -> Any:
-        # AI_MODEL= or AI_API_KEY= in a .env file means "not set", as for the URLs above.
-        raw = v.get_secret_value() if isinstance(v, SecretStr) else v
-        return v if raw is not None and raw.strip() else None
+        # AI_MODEL= or AI_API_KEY= in a .env file means "not set", as for the URLs above. Keys are
+        # stripped: a secret mounted from a file often ends in a newline.
+        if isinstance(v, SecretStr):
+            raw = v.get_secret_value().strip()
+            return SecretStr(raw) if raw else None
+        return v.strip() if isinstance(v, str) and v.strip() else None
+
+    @field_validator("job_signing_keys")
+    @classmethod
+    def _signing_keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        keys = [k.strip() for k in v.get_secret_value().split(",")]
+        if any(len(k) < 32 for k in keys):
+            raise ValueError(
+                "every key must be at least 32 characters (a key shorter than that is guessable)"
+            )
+        return SecretStr(",".join(keys))
+
+    @field_validator("email_allowed_from")
+    @classmethod
+    def _allowed_from(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        entries = [e.strip().lower() for e in v.split(",") if e.strip()]
+        for entry in entries:
+            domain = entry.rpartition("@")[2]
+            if not domain or "." not in domain or any(c.isspace() for c in entry):
+                raise ValueError(f"{entry!r} is neither a domain nor an address")
+        return ",".join(entries)
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
     @classmethod
@@ -281,6 +373,40 @@ class Settings(BaseSettings):
         if self.sendgrid_api_key is not None:
             return "sendgrid"
         return "smtp" if self.smtp_url is not None else "file"
+
+    def secret_values(self) -> list[str]:
+        """Every secret value configured (keys, tokens, URL passwords), longest first, for
+        scrubbing error messages: a provider may echo a key back."""
+        found: list[str] = []
+        for name in ("sendgrid_api_key", "ai_api_key"):
+            value = getattr(self, name)
+            if value is not None:
+                found.append(value.get_secret_value())
+        if self.job_signing_keys is not None:
+            found += self.job_signing_keys.get_secret_value().split(",")
+        for url in (self.redis_url, self.database_url, self.smtp_url):
+            if url is not None:
+                found += _url_secrets(url.get_secret_value())
+        return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
+
+    @property
+    def signing_keys(self) -> list[bytes]:
+        """The job-signing keys, the signing one first; empty when signing is off."""
+        if self.job_signing_keys is None:
+            return []
+        return [key.encode() for key in self.job_signing_keys.get_secret_value().split(",")]
+
+    @property
+    def email_senders_allowed(self) -> tuple[str, ...]:
+        """Domains and addresses a message may be sent from (EMAIL_ALLOWED_FROM, or EMAIL_FROM's domain)."""
+        if self.email_allowed_from:
+            return tuple(self.email_allowed_from.split(","))
+        address = (
+            self.email_from[self.email_from.rfind("<") + 1 : -1]
+            if self.email_from.endswith(">")
+            else self.email_from
+        )
+        return (address.rpartition("@")[2].lower(),)
 
     @property
     def redis_enabled(self) -> bool:

@@ -20,7 +20,7 @@ from jobs.analytics import (
     send_weekly_insights,
 )
 from jobs.analytics.ingest import AnalyticsIngest
-from jobs.email import send_bulk_email, send_email
+from jobs.email import bulk_too_big_inline, send_bulk_email, send_email
 from jobs.ops import ping
 
 __all__ = [
@@ -66,8 +66,9 @@ REGISTRY = Registry(
         # durable: recorded in Postgres until sent, so a Redis that loses its data loses no mail.
         # 60 s covers an SMTP conversation at SMTP_TIMEOUT=10 s per step; EMAIL_CLAIM_LEASE outlasts it.
         define(send_email, timeout=60, max_tries=6, durable=True),
-        # Up to 5,000 copies: five SendGrid requests, or one SMTP transaction each.
-        define(send_bulk_email, timeout=900, max_tries=6, durable=True),
+        # Up to 5,000 copies: five SendGrid requests, or one SMTP transaction each. A big one is
+        # never sent from a web request while Redis is down: it waits in the spool.
+        define(send_bulk_email, timeout=900, max_tries=6, durable=True, inline_limit=bulk_too_big_inline),
         # AI work is heavy: spooled while Redis is down, inline only if Postgres is down too.
         # Re-asks after unusable output (AI_MAX_OUTPUT_RETRIES) happen within one try, hence the
         # long timeout; tries are for outages, 429s and 5xx, spaced by backoff or Retry-After.

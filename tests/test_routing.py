@@ -56,3 +56,14 @@ def test_each_policy_and_state_has_one_route(
     assert bool(decision.reason) == (route is Route.REJECT)
     if route is Route.REJECT:
         assert "retry later" in decision.reason.lower() or "set REDIS_URL" in decision.reason
+
+
+def test_a_job_too_big_to_run_inline_waits_in_the_spool_or_is_refused() -> None:
+    common: dict[str, object] = {"fallback": "inline", "inline_if_spool_down": True, "deferred": False}
+    big = "5000 recipients"
+    assert decide(**common, backend=DOWN, too_big_inline=big).route is Route.SPOOL  # type: ignore[arg-type]
+    refused = decide(**common, backend=DOWN, spool_failed=True, too_big_inline=big)  # type: ignore[arg-type]
+    assert refused.route is Route.REJECT
+    assert big in refused.reason
+    # Redis not configured: the operator chose inline for everything.
+    assert decide(**common, backend=DISABLED, too_big_inline=big).route is Route.INLINE  # type: ignore[arg-type]

@@ -7,8 +7,10 @@ import pickle
 import time
 from pathlib import Path
 
+import pytest
+
 from devservices.redis import RedisServer
-from settings import Settings, SettingsError, load_settings
+from settings import Settings, SettingsError, load_settings, redact_url
 from tests.conftest import make_settings, raw_redis
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
 from worker.backend import keys
@@ -71,3 +73,80 @@ async def test_redis_password_never_appears_in_logs_errors_or_reprs(
     assert "***" in seen[-2]
     for text in seen:
         assert password not in text
+
+
+def test_a_password_with_url_characters_is_never_printed_when_settings_fail() -> None:
+    password = "p/a#s?w@rd"
+    for variable, url in (
+        ("redis_url", f"redis://user:{password}@host:notaport/0"),
+        ("database_url", f"postgresql://user:{password}@host:notaport/db"),
+        ("smtp_url", f"smtp://user:{password}@host:notaport"),
+    ):
+        with pytest.raises(SettingsError) as error:
+            load_settings(**{variable: url})
+        assert password not in str(error.value)
+        assert "user:***@" in str(error.value)
+    assert redact_url(f"redis://h:6379/0?password={password}&db=1") == "redis://h:6379/0?password=***&db=1"
+
+
+def test_tls_options_in_redis_url_cannot_turn_verification_off() -> None:
+    with pytest.raises(
+        SettingsError, match=r"TLS options in the URL \(ssl_cert_reqs\) are not honoured"
+    ) as error:
+        load_settings(redis_url="rediss://host:6380/0?ssl_cert_reqs=none")
+    assert "REDIS_TLS_INSECURE" in str(error.value)
+
+
+def test_keys_mounted_from_files_lose_their_trailing_newline() -> None:
+    settings = load_settings(ai_api_key="sk-abc123\n", sendgrid_api_key=" SG.x.y\n", _env_file=None)
+    assert settings.ai_api_key is not None
+    assert settings.ai_api_key.get_secret_value() == "sk-abc123"
+    assert settings.sendgrid_api_key is not None
+    assert settings.sendgrid_api_key.get_secret_value() == "SG.x.y"
+
+
+async def test_a_password_given_as_a_query_option_is_not_logged(
+    redis_server: RedisServer, log_output: io.StringIO
+) -> None:
+    settings = make_settings(f"redis://127.0.0.1:{redis_server.port}/0?password=hunter2-query-secret")
+    async with Producer(settings, registry=TEST_REGISTRY):
+        pass
+    # The server has no password, so Redis refuses the AUTH: logged, with the URL, never the secret.
+    logged = log_output.getvalue()
+    assert "Redis refused this client" in logged
+    assert "password=***" in logged
+    assert "hunter2-query-secret" not in logged
+
+
+def test_tracebacks_in_logs_carry_no_local_variables(log_output: io.StringIO) -> None:
+    import structlog
+
+    def fails(recipient: str) -> None:
+        raise ValueError("boom")
+
+    try:
+        fails("private-recipient@example.com")
+    except ValueError:
+        structlog.get_logger("test").exception("it failed")
+    assert "boom" in log_output.getvalue()
+    assert "private-recipient@example.com" not in log_output.getvalue()
+
+
+async def test_a_wrong_redis_password_is_a_configuration_error(
+    database_url: str, log_output: io.StringIO
+) -> None:
+    with RedisServer(password="right-password") as server:
+        wrong = make_settings(
+            server.url.replace("right-password", "wrong-password"), database_url=database_url
+        )
+        # The worker refuses to run and says what to fix.
+        assert await WorkerService(wrong, registry=TEST_REGISTRY, handle_signals=False).run() == 2
+        # The producer says so loudly, and jobs still run (inline).
+        async with Producer(wrong, registry=TEST_REGISTRY) as producer:
+            handle = await producer.enqueue(record, key="still-runs")
+            assert handle.mode == "inline"
+            assert producer.last_refusal is not None
+    errors = [line for line in log_output.getvalue().splitlines() if '"level":"error"' in line]
+    assert any("refuses this worker" in line and "REDIS_URL" in line for line in errors)
+    assert any("refuses this producer" in line for line in errors)
+    assert "wrong-password" not in log_output.getvalue()

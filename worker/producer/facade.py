@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,10 +38,10 @@ import asyncpg
 import structlog
 
 from core.clock import epoch_ms
-from core.codec import encode_job, valid_traceparent
+from core.codec import check_job_id, encode_job, valid_traceparent
 from core.context import JobContext
 from core.enqueue import ENQUEUE, EnqueueOutcome
-from core.errors import EnqueueError, JobValidationError, NotSent, ReplyLost
+from core.errors import BackendRefused, EnqueueError, JobValidationError, NotSent, ReplyLost
 from core.plugin import EventSink, Plugin, TrackResult
 from core.registry import JobDefinition, Registry
 from jobs import REGISTRY
@@ -73,8 +75,33 @@ def _new_job_ids(count: int) -> list[str]:
     return [hexed[i : i + 32] for i in range(0, 32 * count, 32)]
 
 
+def _job_id(job_id: str | None) -> str:
+    """The caller's id, checked against the job-id rule, or a fresh one."""
+    if job_id is None:
+        return uuid.uuid4().hex
+    check_job_id(job_id)
+    return job_id
+
+
 def _run_at(defer_by: float | None) -> datetime:
     return datetime.now(UTC) + timedelta(seconds=defer_by or 0)
+
+
+# The longest a job may be deferred: a year.
+_MAX_DEFER_S = 366 * 86_400.0
+
+
+def _defer(defer_by: float | None) -> float | None:
+    """`defer_by` checked: a number of seconds from 0 to a year, or None."""
+    if defer_by is None:
+        return None
+    if isinstance(defer_by, bool) or not isinstance(defer_by, int | float) or not math.isfinite(defer_by):
+        raise JobValidationError(
+            f"defer_by: {defer_by!r} is not a number of seconds; use 0 to {_MAX_DEFER_S:g}"
+        )
+    if not 0 <= defer_by <= _MAX_DEFER_S:
+        raise JobValidationError(f"defer_by: {defer_by!r} is out of range; use 0 to {_MAX_DEFER_S:g} seconds")
+    return float(defer_by) or None
 
 
 def _trace(traceparent: str | None) -> str | None:
@@ -121,6 +148,9 @@ class Producer:
         self._relay: SpoolRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._inline_count = 0
+        self._refusal_logged_at = -3600.0
+        # What Redis last refused this producer (wrong password, a missing ACL grant), if anything.
+        self.last_refusal: str | None = None
         if self._owns_runtime:
             self.runtime.deps.provide(ENQUEUE, self.enqueue_by_name)  # follow-up jobs of inline runs
 
@@ -157,7 +187,17 @@ class Producer:
         if not self._owns_runtime:
             return  # the owner starts the backend, reports how Redis is and runs the plug-ins
         self.backend.on_up(self._plugins.redis_back)
-        state = await self.backend.start()
+        try:
+            state = await self.backend.start()
+        except BackendRefused as exc:
+            # A configuration error, said loudly; jobs still run inline (or spool) meanwhile.
+            self.last_refusal = str(exc)
+            log.error(
+                "redis refuses this producer; jobs fall back as if it were down",
+                url=self.settings.redis_url_redacted,
+                error=str(exc),
+            )
+            state = self.backend.state
         if self.backend.usable:
             log.info("Redis primary client connected, jobs are queued", url=self.settings.redis_url_redacted)
         else:
@@ -214,10 +254,12 @@ class Producer:
         of the request that enqueued it.
         """
         definition = self.registry.get(job)
-        payload = definition.payload(kwargs or {}, max_bytes=self.settings.max_payload_bytes)
+        payload = definition.payload(
+            kwargs or {}, max_bytes=self.settings.max_payload_bytes, settings=self.settings
+        )
         definition.check_settings(self.settings)
         sub = _Submission(
-            definition, payload, job_id or uuid.uuid4().hex, defer_by, background, _trace(traceparent)
+            definition, payload, _job_id(job_id), _defer(defer_by), background, _trace(traceparent)
         )
         return await self._submit(sub)
 
@@ -226,9 +268,11 @@ class Producer:
     ) -> JobHandle[Any]:
         """Enqueue with arguments given as JSON text (the CLI); `inline=True` skips Redis."""
         definition = self.registry.get(job)
-        payload = definition.payload_from_json(raw_args, max_bytes=self.settings.max_payload_bytes)
+        payload = definition.payload_from_json(
+            raw_args, max_bytes=self.settings.max_payload_bytes, settings=self.settings
+        )
         definition.check_settings(self.settings)
-        sub = _Submission(definition, payload, job_id or uuid.uuid4().hex)
+        sub = _Submission(definition, payload, _job_id(job_id))
         if inline:
             return await self._run_inline(sub)
         return await self._submit(sub)
@@ -254,8 +298,10 @@ class Producer:
             )
         definition = self.registry.get(job)
         definition.check_settings(self.settings)
-        payload = definition.payload(kwargs or {}, max_bytes=self.settings.max_payload_bytes)
-        job_id = job_id or uuid.uuid4().hex
+        payload = definition.payload(
+            kwargs or {}, max_bytes=self.settings.max_payload_bytes, settings=self.settings
+        )
+        job_id, defer_by = _job_id(job_id), _defer(defer_by)
         await self.ledger.spool(
             conn,
             job_id=job_id,
@@ -290,8 +336,11 @@ class Producer:
         definition = self.registry.get(job)
         definition.check_settings(self.settings)
         limit = self.settings.max_payload_bytes
-        payloads = [definition.payload(kwargs, max_bytes=limit) for kwargs in kwargs_list]
-        ids = list(job_ids) if job_ids is not None else _new_job_ids(len(payloads))
+        payloads = [
+            definition.payload(kwargs, max_bytes=limit, settings=self.settings) for kwargs in kwargs_list
+        ]
+        ids = [_job_id(i) for i in job_ids] if job_ids is not None else _new_job_ids(len(payloads))
+        defer_by = _defer(defer_by)
         if len(ids) != len(payloads):
             raise JobValidationError(
                 f"{definition.name}: {len(ids)} job ids for {len(payloads)} jobs; give one id per job"
@@ -308,7 +357,11 @@ class Producer:
                     run_at=_run_at(defer_by),
                     traceparent=trace,
                 )
-        replies = await self._send_many(definition.name, ids, payloads, defer_by, trace)
+        try:
+            replies = await self._send_many(definition.name, ids, payloads, defer_by, trace)
+        except BackendRefused as exc:
+            self._refused(exc)
+            replies = [EnqueueReply.NOT_SENT] * len(ids)
         handles: list[JobHandle[Any] | None] = [None] * len(ids)
         left = []
         for i, reply in enumerate(replies):
@@ -352,6 +405,14 @@ class Producer:
         return await self._event_sink().track(events)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _refused(self, exc: BackendRefused) -> None:
+        """Redis refused an enqueue (credentials, an ACL, out of memory): the job falls back as
+        in an outage, and the refusal, a configuration problem, is logged at most once a minute."""
+        self.last_refusal = str(exc)
+        if time.monotonic() - self._refusal_logged_at > 60:
+            self._refusal_logged_at = time.monotonic()
+            log.error("redis refused an enqueue; jobs fall back as if it were down", error=str(exc))
 
     def _event_sink(self) -> EventSink:
         sink = self._plugins.event_sink()
@@ -407,6 +468,9 @@ class Producer:
             self._ambiguous.add(queue, sub.job_id)
             log.warning("enqueue reply lost, running inline", job_id=sub.job_id, job=name)
             return await self._fall_back(sub)
+        except BackendRefused as exc:
+            self._refused(exc)
+            return await self._fall_back(sub)
         duplicate = reply is EnqueueReply.DUPLICATE
         return JobHandle(sub.job_id, name, "queued", duplicate=duplicate, backend=self.backend)
 
@@ -415,6 +479,7 @@ class Producer:
         definition = sub.definition
         state = LinkState.DOWN if self.backend.state is LinkState.UP else self.backend.state
         spool_failed = False
+        too_big = definition.too_big_inline(self.settings, sub.payload)
         while True:
             decision = decide(
                 fallback=definition.fallback,
@@ -422,6 +487,7 @@ class Producer:
                 deferred=bool(sub.defer_by),
                 backend=state,
                 spool_failed=spool_failed,
+                too_big_inline=too_big,
             )
             if decision.route is Route.REJECT:
                 raise EnqueueError(f"{definition.name}: {decision.reason}")

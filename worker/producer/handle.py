@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, Generic, TypeVar
 
+from core.codec import CodecError
 from core.enqueue import Placement
 from core.errors import BackendError, JobFailed
 from worker.backend import QueueBackend
@@ -64,6 +65,8 @@ class JobHandle(Generic[R]):
                     record = await backend.result(self.job_id)
                 except BackendError:
                     record = None
+                except CodecError as exc:  # not a result we wrote, or a forged one
+                    raise JobFailed(self.job_id, exc.error_type, str(exc), "permanent") from None
             if record is not None:
                 if record.success:
                     return record.value  # type: ignore[no-any-return]

@@ -1,9 +1,13 @@
 """The inline executor: a job run here and now, every try, through the same attempt path the
 worker uses (same argument loading, timeout, retry classification, log line, dead letter).
 
-By default the caller waits for the job. With `background=True` it returns at once and the
-job runs as a tracked task; at most `INLINE_MAX_BACKGROUND` run at a time (a caller beyond
-that waits for a slot: backpressure, never a drop), and `close()` waits for them.
+Inline work happens in the caller's process (a web app while Redis is down), so it is bounded:
+at most `INLINE_MAX_CONCURRENT` jobs run at once. By default the caller waits for its job; a
+caller that finds every slot taken waits for one up to `INLINE_WAIT_TIMEOUT` seconds, then gets
+an `EnqueueError` (backpressure with a clear answer, never a silent drop). With
+`background=True` the call returns at once and the job runs as a tracked task; at most
+`INLINE_MAX_BACKGROUND` are accepted at a time (a caller beyond that waits for room), and
+`close()` waits for them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.context import Mode
-from core.errors import JobFailed
+from core.errors import EnqueueError, JobFailed
 from core.registry import JobDefinition
 from settings import Settings
 from worker.execution import AttemptRunner
@@ -24,9 +28,11 @@ __all__ = ["InlineExecutor"]
 
 class InlineExecutor:
     def __init__(self, settings: Settings, attempts: AttemptRunner) -> None:
+        self._settings = settings
         self._attempts = attempts
         self._background: set[asyncio.Future[Any]] = set()
         self._slots = asyncio.Semaphore(settings.inline_max_background)
+        self._running = asyncio.Semaphore(settings.inline_max_concurrent)
 
     async def run(
         self,
@@ -66,16 +72,45 @@ class InlineExecutor:
         background: bool,
         traceparent: str | None = None,
     ) -> asyncio.Future[Any]:
-        """Start the run; wait for it unless `background` (then hold one of the bounded slots)."""
+        """Start the run; wait for it unless `background` (then hold one of the bounded slots).
+
+        Raises `EnqueueError` when every inline slot stayed taken for `INLINE_WAIT_TIMEOUT`."""
         if background:
             await self._slots.acquire()
-        task = asyncio.ensure_future(self.run(job, job_id=job_id, kwargs=kwargs, traceparent=traceparent))
-        if background:
+            task = asyncio.ensure_future(self._bounded(job, job_id, kwargs, traceparent))
             self._background.add(task)
             task.add_done_callback(self._background_done)
-        else:
-            await asyncio.wait([task])
+            return task
+        await self._take_slot(job.name)
+        task = asyncio.ensure_future(self._run_holding_slot(job, job_id, kwargs, traceparent))
+        await asyncio.wait([task])
         return task
+
+    async def _take_slot(self, name: str) -> None:
+        wait = self._settings.inline_wait_timeout
+        try:
+            async with asyncio.timeout(wait):
+                await self._running.acquire()
+        except TimeoutError:
+            limit = self._settings.inline_max_concurrent
+            raise EnqueueError(
+                f"{name}: Redis is unusable and {limit} jobs already run inline in this process "
+                f"(INLINE_MAX_CONCURRENT); none finished within {wait:g}s (INLINE_WAIT_TIMEOUT). Retry later."
+            ) from None
+
+    async def _bounded(
+        self, job: JobDefinition[Any, Any], job_id: str, kwargs: Mapping[str, Any], traceparent: str | None
+    ) -> Any:
+        await self._running.acquire()  # a background job waits for a slot; nobody waits on it
+        return await self._run_holding_slot(job, job_id, kwargs, traceparent)
+
+    async def _run_holding_slot(
+        self, job: JobDefinition[Any, Any], job_id: str, kwargs: Mapping[str, Any], traceparent: str | None
+    ) -> Any:
+        try:
+            return await self.run(job, job_id=job_id, kwargs=kwargs, traceparent=traceparent)
+        finally:
+            self._running.release()
 
     def lease_s(self, job: JobDefinition[Any, Any]) -> float:
         """How long a full inline run of `job` can take, every try and backoff included."""

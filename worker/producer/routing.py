@@ -39,11 +39,23 @@ def decide(
     deferred: bool,
     backend: LinkState,
     spool_failed: bool = False,
+    too_big_inline: str | None = None,
 ) -> Decision:
     """The route for one job. `backend` is the state the last attempt found; `spool_failed` is
-    set once an attempt to spool met an unreachable Postgres."""
+    set once an attempt to spool met an unreachable Postgres; `too_big_inline` says why this
+    job may not run inline in the caller (it then waits in the spool, or is refused)."""
     if backend is LinkState.UP:
         return Decision(Route.QUEUE)
+    # Without Redis configured at all, everything runs inline by the operator's choice; a job too
+    # big for a caller's process is kept from it only while a configured Redis is down.
+    if too_big_inline is not None and backend is LinkState.DOWN:
+        if not spool_failed:
+            return Decision(Route.SPOOL)
+        return Decision(
+            Route.REJECT,
+            f"Redis and Postgres are down and this job is too big to run inline ({too_big_inline}); "
+            "retry later",
+        )
     if backend is LinkState.DISABLED:
         # Nothing to spool for: spool-policy jobs run inline; deferred jobs cannot wait anywhere.
         if deferred:
