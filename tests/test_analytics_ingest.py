@@ -12,11 +12,13 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from core import Registry
 from core.errors import JobValidationError
 from devservices.redis import RedisServer
+from jobs.analytics.events import WIRE_VERSION
 from jobs.analytics.ingest import EventBufferFull, EventsNotDelivered, InvalidEvent
 from tests.analytics_fixtures import (
     TEST_ANALYTICS_REGISTRY,
@@ -236,3 +238,29 @@ async def _count_is(dsn: str, prefix: str, expected: int) -> bool:
 
 async def _usable(producer: Producer) -> bool:
     return producer.backend.usable
+
+
+async def test_rows_pushed_straight_to_redis_are_checked_before_they_are_stored(
+    redis_server: RedisServer, clean_analytics: str
+) -> None:
+    settings = analytics_settings(redis_server.url, clean_analytics)
+    now_us = int(datetime.now(UTC).timestamp() * 1_000_000)
+    year_2100_us = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
+    rows = [
+        ["forged-ok-1", "page_view", "a1", None, "web", now_us, 1, 0, None],
+        ["forged-huge-sale", "sale", "a1", None, "store", now_us, 1, 10**15, None],
+        ["forged-unknown-type", "concert", "a1", None, "web", now_us, 1, 0, None],
+        ["forged-in-2100", "page_view", "a1", None, "web", year_2100_us, 1, 0, None],
+    ]
+    chunk = orjson.dumps([WIRE_VERSION, rows])
+    redis = raw_redis(settings)
+    await redis.rpush(f"mb:analytics:{settings.queue_name}:events", chunk)  # type: ignore[misc]
+    worker = await start_analytics_worker(settings)
+    try:
+        await eventually(lambda: _count_is(clean_analytics, "forged-ok", 1), what="the valid row stored")
+        dead = await redis.lrange(f"mb:analytics:{settings.queue_name}:dead", 0, -1)  # type: ignore[misc]
+    finally:
+        await worker.stop()
+    assert await stored_ids(clean_analytics, "forged") == ["forged-ok-1"]
+    set_aside = [row[0] for raw in dead for row in orjson.loads(raw)[1]]
+    assert sorted(set_aside) == ["forged-huge-sale", "forged-in-2100", "forged-unknown-type"]

@@ -196,3 +196,20 @@ async def test_api_key_never_reaches_the_logs_even_at_debug(
     if force_sdk_debug:
         assert "HEADERS" in output  # the SDK did log its headers, with the key masked
         assert "***" in output
+
+
+@MODES
+async def test_a_provider_error_that_quotes_the_key_is_scrubbed_everywhere(
+    mode: Mode, sendgrid_server: FakeSendGrid, email_settings: SettingsFactory, log_output: io.StringIO
+) -> None:
+    settings = sendgrid_settings(email_settings, sendgrid_server)
+    echoed = f"invalid key {API_KEY} for this account"
+    sendgrid_server.replies.append(Reply(400, {"errors": [{"message": echoed}]}))
+    failure = await send_expecting_failure(mode, settings, message())
+    async with running_producer(settings, "inline") as producer:
+        letter = await producer.ledger.dead_letter_of(failure.job_id)
+    assert API_KEY not in failure.message
+    assert "invalid key *** for this account" in failure.message
+    assert letter is not None
+    assert API_KEY not in str(letter.error)
+    assert API_KEY not in log_output.getvalue()

@@ -12,6 +12,7 @@ the rows to COPY without building an object per event.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "RefusedEvent",
     "decode_chunk",
     "encode_chunks",
+    "row_problem",
     "validate_events",
 ]
 
@@ -225,6 +227,51 @@ def encode_chunks(events: Sequence[Event], *, now_us: int, chunk_events: int) ->
     return [
         orjson.dumps([WIRE_VERSION, rows[i : i + chunk_events]]) for i in range(0, len(rows), chunk_events)
     ]
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,127}$")
+_SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+
+
+def row_problem(row: Sequence[Any], limits: EventLimits) -> str | None:
+    """Why a wire row is not one our producer would have written, or None.
+
+    Checked again when events are stored, since anyone who can write to Redis can push rows
+    straight onto the list. The age bound is twice the producer's (events may wait in Redis
+    through an outage before they are stored)."""
+    event_id, event_type, artist_id, track_id, source, occurred_us, quantity, amount_cents, properties = row
+    if not (isinstance(event_id, str) and _ID_RE.match(event_id)):
+        return "event_id is not a valid id"
+    if event_type not in EVENT_TYPES:
+        return f"type {str(event_type)[:40]!r} is not an event type"
+    if not (isinstance(artist_id, str) and _ID_RE.match(artist_id)):
+        return "artist_id is not a valid id"
+    if track_id is not None and not (isinstance(track_id, str) and _ID_RE.match(track_id)):
+        return "track_id is not a valid id"
+    if event_type in _TRACK_EVENTS and track_id is None:
+        return f"a {event_type!r} event needs a track_id"
+    if not (isinstance(source, str) and _SOURCE_RE.match(source)):
+        return "source is not a valid source"
+    now_us = int(limits.now.timestamp() * 1_000_000)
+    oldest = now_us - 2 * limits.max_age // _MICROSECOND
+    newest = now_us + limits.max_skew // _MICROSECOND
+    if not (_plain_int(occurred_us) and oldest <= occurred_us <= newest):
+        return "the event's time is out of range"
+    if not (_plain_int(quantity) and 1 <= quantity <= 1_000_000):
+        return "quantity is out of range"
+    if not (_plain_int(amount_cents) and 0 <= amount_cents <= 10**12):
+        return "amount_cents is out of range"
+    if event_type != "sale" and amount_cents != 0:
+        return "amount_cents is only for sale events"
+    if properties is not None and not (
+        isinstance(properties, str) and len(properties.encode()) <= limits.max_properties_bytes
+    ):
+        return "properties are not JSON text within the size limit"
+    return None
+
+
+def _plain_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def decode_chunk(raw: bytes) -> list[list[Any]]:

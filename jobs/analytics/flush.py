@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.context import JobContext
 from core.deps import POSTGRES
 from core.enqueue import ENQUEUE
 from core.errors import EnqueueError, JobValidationError
+from jobs.analytics.events import EventLimits
 from jobs.analytics.queue import EVENT_QUEUE, ClaimedBatch, EventQueue
 from jobs.analytics.store import write_chunks
 
@@ -48,7 +50,7 @@ async def flush_analytics_events(ctx: JobContext) -> dict[str, Any]:
             if batch is None:
                 break
             try:
-                result = await write_chunks(pool, batch.chunks)
+                result = await write_chunks(pool, batch.chunks, _limits(ctx))
             except BaseException:
                 await _release(ctx, queue, batch)
                 raise
@@ -62,6 +64,16 @@ async def flush_analytics_events(ctx: JobContext) -> dict[str, Any]:
     if totals["inserted"]:
         await _queue_rollup(ctx)
     return totals
+
+
+def _limits(ctx: JobContext) -> EventLimits:
+    settings = ctx.deps.settings
+    return EventLimits(
+        now=datetime.now(UTC),
+        max_age=timedelta(seconds=settings.analytics_max_event_age_s),
+        max_skew=timedelta(seconds=settings.analytics_max_clock_skew_s),
+        max_properties_bytes=settings.analytics_max_properties_bytes,
+    )
 
 
 async def _queue_rollup(ctx: JobContext) -> None:

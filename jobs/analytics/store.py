@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 
-from jobs.analytics.events import ROW_COLUMNS, decode_chunk
+from jobs.analytics.events import ROW_COLUMNS, WIRE_VERSION, EventLimits, decode_chunk, row_problem
 
 __all__ = ["WriteResult", "write_chunks", "write_rows"]
 
@@ -78,16 +79,28 @@ async def write_rows(pool: asyncpg.Pool, rows: Sequence[Sequence[Any]]) -> int:
         return inserted
 
 
-async def write_chunks(pool: asyncpg.Pool, chunks: Sequence[bytes]) -> WriteResult:
-    """Store every event of `chunks`; chunks that cannot be read or stored end up in `dead`."""
+async def write_chunks(pool: asyncpg.Pool, chunks: Sequence[bytes], limits: EventLimits) -> WriteResult:
+    """Store every event of `chunks`; chunks that cannot be read or stored, and rows that are
+    not events our producer would have accepted (pushed straight to Redis, say), end up in
+    `dead`."""
     result = WriteResult()
     readable: list[tuple[bytes, list[list[Any]]]] = []
     for raw in chunks:
         try:
-            readable.append((raw, decode_chunk(raw)))
+            rows = decode_chunk(raw)
         except ValueError as exc:
             log.error("analytics chunk unreadable, set aside", bytes=len(raw), error=str(exc))
             result.dead.append(raw)
+            continue
+        problems = [row_problem(row, limits) for row in rows]
+        bad = [row for row, problem in zip(rows, problems, strict=True) if problem is not None]
+        if bad:
+            first = next(p for p in problems if p is not None)
+            log.error("analytics events refused at storage, set aside", events=len(bad), first=first)
+            result.dead.append(orjson.dumps([WIRE_VERSION, bad]))
+            rows = [row for row, problem in zip(rows, problems, strict=True) if problem is None]
+            raw = orjson.dumps([WIRE_VERSION, rows])
+        readable.append((raw, rows))
     rows = [row for _, chunk_rows in readable for row in chunk_rows]
     try:
         result.inserted = await write_rows(pool, rows)

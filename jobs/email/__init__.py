@@ -13,8 +13,17 @@ ledger of idempotency keys), `delivery` (claim, send, record) and `jobs`.
 from __future__ import annotations
 
 from jobs.email.addresses import Mailbox
-from jobs.email.jobs import send_bulk_email, send_email
+from jobs.email.jobs import bulk_too_big_inline, send_bulk_email, send_email
 from jobs.email.messages import BulkEmail, Email
 from jobs.email.templates import PLANS, TemplateName
 
-__all__ = ["PLANS", "BulkEmail", "Email", "Mailbox", "TemplateName", "send_bulk_email", "send_email"]
+__all__ = [
+    "PLANS",
+    "BulkEmail",
+    "Email",
+    "Mailbox",
+    "TemplateName",
+    "bulk_too_big_inline",
+    "send_bulk_email",
+    "send_email",
+]

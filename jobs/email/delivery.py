@@ -3,7 +3,14 @@
 `deliver` sends one message under one idempotency key; `deliver_bulk` sends one copy per
 recipient, each under `<key>/<address>`, in batches the transport takes at once. A key that
 another run already delivered is not sent again: its recorded outcome is returned. A key a
-live run holds makes this run retry later (TransientError with the lease as Retry-After).
+live run holds makes a queued run retry later (TransientError with the lease as Retry-After);
+an inline run answers at once that the message is being sent elsewhere (a caller in a web
+request must not wait out another process's lease).
+
+A message accepted by the provider is recorded as sent before anything else is awaited (for a
+bulk send, each copy as soon as it is accepted): the only window in which a killed run can
+lead to a second copy is the one between the provider's acceptance and that write, and the
+"email sent" line reports how long it was (`unrecorded_ms`).
 
 Provider outcomes: a permanent refusal marks the key failed and fails the job; a transient
 one frees the key and lets the runner retry with backoff. A transient failure in the middle
@@ -15,6 +22,7 @@ never. See `jobs.email.store` for what happens when a send cannot be recorded.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -46,6 +54,16 @@ def _held_elsewhere(key: str, earlier: Delivery) -> TransientError:
     )
 
 
+def _elsewhere(earlier: Delivery) -> dict[str, Any]:
+    return {
+        "status": "in_progress_elsewhere",
+        "idempotency_key": earlier.key,
+        "job_id": earlier.job_id or None,
+        "mode": earlier.job_mode or None,
+        "retry_in_s": round(earlier.lease_left_s, 1),
+    }
+
+
 def _earlier_outcome(earlier: Delivery) -> dict[str, Any]:
     return {
         "status": "already_sent",
@@ -71,6 +89,9 @@ async def deliver(
         if earlier.state == "failed":
             raise PermanentError(earlier.error or f"email {key!r} was refused earlier")
         if earlier.state != "sent":
+            if claimant.mode == "inline":
+                log.info("email is being sent by another run", idempotency_key=key, by_job=earlier.job_id)
+                return _elsewhere(earlier)
             raise _held_elsewhere(key, earlier)
         log.info("email already sent, not sending again", idempotency_key=key, sent_by_job=earlier.job_id)
         return _earlier_outcome(earlier)
@@ -81,6 +102,7 @@ async def deliver(
     except Exception as exc:
         await store.record_failed(claim, {key: str(exc)}, classify(exc))
         raise
+    accepted = time.perf_counter()
     recorded = await store.record_sent({key: sent.message_id}, transport.name)
     log.info(
         "email sent",
@@ -90,6 +112,7 @@ async def deliver(
         recipients=len(message.to),
         refused=len(sent.refused),
         recorded=recorded,
+        unrecorded_ms=round((time.perf_counter() - accepted) * 1000, 2),
     )
     return {
         "status": "sent",
@@ -128,8 +151,14 @@ async def _send_chunk(
     store: DeliveryStore, transport: Transport, copies: Sequence[Outgoing], claim: Claim, run: _BulkRun
 ) -> bool:
     """Send the claimed copies; record each outcome. True if every one failed transiently."""
+    recorded: set[str] = set()
+
+    async def record_at_once(copy: Outgoing, outcome: Sent) -> None:
+        if await store.record_sent_now(copy.idempotency_key, outcome.message_id, transport.name):
+            recorded.add(copy.idempotency_key)
+
     try:
-        outcomes = await transport.send_batch(copies)
+        outcomes = await transport.send_batch(copies, record_at_once)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -148,8 +177,9 @@ async def _send_chunk(
                 run.set(email, "failed", error=outcome.reason)
             else:
                 run.defer(email, outcome.reason, outcome.retry_after)
-    if sent:
-        await store.record_sent(sent, transport.name)
+    unrecorded = {key: message_id for key, message_id in sent.items() if key not in recorded}
+    if unrecorded:  # Postgres missed some at once: retried here (and held in memory meanwhile)
+        await store.record_sent(unrecorded, transport.name)
     await store.record_failed(claim, failed[True], "permanent")
     await store.record_failed(claim, failed[False], "transient")
     return not sent and not failed[True]
@@ -186,6 +216,8 @@ async def deliver_bulk(
                 run.set(copy.to[0].email, "already_sent", message_id=earlier.provider_message_id)
             elif earlier.state == "failed":  # refused for good on an earlier try of this job
                 run.set(copy.to[0].email, "failed", error=earlier.error)
+            elif claimant.mode == "inline":  # answered at once, as for a single message
+                run.set(copy.to[0].email, "in_progress_elsewhere", by_job=earlier.job_id or None)
             else:
                 held = _held_elsewhere(copy.idempotency_key, earlier)
                 run.defer(copy.to[0].email, str(held), held.retry_after)
@@ -195,18 +227,22 @@ async def deliver_bulk(
     counts = Counter(row["status"] for row in run.rows.values())
     delivered = counts["sent"] + counts["already_sent"]
     summary = f"{delivered} of {len(recipients)} recipients delivered"
+    elsewhere = counts["in_progress_elsewhere"]  # an inline run: another run is sending those
     log.info("bulk email done", idempotency_key=bulk_key, transport=transport.name, **counts)
     if counts["deferred"] and (not final_try or not delivered):
         raise TransientError(
             f"{counts['deferred']} recipients deferred ({run.first_error('deferred')}); {summary}",
             retry_after=run.retry_after,
         )
-    if not delivered:
+    if not delivered and not elsewhere:
         raise PermanentError(f"no recipient accepted the message ({run.first_error('failed')}); {summary}")
+    statuses = ("sent", "already_sent", "failed", "deferred") + (
+        ("in_progress_elsewhere",) if elsewhere else ()
+    )
     return {
         "status": "complete" if delivered == len(recipients) else "partial",
         "idempotency_key": bulk_key,
         "transport": transport.name,
-        "counts": {status: counts[status] for status in ("sent", "already_sent", "failed", "deferred")},
+        "counts": {status: counts[status] for status in statuses},
         "recipients": list(run.rows.values()),
     }

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from core.context import JobContext
 from core.deps import POSTGRES
+from core.errors import PermanentError
 from jobs.email.addresses import Mailbox, parse_mailbox
 from jobs.email.delivery import deliver, deliver_bulk
-from jobs.email.messages import BulkEmail, Email, EmailContent, IdempotencyKey
+from jobs.email.messages import BulkEmail, Email, EmailContent, IdempotencyKey, sender_problem
 from jobs.email.mime import Outgoing, make_message_id
 from jobs.email.store import SENT_MEMO, Claimant, DeliveryStore
 from jobs.email.transports import EMAIL_TRANSPORT
+from settings import Settings
 
-__all__ = ["send_bulk_email", "send_email"]
+__all__ = ["bulk_too_big_inline", "send_bulk_email", "send_email"]
 
 
 def _outgoing(ctx: JobContext, content: EmailContent, key: str, to: tuple[Mailbox, ...]) -> Outgoing:
     rendered = content.rendered()
+    if content.from_address is not None:
+        # Checked again here: the worker's settings decide, whoever wrote the job to Redis.
+        problem = sender_problem(content.from_address.email, ctx.deps.settings)
+        if problem is not None:
+            raise PermanentError(problem)
     sender = content.from_address or parse_mailbox(ctx.deps.settings.email_from)
     return Outgoing(
         sender=sender,
@@ -39,7 +47,8 @@ async def _store(ctx: JobContext) -> DeliveryStore:
 
 
 def _claimant(ctx: JobContext) -> Claimant:
-    return Claimant(job_id=ctx.job_id, mode=ctx.mode, job_try=ctx.job_try)
+    # Every start counts here, interrupted ones too: a later start takes the claim over at once.
+    return Claimant(job_id=ctx.job_id, mode=ctx.mode, job_try=ctx.start_number)
 
 
 async def send_email(
@@ -68,3 +77,15 @@ async def send_bulk_email(
         final_try=ctx.job_try >= ctx.max_tries,
         log=ctx.log,
     )
+
+
+def bulk_too_big_inline(settings: Settings, kwargs: Mapping[str, Any]) -> str | None:
+    """A bulk send over EMAIL_INLINE_MAX_RECIPIENTS waits for a worker rather than running in a
+    web request while Redis is down (5,000 recipients take minutes)."""
+    message = kwargs.get("message")
+    recipients = message.get("recipients") if isinstance(message, Mapping) else None
+    count = len(recipients) if isinstance(recipients, list) else 0
+    limit = settings.email_inline_max_recipients
+    if count > limit:
+        return f"{count} recipients, over EMAIL_INLINE_MAX_RECIPIENTS={limit}"
+    return None

@@ -20,12 +20,14 @@ from pydantic import (
     JsonValue,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     model_validator,
 )
 
 from jobs.email.addresses import Mailbox
 from jobs.email.headers import header_problem
 from jobs.email.templates import Rendered, TemplateName, TemplateRenderError, render_template
+from settings import Settings
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -37,6 +39,7 @@ __all__ = [
     "Email",
     "EmailContent",
     "IdempotencyKey",
+    "sender_problem",
 ]
 
 MAX_SUBJECT_CHARS = 255
@@ -47,6 +50,18 @@ MAX_BULK_RECIPIENTS = 5000
 MAX_CATEGORIES = 10
 
 _CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,99}")
+
+
+def sender_problem(address: str, settings: Settings) -> str | None:
+    """Why `address` may not send (EMAIL_ALLOWED_FROM, by default EMAIL_FROM's domain), or None."""
+    allowed = settings.email_senders_allowed
+    lowered = address.lower()
+    if lowered in allowed or lowered.rpartition("@")[2] in allowed:
+        return None
+    return (
+        f"from_address {address!r} is not an allowed sender; allowed: {', '.join(allowed)} "
+        "(EMAIL_ALLOWED_FROM, by default the domain of EMAIL_FROM)"
+    )
 
 
 def _header_safe(value: str) -> str:
@@ -141,6 +156,15 @@ class EmailContent(BaseModel):
                     f"template {self.template!r}: the rendered {part} is over {MAX_BODY_BYTES} bytes"
                 )
         self._rendered = rendered
+        return self
+
+    @model_validator(mode="after")
+    def _sender_allowed(self, info: ValidationInfo) -> Self:
+        settings = (info.context or {}).get("settings")
+        if self.from_address is not None and isinstance(settings, Settings):
+            problem = sender_problem(self.from_address.email, settings)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
     def rendered(self) -> Rendered:

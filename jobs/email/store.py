@@ -259,7 +259,8 @@ class DeliveryStore:
         pending = {key: _Unrecorded(message_id, transport, now) for key, message_id in sends.items()}
         last_error: BaseException | None = None
         for delay in _RECORD_RETRY_DELAYS:
-            await asyncio.sleep(delay)
+            if delay:  # the first write goes out at once: nothing is awaited before it
+                await asyncio.sleep(delay)
             try:
                 await _write_sent(self._pool, pending)
             # Deliberately broad: after the provider took the message, no failure may become a retry.
@@ -276,6 +277,18 @@ class DeliveryStore:
             error=str(last_error),
         )
         return False
+
+    async def record_sent_now(self, key: str, message_id: str, transport: str) -> bool:
+        """Record one accepted copy of a bulk send at once, with one try: if Postgres does not
+        take it, the memo keeps it and it is written with the next claim (or at the run's end)."""
+        now = datetime.now(UTC)
+        self._memo.note(key, message_id, transport, now)
+        try:
+            await _write_sent(self._pool, {key: _Unrecorded(message_id, transport, now)})
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            return False
+        self._memo.forget([key])
+        return True
 
     async def record_failed(
         self, claim: Claim, errors: Mapping[str, str], kind: Literal["transient", "permanent"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.errors import PermanentError, TransientError
 from jobs.email.mime import Outgoing, to_mime_bytes
-from jobs.email.transports.base import Failed, Sent
+from jobs.email.transports.base import Failed, OnSent, Sent
 
 __all__ = ["FileTransport"]
 
@@ -52,13 +52,19 @@ class FileTransport:
             raise TransientError(f"EMAIL_FILE_DIR {str(self.directory)!r}: {exc.strerror}") from None
         return Sent(message.message_id)
 
-    async def send_batch(self, messages: Sequence[Outgoing]) -> list[Sent | Failed]:
+    async def send_batch(
+        self, messages: Sequence[Outgoing], on_sent: OnSent | None = None
+    ) -> list[Sent | Failed]:
         outcomes: list[Sent | Failed] = []
         for message in messages:
             try:
-                outcomes.append(await self.send(message))
+                sent = await self.send(message)
             except (TransientError, PermanentError) as exc:
                 outcomes.append(Failed(str(exc), isinstance(exc, PermanentError)))
+                continue
+            if on_sent is not None:
+                await on_sent(message, sent)
+            outcomes.append(sent)
         return outcomes
 
     async def aclose(self) -> None:

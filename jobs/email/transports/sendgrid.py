@@ -29,10 +29,10 @@ import python_http_client.exceptions
 import sendgrid
 from pydantic import SecretStr
 
-from core.errors import PermanentError, TransientError
+from core.errors import PermanentError, TransientError, scrub
 from jobs.email.addresses import Mailbox
 from jobs.email.mime import Outgoing
-from jobs.email.transports.base import Failed, Sent
+from jobs.email.transports.base import Failed, OnSent, Sent
 
 __all__ = ["MAX_PERSONALIZATIONS", "SendGridTransport", "install_header_redaction", "request_body"]
 
@@ -128,9 +128,9 @@ def _reason(body: bytes | str | None) -> str:
     return text[:_REASON_CHARS]
 
 
-def _http_error(exc: python_http_client.exceptions.HTTPError) -> TransientError | PermanentError:
+def _http_error(exc: python_http_client.exceptions.HTTPError, key: str) -> TransientError | PermanentError:
     status = int(exc.status_code)
-    detail = _reason(exc.body)
+    detail = scrub(_reason(exc.body), [key])  # an error body may quote the key back
     reason = f"SendGrid answered {status} {exc.reason}" + (f": {detail}" if detail else "")
     if status == 429:
         return TransientError(reason, retry_after=_retry_after(exc.headers))
@@ -151,7 +151,8 @@ class SendGridTransport:
         install_header_redaction()
         self.host = host
         self.timeout = timeout
-        self._client = sendgrid.SendGridAPIClient(api_key=api_key.get_secret_value(), host=host)
+        self._key = api_key.get_secret_value()
+        self._client = sendgrid.SendGridAPIClient(api_key=self._key, host=host)
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="sendgrid")
 
     def __repr__(self) -> str:
@@ -169,7 +170,7 @@ class SendGridTransport:
             async with asyncio.timeout(self.timeout * 2 + 1):
                 response = await loop.run_in_executor(self._executor, call)
         except python_http_client.exceptions.HTTPError as exc:
-            raise _http_error(exc) from None
+            raise _http_error(exc, self._key) from None
         except TimeoutError:
             raise TransientError(
                 f"SendGrid did not answer within {self.timeout:g}s (SENDGRID_TIMEOUT)"
@@ -184,7 +185,9 @@ class SendGridTransport:
         provider_id = await self._post(request_body([message]))
         return Sent(provider_id or message.message_id)
 
-    async def send_batch(self, messages: Sequence[Outgoing]) -> list[Sent | Failed]:
+    async def send_batch(
+        self, messages: Sequence[Outgoing], on_sent: OnSent | None = None
+    ) -> list[Sent | Failed]:
         """One request for up to 1,000 copies; SendGrid takes or refuses them together."""
         if len(messages) > MAX_PERSONALIZATIONS:
             raise ValueError(f"at most {MAX_PERSONALIZATIONS} personalizations per request")
@@ -194,7 +197,11 @@ class SendGridTransport:
             retry_after = exc.retry_after if isinstance(exc, TransientError) else None
             failed = Failed(str(exc), isinstance(exc, PermanentError), retry_after)
             return [failed for _ in messages]
-        return [Sent(provider_id or m.message_id) for m in messages]
+        outcomes = [Sent(provider_id or m.message_id) for m in messages]
+        if on_sent is not None:
+            for message, sent in zip(messages, outcomes, strict=True):
+                await on_sent(message, sent)
+        return list(outcomes)
 
     async def aclose(self) -> None:
         # Waits at most one timeout for calls in flight; nothing new starts after this.

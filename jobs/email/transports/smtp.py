@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from core.errors import PermanentError, TransientError
 from jobs.email.mime import Outgoing, to_mime_bytes
-from jobs.email.transports.base import Failed, Sent
+from jobs.email.transports.base import Failed, OnSent, Sent
 from settings import Settings
 
 __all__ = ["SmtpConfig", "SmtpPool", "SmtpTransport", "smtp_error"]
@@ -137,6 +137,7 @@ class SmtpPool:
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._closed = False
         self._tls_context: ssl.SSLContext | None = None
+        self._quitting: set[asyncio.Future[None]] = set()
         self.opened = 0  # connections opened so far, for tests and the benchmark
 
     async def _tls(self) -> ssl.SSLContext:
@@ -189,7 +190,11 @@ class SmtpPool:
         if self._reuse and not self._closed:
             self._idle.append((client, time.monotonic()))
             return
-        await _quit(client)
+        # QUIT in the background: a message just accepted must be recorded before anything else
+        # is awaited (a run killed in between would send it again).
+        quitting = asyncio.ensure_future(_quit(client))
+        self._quitting.add(quitting)
+        quitting.add_done_callback(self._quitting.discard)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[SmtpSession]:
@@ -208,7 +213,7 @@ class SmtpPool:
     async def aclose(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(_quit(client) for client, _ in idle))
+        await asyncio.gather(*(_quit(client) for client, _ in idle), *self._quitting)
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
@@ -310,7 +315,9 @@ class SmtpTransport:
             raise smtp_error(exc, self.config.where) from None
         return Sent(message.message_id, refused)
 
-    async def send_batch(self, messages: Sequence[Outgoing]) -> list[Sent | Failed]:
+    async def send_batch(
+        self, messages: Sequence[Outgoing], on_sent: OnSent | None = None
+    ) -> list[Sent | Failed]:
         """Each copy over the same connection; a server that cannot be reached defers the rest."""
         outcomes: list[Sent | Failed] = []
         async with self.pool.session() as session:
@@ -327,7 +334,10 @@ class SmtpTransport:
                     error = smtp_error(exc, self.config.where)
                     outcomes.append(Failed(str(error), isinstance(error, PermanentError)))
                 else:
-                    outcomes.append(Sent(message.message_id))
+                    sent = Sent(message.message_id)
+                    if on_sent is not None:
+                        await on_sent(message, sent)
+                    outcomes.append(sent)
         return outcomes
 
     async def aclose(self) -> None:
