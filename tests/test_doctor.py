@@ -85,15 +85,21 @@ def healthy(durable_redis: RedisServer, database_url: str, smtp_url: str, ai_url
         durable_redis.url,
         database_url=database_url,
         smtp_url=SecretStr(smtp_url),
-        ai_base_url=ai_url,
+        smtp_starttls="off",  # the test server has no TLS: a trusted relay
+        ai_base_url=ai_url.replace("http://", "http://aiuser:ai-Secret-77@"),
         ai_model="tiny-model",
+        job_signing_keys=SecretStr("s" * 32),
     )
 
 
 async def test_everything_up(healthy: Settings) -> None:
     diagnosis = await diagnose(healthy)
     states = {c.component: c.state for c in diagnosis.checks}
-    assert states == {"redis": "ok", "postgres": "ok", "email": "ok", "ai": "ok"}, diagnosis.checks
+    assert states == {"redis": "ok", "postgres": "ok", "email": "ok", "ai": "ok", "signing": "ok"}, (
+        diagnosis.checks
+    )
+    assert "ai-Secret-77" not in str(diagnosis.as_dict())  # AI_BASE_URL's password is redacted
+    assert "aiuser:***@" in next(c.detail for c in diagnosis.checks if c.component == "ai")
     assert diagnosis.healthy
     assert "Redis up: jobs are queued and run by the worker" in diagnosis.behaviour
 
@@ -127,9 +133,20 @@ async def test_postgres_down(healthy: Settings) -> None:
     assert any("Postgres down" in line for line in diagnosis.behaviour)
 
 
+async def test_smtp_without_starttls_gets_no_password(healthy: Settings, smtp_url: str) -> None:
+    # The server offers no STARTTLS: doctor refuses to send the password, as the transport does.
+    diagnosis = await diagnose(healthy.model_copy(update={"smtp_starttls": "auto"}))
+    email = next(c for c in diagnosis.checks if c.component == "email")
+    assert email.state == "not working"
+    assert "offers no STARTTLS" in email.detail
+    assert "doctor did not send it" in email.detail
+    assert "SMTP_STARTTLS=off" in email.fix
+
+
 async def test_smtp_refusing_auth(healthy: Settings, smtp_url: str) -> None:
     wrong = SecretStr(smtp_url.replace(":right@", ":wrong@"))
-    diagnosis = await diagnose(healthy.model_copy(update={"smtp_url": wrong}))
+    trusted_relay = {"smtp_url": wrong, "smtp_starttls": "off"}  # a relay on a private network
+    diagnosis = await diagnose(healthy.model_copy(update=trusted_relay))
     email = next(c for c in diagnosis.checks if c.component == "email")
     assert email.state == "not working"
     assert "refused AUTH: 535" in email.detail
@@ -145,6 +162,7 @@ async def test_cli_exit_codes_and_json(healthy: Settings) -> None:
         "SMTP_URL": healthy.smtp_url.get_secret_value() if healthy.smtp_url else "",
         "AI_BASE_URL": healthy.ai_base_url or "",
         "AI_MODEL": "tiny-model",
+        "SMTP_STARTTLS": "off",
         "LOG_LEVEL": "ERROR",
     }
 

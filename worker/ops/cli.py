@@ -38,6 +38,8 @@ async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
         out: dict[str, Any] = {"job_id": handle.job_id, "job": handle.name, "mode": handle.mode}
         if handle.duplicate:
             out["duplicate"] = True
+        if producer.last_refusal is not None:
+            out["redis_refused"] = producer.last_refusal  # a configuration error: say so
         code = 0
         if handle.mode == "inline" or args.wait is not None:
             try:

@@ -18,8 +18,8 @@ import aiosmtplib
 import asyncpg
 import httpx
 
-from core.errors import BackendError
-from settings import Settings
+from core.errors import BackendError, scrub
+from settings import Settings, redact_url
 from worker.backend import RedisBackend
 from worker.ledger.migrate import pending_migrations
 
@@ -163,12 +163,23 @@ async def _check_smtp(settings: Settings) -> Check:
     implicit_tls = url.scheme == "smtps"
     client = aiosmtplib.SMTP(
         hostname=url.hostname, port=url.port or (465 if implicit_tls else 587), use_tls=implicit_tls,
-        start_tls=None, timeout=TIMEOUT_S,
+        start_tls=None if settings.smtp_starttls == "auto" else settings.smtp_starttls == "require",
+        timeout=TIMEOUT_S,
     )  # fmt: skip
     where = f"{url.hostname}:{client.port}"
     try:
         await client.connect()
         if url.username:
+            encrypted = client.get_transport_info("sslcontext") is not None
+            if not encrypted and settings.smtp_starttls != "off":
+                # The transport refuses this too: never send the password in clear text.
+                return Check(
+                    "email",
+                    "not working",
+                    f"SMTP {where} offers no STARTTLS, so the password would travel in clear text; "
+                    "doctor did not send it",
+                    "use smtps://, a server with STARTTLS, or SMTP_STARTTLS=off for a trusted relay",
+                )
             await client.login(unquote(url.username), unquote(url.password or ""))
     except aiosmtplib.SMTPAuthenticationError as exc:
         return Check("email", "not working", f"SMTP {where} refused AUTH: {exc.code} {exc.message}",
@@ -194,6 +205,7 @@ async def check_ai(settings: Settings) -> Check:
     headers = (
         {"Authorization": f"Bearer {settings.ai_api_key.get_secret_value()}"} if settings.ai_api_key else {}
     )
+    where = redact_url(settings.ai_base_url)
     try:
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
             response = await http.get(f"{settings.ai_base_url}/models", headers=headers)
@@ -201,7 +213,7 @@ async def check_ai(settings: Settings) -> Check:
         return Check(
             "ai",
             "not working",
-            f"{settings.ai_base_url}: {_error(exc)}",
+            f"{where}: {scrub(_error(exc), settings.secret_values())}",
             "start the endpoint or fix AI_BASE_URL",
         )
     if response.status_code in (401, 403):
@@ -219,7 +231,7 @@ async def check_ai(settings: Settings) -> Check:
         return Check(
             "ai", "degraded", f"model {settings.ai_model!r} is not listed", f"set AI_MODEL to one of: {shown}"
         )
-    return Check("ai", "ok", f"{settings.ai_base_url} serves {settings.ai_model}")
+    return Check("ai", "ok", f"{where} serves {settings.ai_model}")
 
 
 def _behaviour(checks: dict[str, Check]) -> list[str]:
@@ -249,12 +261,33 @@ def _behaviour(checks: dict[str, Check]) -> list[str]:
     return lines
 
 
+async def check_signing(settings: Settings) -> Check:
+    keys = settings.signing_keys
+    if not keys:
+        return Check(
+            "signing",
+            "degraded",
+            "job records are not signed: anyone who can write to Redis can run any job with any arguments",
+            "set JOB_SIGNING_KEYS (the same keys on every producer and worker; README, Security)",
+        )
+    detail = f"job and result records signed (HMAC-SHA256), {len(keys)} key(s)"
+    if settings.job_signing_accept_unsigned:
+        return Check(
+            "signing",
+            "degraded",
+            f"{detail}; unsigned records are still accepted (JOB_SIGNING_ACCEPT_UNSIGNED)",
+            "turn JOB_SIGNING_ACCEPT_UNSIGNED off once the jobs queued before signing have run",
+        )
+    return Check("signing", "ok", detail)
+
+
 async def diagnose(settings: Settings) -> Diagnosis:
     probes: list[Callable[[Settings], Awaitable[Check]]] = [
         check_redis,
         check_postgres,
         check_email,
         check_ai,
+        check_signing,
     ]
     checks = list(await asyncio.gather(*(probe(settings) for probe in probes)))
     return Diagnosis(checks, _behaviour({c.component: c for c in checks}))

@@ -1,5 +1,10 @@
 """`python -m worker stats`: queue depths, jobs in progress, and recent throughput per job from
-every live worker's snapshot (see `worker.engine.snapshots`)."""
+every live worker's snapshot (see `worker.engine.snapshots`).
+
+Snapshots are read from Redis, which others may write: one that is not what a worker of ours
+writes is counted as malformed and left out, and every name printed to a terminal has its
+control characters escaped.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,53 @@ import orjson
 from worker.backend import QueueBackend
 from worker.telemetry.recent import summarize_snapshots
 
-__all__ = ["collect_stats", "render_stats"]
+__all__ = ["collect_stats", "printable", "render_stats"]
+
+
+def printable(text: Any, limit: int = 60) -> str:
+    """`text` safe for a terminal: control characters escaped, long text cut."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12
+
+
+def _readable(snapshot: Any) -> bool:
+    """Whether a snapshot has the shape our workers write (and numbers that add up)."""
+    if not isinstance(snapshot, dict):
+        return False
+    if not all(isinstance(snapshot.get(k), str) for k in ("worker", "host", "queue")):
+        return False
+    if not _count(snapshot.get("pid")) or not _count(snapshot.get("running")):
+        return False
+    minutes = snapshot.get("minutes")
+    if not isinstance(minutes, dict):
+        return False
+    for minute, jobs in minutes.items():
+        if not minute.isdigit() or not isinstance(jobs, dict):
+            return False
+        for outcomes in jobs.values():
+            if not isinstance(outcomes, dict) or not all(_count(n) for n in outcomes.values()):
+                return False
+    return True
 
 
 async def collect_stats(backend: QueueBackend, queue: str) -> dict[str, Any]:
     """Queue depths, in-progress count and per-job throughput from every reporting worker."""
     counts = await backend.counts(queue)
-    snapshots = []
+    snapshots, malformed = [], 0
     for raw in await backend.worker_snapshots():
         try:
             snapshot = orjson.loads(raw)
         except orjson.JSONDecodeError:
+            malformed += 1
             continue
+        if not _readable(snapshot):
+            malformed += 1
         # Workers of other queues share the snapshot index; count only this queue's.
-        if isinstance(snapshot, dict) and snapshot.get("queue") == queue:
+        elif snapshot["queue"] == queue:
             snapshots.append(snapshot)
     return {
         "queue": queue,
@@ -31,14 +69,10 @@ async def collect_stats(backend: QueueBackend, queue: str) -> dict[str, Any]:
         "deferred": counts.deferred,
         "in_progress": counts.in_progress,
         "workers": [
-            {
-                "worker": s.get("worker"),
-                "host": s.get("host"),
-                "pid": s.get("pid"),
-                "running": s.get("running"),
-            }
+            {"worker": s["worker"], "host": s["host"], "pid": s["pid"], "running": s["running"]}
             for s in snapshots
         ],
+        "malformed_snapshots": malformed,
         "jobs": summarize_snapshots(snapshots),
     }
 
@@ -46,17 +80,21 @@ async def collect_stats(backend: QueueBackend, queue: str) -> dict[str, Any]:
 def render_stats(report: dict[str, Any]) -> str:
     """The `stats` report as a terminal table."""
     lines = [
-        f"queue {report['queue']}: {report['due']} due, {report['deferred']} deferred, "
+        f"queue {printable(report['queue'])}: {report['due']} due, {report['deferred']} deferred, "
         f"{report['in_progress']} in progress; workers reporting: {len(report['workers'])}",
+    ]
+    if report.get("malformed_snapshots"):
+        lines.append(f"malformed: {report['malformed_snapshots']} worker snapshot(s) in Redis are not ours")
+    lines += [
         "",
         f"{'job':<24}{'/min 1m':>9}{'/min 5m':>9}{'/min 15m':>10}{'done 15m':>10}{'failed':>8}{'retries':>9}"
         f"{'fail %':>8}",
     ]
     for job, row in report["jobs"].items():
         lines.append(
-            f"{job:<24}{row['per_min_1']:>9.1f}{row['per_min_5']:>9.1f}{row['per_min_15']:>10.1f}"
-            f"{row['complete'] + row['failed']:>10}{row['failed']:>8}{row['retry']:>9}"
-            f"{row['failure_rate'] * 100:>7.1f}%"
+            f"{printable(job, 24):<24}{row['per_min_1']:>9.1f}{row['per_min_5']:>9.1f}"
+            f"{row['per_min_15']:>10.1f}{row['complete'] + row['failed']:>10}{row['failed']:>8}"
+            f"{row['retry']:>9}{row['failure_rate'] * 100:>7.1f}%"
         )
     if not report["jobs"]:
         lines.append("(no jobs finished in the last 15 minutes)")

@@ -36,10 +36,17 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     ]
     renderer: structlog.typing.Processor
     if fmt == "json":
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, without local variables: those hold job arguments, addresses, keys.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
