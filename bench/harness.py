@@ -161,10 +161,14 @@ class ArqClient(Client):
         await self.redis.aclose()
 
 
-async def client_for(kind: str, url: str, queue: str) -> Client:
+async def client_for(kind: str, url: str, queue: str, *, signing_key: str | None = None) -> Client:
     if kind in OURS:
         settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, redis_url=SecretStr(url), queue_name=queue, log_format="json"
+            _env_file=None,
+            redis_url=SecretStr(url),
+            queue_name=queue,
+            log_format="json",
+            job_signing_keys=SecretStr(signing_key) if signing_key else None,
         )
         producer = Producer(settings, registry=BENCH_REGISTRY)
         await producer.start()

@@ -38,6 +38,7 @@ FILL_LEAD_S = 2.0  # a backlog is written this long before it comes due
 class Env:
     url: str
     logs: Path = LOGS
+    signing_key: str | None = None  # JOB_SIGNING_KEYS for our worker and producer
 
 
 @asynccontextmanager
@@ -47,8 +48,10 @@ async def running(
     """A warmed-up worker of `kind` on a fresh queue, a client and counters."""
     queue = f"bench:{uuid.uuid4().hex[:8]}"
     env.logs.mkdir(parents=True, exist_ok=True)
+    if env.signing_key is not None:
+        worker_env = {**(worker_env or {}), "JOB_SIGNING_KEYS": env.signing_key}
     async with WorkerProcess(kind, env.url, queue, env.logs, worker_env) as worker:
-        client = await client_for(kind, env.url, queue)
+        client = await client_for(kind, env.url, queue, signing_key=env.signing_key)
         try:
             await client.result(await client.enqueue("noop"), timeout=60)
             yield worker, client, Counters(client.redis)
