@@ -7,15 +7,18 @@ to fix it. Secrets are `SecretStr` so neither `repr()` nor logs can show them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import email_validator
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings", "redact_url"]
+__all__ = ["DEFAULT_DATABASE", "Settings", "SettingsError", "load_settings", "redact_url"]
+
+DEFAULT_DATABASE = "maxbooster_jobs"
 
 _SECRET_FIELDS = {"redis_url", "database_url", "smtp_url", "sendgrid_api_key", "ai_api_key"}
 
@@ -23,6 +26,8 @@ _SECRET_FIELDS = {"redis_url", "database_url", "smtp_url", "sendgrid_api_key", "
 _FIX_HINTS: dict[str, str] = {
     "redis_url": "use redis://[user:password@]host:port/db or rediss://...; empty disables Redis",
     "database_url": "use postgresql://user:password@host:port/dbname",
+    "database_schema": "use a lowercase name such as jobrunner (letters, digits, _; not public or pg_*)",
+    "app_url": "use the web app's root URL, e.g. https://maxbooster.ai",
     "log_level": "use one of DEBUG, INFO, WARNING, ERROR",
     "log_format": "use json, console or auto",
     "email_transport": "use sendgrid, smtp, file or auto",
@@ -39,6 +44,9 @@ _FIX_HINTS: dict[str, str] = {
     "worker_idle_block": "use 0.05 to 3600 seconds; longer blocks cost an idle worker fewer commands",
     "worker_health_interval": "use 1 to 86400 seconds; the health key lives 10 s longer than this",
 }
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def redact_url(url: str) -> str:
@@ -90,7 +98,11 @@ class Settings(BaseSettings):
     redis_tls_insecure: bool = False
     queue_name: str = Field("arq:queue", min_length=1)
 
-    database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    # A database of the runner's own by default (the dev services create it); never the
+    # `postgres` maintenance database.
+    database_url: SecretStr = SecretStr(f"postgresql://postgres@localhost:5432/{DEFAULT_DATABASE}")
+    # Every runner table lives in this Postgres schema, away from the web app's ORM tables.
+    database_schema: str = "jobrunner"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -127,6 +139,8 @@ class Settings(BaseSettings):
     # verified sender in production.
     email_from: str = "Max Booster <no-reply@maxbooster.example>"
     email_file_dir: str = "var/mail"
+    # Where links in emails point when the caller gives none (a dashboard, a support ticket).
+    app_url: str = "https://maxbooster.ai"
     # A claim on an idempotency key blocks other runs for this long; it must outlast one
     # send_email run (60 s timeout), or a slow live run could be overtaken and send twice.
     email_claim_lease: float = Field(120.0, ge=60, le=86400)
@@ -193,6 +207,24 @@ class Settings(BaseSettings):
         _check_url(raw, ("postgresql", "postgres"), "Postgres")
         return SecretStr(raw)
 
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_name(cls, v: str) -> str:
+        v = v.strip()
+        if not _SCHEMA_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a plain schema name")
+        if v == "public" or v.startswith("pg_"):
+            raise ValueError(f"{v!r} is the web app's or reserved; use a schema of the runner's own")
+        return v
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, v: Any, info: ValidationInfo) -> Any:
+        # LOG_LEVEL=info and LOG_FORMAT=JSON are as good as INFO and json.
+        if not isinstance(v, str):
+            return v
+        return v.strip().upper() if info.field_name == "log_level" else v.strip().lower()
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url(cls, v: SecretStr | None) -> SecretStr | None:
@@ -228,6 +260,14 @@ class Settings(BaseSettings):
         if not Path(v).is_file():
             raise ValueError(f"file {v!r} does not exist; give the path of a PEM file")
         return v
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, v: str) -> str:
+        if not v.strip():
+            return "https://maxbooster.ai"
+        _check_url(v.strip(), ("https", "http"), "HTTP")
+        return v.strip().rstrip("/")
 
     @field_validator("sendgrid_api_host")
     @classmethod

@@ -24,7 +24,7 @@ from jobs.analytics.events import ROW_COLUMNS
 from jobs.analytics.ingest import AnalyticsIngest, EventIngest
 from jobs.analytics.store import write_rows
 from settings import Settings
-from tests.conftest import RunningWorker, make_settings
+from tests.conftest import RunningWorker, make_settings, pg_connect
 from worker.engine import WorkerService
 from worker.ledger.migrate import apply_migrations
 from worker.producer import Producer
@@ -90,7 +90,7 @@ def clean_analytics(database_url: str) -> str:
     """The session database with empty analytics tables, and the stand-in's record cleared."""
 
     async def truncate() -> None:
-        conn = await asyncpg.connect(database_url)
+        conn = await pg_connect(database_url)
         try:
             await conn.execute(f"TRUNCATE {', '.join(ANALYTICS_TABLES)}")
         finally:
@@ -107,7 +107,7 @@ def pg_server() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
 
         async def migrate() -> None:
-            conn = await asyncpg.connect(server.url)
+            conn = await pg_connect(server.url)
             try:
                 await apply_migrations(conn)
             finally:
@@ -141,7 +141,7 @@ def make_events(
 
 
 async def count_events(dsn: str, prefix: str) -> int:
-    conn = await asyncpg.connect(dsn)
+    conn = await pg_connect(dsn)
     try:
         return int(
             await conn.fetchval("SELECT count(*) FROM analytics_events WHERE event_id LIKE $1", prefix + "-%")
@@ -151,7 +151,7 @@ async def count_events(dsn: str, prefix: str) -> int:
 
 
 async def stored_ids(dsn: str, prefix: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
+    conn = await pg_connect(dsn)
     try:
         rows = await conn.fetch("SELECT event_id FROM analytics_events WHERE event_id LIKE $1", prefix + "-%")
     finally:

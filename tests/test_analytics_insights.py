@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
@@ -21,7 +20,7 @@ from tests.analytics_fixtures import (
     clean_analytics,
     start_analytics_worker,
 )
-from tests.conftest import eventually, raw_redis
+from tests.conftest import eventually, pg_connect, pg_pool, raw_redis
 from worker.producer import Producer
 
 __all__ = ["clean_analytics"]  # fixture used by name below
@@ -58,8 +57,8 @@ async def _generate(dsn: str) -> None:
         # Outside both weeks: ignored.
         _rows("alpha", MONDAY + timedelta(days=7), "stream", "t9", "spotify", 10_000),
     ]
-    conn = await asyncpg.connect(dsn)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    conn = await pg_connect(dsn)
+    pool = await pg_pool(dsn, min_size=1, max_size=1)
     try:
         await write_rows(pool, rows)
         await conn.executemany(
@@ -103,7 +102,7 @@ async def producer(
 
 
 async def _digests(dsn: str) -> dict[str, dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
+    conn = await pg_connect(dsn)
     try:
         rows = await conn.fetch(
             "SELECT artist_id, job_id, summary FROM analytics_digests WHERE iso_week = $1", WEEK
@@ -156,7 +155,7 @@ async def test_the_digest_job_id_also_stops_a_second_email_when_the_record_is_go
             await raw_redis(producer.settings).flushdb()
             await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
             await eventually(lambda: _sent_count(2))
-            conn = await asyncpg.connect(clean_analytics)
+            conn = await pg_connect(clean_analytics)
             try:
                 await conn.execute("DELETE FROM analytics_digests")
             finally:

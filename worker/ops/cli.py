@@ -12,12 +12,13 @@ from typing import Any
 import asyncpg
 import orjson
 
+from core.deps import connect_postgres
 from core.errors import BackendRefused, EnqueueError, JobFailed, JobValidationError
 from jobs import REGISTRY
 from settings import Settings, SettingsError, load_settings
 from worker.backend import RedisBackend
 from worker.engine import run_worker
-from worker.ledger.migrate import apply_migrations
+from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.ops import deadletters, demo
 from worker.ops.doctor import diagnose, render_diagnosis
 from worker.ops.stats import collect_stats, render_stats
@@ -110,21 +111,18 @@ async def _doctor(settings: Settings, as_json: bool) -> int:
 
 async def _migrate(settings: Settings) -> int:
     try:
-        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+        conn = await connect_postgres(settings)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        sys.stderr.write(
-            f"error: cannot connect to Postgres at {settings.database_url_redacted}: {exc}; "
-            "check DATABASE_URL and that the server is up\n"
-        )
+        sys.stderr.write(f"error: {postgres_problem(settings, exc)}\n")
         return 2
     try:
-        applied = await apply_migrations(conn)
+        applied = await apply_migrations(conn, schema=settings.database_schema)
     except asyncpg.PostgresError as exc:
         sys.stderr.write(f"error: migration failed: {type(exc).__name__}: {exc}\n")
         return 1
     finally:
         await conn.close()
-    _print_json({"applied": applied})
+    _print_json({"applied": applied, "schema": settings.database_schema})
     return 0
 
 
