@@ -53,12 +53,15 @@ def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
     return model
 
 
-def _explain(job: str, exc: pydantic.ValidationError) -> str:
+def _explain(job: str, exc: pydantic.ValidationError, accepted: Iterable[str] = ()) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         arg = ".".join(str(p) for p in err["loc"]) or "(arguments)"
         if err["type"] == "missing":
             problems.append(f"argument {arg!r} is required")
+        elif err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            names = ", ".join(accepted)
+            problems.append(f"unknown argument {arg!r} (it takes {names or 'no arguments'})")
         elif err["type"] == "extra_forbidden":
             problems.append(f"unknown argument {arg!r}")
         else:
@@ -98,7 +101,7 @@ class JobDefinition(Generic[P, R]):
         try:
             model = self.args_model.model_validate(dict(kwargs))
         except pydantic.ValidationError as exc:
-            raise JobValidationError(_explain(self.name, exc)) from None
+            raise JobValidationError(_explain(self.name, exc, self.arg_names)) from None
         return self._encode(model, max_bytes)
 
     def payload_from_json(self, raw: str | bytes, *, max_bytes: int) -> dict[str, Any]:
@@ -106,7 +109,7 @@ class JobDefinition(Generic[P, R]):
         try:
             model = self.args_model.model_validate_json(raw)
         except pydantic.ValidationError as exc:
-            raise JobValidationError(_explain(self.name, exc)) from None
+            raise JobValidationError(_explain(self.name, exc, self.arg_names)) from None
         return self._encode(model, max_bytes)
 
     def _encode(self, model: BaseModel, max_bytes: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,10 +14,10 @@ import asyncpg
 import orjson
 
 from core.deps import connect_postgres
-from core.errors import BackendRefused, EnqueueError, JobFailed, JobValidationError
+from core.errors import BackendError, BackendRefused, EnqueueError, JobFailed, JobValidationError
 from jobs import REGISTRY
 from settings import Settings, SettingsError, load_settings
-from worker.backend import RedisBackend
+from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
 from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.ops import deadletters, demo
@@ -33,7 +34,38 @@ def _print_json(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _check_enqueue(settings: Settings, args: argparse.Namespace) -> None:
+    """Everything that can be refused without Redis: the job name, the JSON, the arguments, the
+    job's own settings. Raises `JobValidationError` before anything connects or logs."""
+    definition = REGISTRY.get(args.job)
+    try:
+        orjson.loads(args.args)
+    except orjson.JSONDecodeError as exc:
+        raise JobValidationError(
+            f'--args is not valid JSON ({exc}); give an object such as \'{{"message": "hi"}}\''
+        ) from None
+    definition.payload_from_json(args.args, max_bytes=settings.max_payload_bytes)
+    definition.check_settings(settings)
+
+
+async def _workers_alive(backend: QueueBackend, queue: str) -> str:
+    """What the worker snapshots say about workers of `queue`, for a `--wait` that timed out."""
+    try:
+        snapshots = [orjson.loads(raw) for raw in await backend.worker_snapshots()]
+    except (BackendError, orjson.JSONDecodeError):
+        return "whether a worker is alive is unknown (Redis did not answer)"
+    ours = [s for s in snapshots if isinstance(s, dict) and s.get("queue") == queue]
+    if not ours:
+        return (
+            f"no worker has reported on queue {queue!r} in the last 10 minutes; start one with "
+            f"`python -m worker run` (with QUEUE_NAME={queue})"
+        )
+    age = max(0.0, time.time() - max(float(s.get("at") or 0) for s in ours))
+    return f"{len(ours)} worker(s) of queue {queue!r} alive (last report {age:.0f}s ago)"
+
+
 async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    _check_enqueue(settings, args)
     async with Producer(settings) as producer:
         handle = await producer.enqueue_json(args.job, args.args, job_id=args.job_id, inline=args.inline)
         out: dict[str, Any] = {"job_id": handle.job_id, "job": handle.name, "mode": handle.mode}
@@ -47,7 +79,12 @@ async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
                 out["error"] = exc.to_dict()
                 code = 1
             except TimeoutError:
-                out["error"] = {"type": "TimeoutError", "message": f"no result within {args.wait}s"}
+                status = (await producer.status(handle.job_id)).get("status", "unknown")
+                workers = await _workers_alive(producer.backend, settings.queue_name)
+                out["error"] = {
+                    "type": "TimeoutError",
+                    "message": f"no result within {args.wait}s; the job is {status}; {workers}",
+                }
                 code = 1
         _print_json(out)
         return code
@@ -142,7 +179,8 @@ def _jobs() -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker", description="Max Booster job runner")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # No abbreviations: `--arg` must be reported as unknown, not taken for `--args`.
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subparser)
     run = sub.add_parser("run", help="run the worker until SIGTERM")
     run.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     enqueue = sub.add_parser("enqueue", help="enqueue a job (or run it inline when Redis is down)")
@@ -179,6 +217,24 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     return parser
+
+
+class _Subparser(argparse.ArgumentParser):
+    """A command's parser; its unknown arguments are reported with the ones it takes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            valid = [o for a in self._actions for o in a.option_strings if o not in ("-h", "--help")]
+            takes = f"it takes {', '.join(valid)}" if valid else "it takes no options"
+            self.error(f"unknown argument {' '.join(extras)}; {takes} (see {self.prog} --help)")
+        return parsed, extras
 
 
 def main(argv: Sequence[str] | None = None) -> int:
