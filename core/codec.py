@@ -27,6 +27,7 @@ from core.errors import JobFailed, PermanentError
 
 __all__ = [
     "ERROR_KEY",
+    "PICKLED_JOB",
     "CodecError",
     "JobRecord",
     "ResultRecord",
@@ -132,8 +133,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Pickle protocols 2-5 start with PROTO (0x80) and the protocol number: what plain arq writes.
+_PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
+PICKLED_JOB = (
+    "the job record is a Python pickle, not JSON: a plain arq producer (or another pickle-based "
+    "client) enqueued it on this queue; it was not unpickled (that could run code) and not run"
+)
+
+
 def decode_job(raw: bytes) -> JobRecord:
     """A job record we wrote; `CodecError` for anything else (a pickle, a forged shape)."""
+    if _PICKLE_MAGIC.match(raw):
+        raise CodecError(PICKLED_JOB)
     record = _load_object(raw, "job")
     name, kwargs, args, job_try = record.get("f"), record.get("k"), record.get("a"), record.get("t")
     if not isinstance(name, str) or not isinstance(kwargs, dict):

@@ -7,6 +7,8 @@ import pickle
 import time
 from pathlib import Path
 
+from arq.connections import RedisSettings, create_pool
+
 from devservices.redis import RedisServer
 from settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings, raw_redis
@@ -71,3 +73,27 @@ async def test_redis_password_never_appears_in_logs_errors_or_reprs(
     assert "***" in seen[-2]
     for text in seen:
         assert password not in text
+
+
+async def test_a_job_from_a_plain_arq_producer_fails_saying_why_and_how_to_separate_queues(
+    settings: Settings,
+) -> None:
+    # arq's own producer on the runner's queue: it pickles the job, as arq does by default.
+    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url.get_secret_value()))
+    try:
+        await arq_pool.enqueue_job("record", key="from-arq", _job_id="arq-1", _queue_name=settings.queue_name)
+    finally:
+        await arq_pool.aclose()
+    await WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False).run()
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        report = await producer.status("arq-1")
+    assert RUNS == []  # never run
+    assert report["status"] == "dead"
+    message = report["error"]["message"]
+    assert "a plain arq producer" in message
+    assert "not unpickled" in message
+    assert (
+        f"separate the queues (this one is '{settings.queue_name}', arq's default is 'arq:queue')" in message
+    )
+    assert "QUEUE_NAME" in message
+    assert "default_queue_name" in message

@@ -274,8 +274,15 @@ class RedisBackend:
         view = self._pending_view(queue, job_id, record, score_ms, state)
         return JobView(job_id, state, queue, view.record, None, score_ms, try_count, view.problem)
 
-    async def result(self, job_id: str) -> ResultRecord | None:
-        raw = await self.link.command("GET", keys.result_key(job_id))
+    async def result(self, job_id: str, *, despite_breaker: bool = False) -> ResultRecord | None:
+        """The job's result record, or None. `despite_breaker` reads it even while the breaker is
+        open (one attempt, bounded by the timeouts; the breaker is left to its probe)."""
+        if despite_breaker and not self.link.usable:
+            (raw,) = await self.link.one_off([("GET", keys.result_key(job_id))])
+            if isinstance(raw, ResponseError):
+                raise BackendRefused(f"Redis refused GET: {raw}")
+        else:
+            raw = await self.link.command("GET", keys.result_key(job_id))
         if raw is None:
             return None
         return decode_result(raw, job_id)

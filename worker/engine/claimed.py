@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.clock import epoch_ms
-from core.codec import CodecError, JobRecord, ResultRecord, decode_job, encode_result, failure_value
+from core.codec import (
+    PICKLED_JOB,
+    CodecError,
+    JobRecord,
+    ResultRecord,
+    decode_job,
+    encode_result,
+    failure_value,
+)
 from core.errors import JobFailed, UnknownJobError
 from core.registry import JobDefinition, Registry
 from worker.backend import ClaimedJob, Finished
@@ -70,14 +78,20 @@ class ClaimedJobs:
         result = self._result(job.job_id, record, job_try, False, failure_value(error), start_ms)
         return Finished(job.job_id, result=result)
 
-    @staticmethod
-    def _decode(job: ClaimedJob) -> JobRecord:
+    def _decode(self, job: ClaimedJob) -> JobRecord:
         if job.record is None:
             raise _Refused("JobExecutionFailed", "job expired")
         try:
             return decode_job(job.record)
         except CodecError as exc:
-            raise _Refused(exc.error_type, str(exc)) from None
+            message = str(exc)
+            if message == PICKLED_JOB:
+                message += (
+                    f"; separate the queues (this one is {self._queue!r}, arq's default is 'arq:queue'): "
+                    "give the runner its own with QUEUE_NAME, or the arq producer its own with "
+                    "create_pool(..., default_queue_name=...)"
+                )
+            raise _Refused(exc.error_type, message) from None
 
     def _definition(self, record: JobRecord) -> JobDefinition[Any, Any]:
         try:
