@@ -2,7 +2,8 @@
 
 To add a job: write `async def name(ctx: JobContext, *, typed kwargs)` in its family's module
 (importing only `core` and `settings`) and add `define(name, ...)` below. Duplicate names are
-refused at import. `Schedule`s make the worker run a job by itself (cron-like, UTC). A family
+refused at import. `Schedule`s make the worker run a job by itself (cron-like, in UTC or the
+time zone they name). A family
 that needs a life of its own in the process attaches a plug-in (see `core.plugin`).
 """
 
@@ -56,7 +57,16 @@ ANALYTICS_SCHEDULES = [
     Schedule("flush_analytics_events", hour=EVERY_2H, minute=0, second=5, catch_up=timedelta(hours=2)),
     Schedule("rollup_analytics", hour=EVERY_2H, minute=1, second=0, catch_up=timedelta(hours=2)),
     Schedule("detect_analytics_anomalies", minute=10, second=0, catch_up=timedelta(hours=1)),
-    Schedule("send_weekly_insights", weekday=0, hour=7, minute=0, second=0, catch_up=timedelta(days=6)),
+    # Monday 09:00 in New York, as the platform sends it (14:00 UTC in winter, 13:00 in summer).
+    Schedule(
+        "send_weekly_insights",
+        weekday=0,
+        hour=9,
+        minute=0,
+        second=0,
+        tz="America/New_York",
+        catch_up=timedelta(days=6),
+    ),
 ]
 
 REGISTRY = Registry(

@@ -33,7 +33,10 @@ def test_schedules_fire_when_due_and_bad_ones_are_refused() -> None:
     flush = next_run(schedules["flush_analytics_events"], start)  # a sweep every two hours
     assert flush.replace(microsecond=0) == datetime(2026, 11, 26, 12, 0, 5, tzinfo=UTC)
     weekly = next_run(schedules["send_weekly_insights"], start)
-    assert weekly.replace(microsecond=0) == datetime(2026, 11, 30, 7, 0, 0, tzinfo=UTC)  # Monday 07:00
+    # Monday 09:00 in New York: 14:00 UTC in winter, 13:00 UTC in summer.
+    assert weekly.replace(microsecond=0) == datetime(2026, 11, 30, 14, 0, 0, tzinfo=UTC)
+    summer = next_run(schedules["send_weekly_insights"], datetime(2026, 6, 3, tzinfo=UTC))
+    assert summer.replace(microsecond=0) == datetime(2026, 6, 8, 13, 0, 0, tzinfo=UTC)
 
     async def needs_args(ctx: Any, *, artist: str) -> None:
         """Cannot run on a schedule."""
