@@ -17,7 +17,7 @@ __all__ = ["send_bulk_email", "send_email"]
 
 
 def _outgoing(ctx: JobContext, content: EmailContent, key: str, to: tuple[Mailbox, ...]) -> Outgoing:
-    rendered = content.rendered()
+    rendered = content.rendered(ctx.deps.settings.app_url)
     sender = content.from_address or parse_mailbox(ctx.deps.settings.email_from)
     return Outgoing(
         sender=sender,

@@ -59,7 +59,7 @@ async def _send_welcome(producer: Producer, label: str) -> None:
     message = {
         "to": [{"email": "newcomer@example.com", "name": "Zoë Newcomer"}],
         "template": "welcome",
-        "context": {"name": "Zoë", "dashboard_url": "https://app.maxbooster.example/dashboard"},
+        "context": {"firstName": "Zoë"},
     }
     handle = await producer.enqueue_job("send_email", {"message": message})
     result = await handle.result(timeout=30)
