@@ -67,8 +67,13 @@ def _explain(job: str, exc: pydantic.ValidationError, accepted: Iterable[str] = 
             problems.append(f"unknown argument {arg!r}")
         else:
             shown = repr(err.get("input"))
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "value_error" and len(shown) > 60:
+                # A validator's own message describes the value; a long one is only noise here.
+                problems.append(f"argument {arg!r}: {message}")
+                continue
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            problems.append(f"argument {arg!r}: {err['msg']} (got {shown})")
+            problems.append(f"argument {arg!r}: {message} (got {shown})")
     return f"{job}: " + "; ".join(problems)
 
 

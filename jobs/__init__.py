@@ -17,6 +17,7 @@ from jobs.ai import ai_email_variants, ai_not_configured, ai_social_captions, ai
 from jobs.analytics import (
     detect_analytics_anomalies,
     flush_analytics_events,
+    import_streams,
     rollup_analytics,
     send_weekly_insights,
 )
@@ -47,6 +48,8 @@ ANALYTICS_JOBS: list[JobDefinition[Any, Any]] = [
     define(rollup_analytics, timeout=600, max_tries=3, fallback="spool"),
     define(detect_analytics_anomalies, timeout=900, max_tries=3, fallback="spool"),
     define(send_weekly_insights, timeout=1800, max_tries=3, fallback="spool"),
+    # Historical streams from a CSV report (`python -m worker import-streams FILE.csv`).
+    define(import_streams, timeout=600, max_tries=3, fallback="spool"),
 ]
 EVERY_2H = frozenset(range(0, 24, 2))
 ANALYTICS_SCHEDULES = [

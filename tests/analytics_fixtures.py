@@ -32,6 +32,7 @@ from worker.producer import Producer
 __all__ = [
     "ANALYTICS_TABLES",
     "SENT",
+    "SENT_MESSAGES",
     "TEST_ANALYTICS_REGISTRY",
     "analytics_settings",
     "clean_analytics",
@@ -44,8 +45,10 @@ __all__ = [
     "write_daily_series",
 ]
 
-# Every email the analytics jobs queued: (job id, recipient, subject, idempotency key, mode).
+# Every email the analytics jobs queued: (job id, recipient, subject or template, idempotency
+# key, mode); and each message as it was asked for.
 SENT: list[tuple[str, str, str, str | None, str]] = []
+SENT_MESSAGES: list[dict[str, Any]] = []
 
 ANALYTICS_TABLES = (
     "analytics_events",
@@ -54,6 +57,7 @@ ANALYTICS_TABLES = (
     "analytics_alerts",
     "analytics_contacts",
     "analytics_digests",
+    "analytics_tracks",
 )
 
 
@@ -61,7 +65,9 @@ async def send_email(
     ctx: JobContext, *, message: dict[str, Any], idempotency_key: str | None = None
 ) -> dict[str, Any]:
     """Stand-in for the email family's job: record the request."""
-    SENT.append((ctx.job_id, message["to"][0]["email"], message["subject"], idempotency_key, ctx.mode))
+    what = message.get("subject") or f"template:{message.get('template')}"
+    SENT.append((ctx.job_id, message["to"][0]["email"], what, idempotency_key, ctx.mode))
+    SENT_MESSAGES.append(message)
     return {"sent": True}
 
 
@@ -98,6 +104,7 @@ def clean_analytics(database_url: str) -> str:
 
     asyncio.run(truncate())
     SENT.clear()
+    SENT_MESSAGES.clear()
     return database_url
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import hashlib
+import io
 import sys
 import time
 from collections.abc import Sequence
@@ -163,6 +166,75 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _csv_chunks(path: str, budget: int) -> list[tuple[int, str]]:
+    """The file as (line of the chunk's header, CSV text with the header) chunks of at most about
+    `budget` bytes, each a whole number of records. Raises OSError or ValueError."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError("the file is empty")
+        chunks: list[tuple[int, str]] = []
+        buffer, first_line, size = io.StringIO(), 1, 0
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        header_size = buffer.tell()
+        for record in reader:
+            if size > budget:
+                chunks.append((first_line, buffer.getvalue()))
+                buffer.seek(0)
+                buffer.truncate()
+                writer.writerow(header)
+                size = 0
+            if size == 0:
+                first_line = reader.line_num - 1  # so the chunk's first record is `first_line + 1`
+            writer.writerow(record)
+            size = buffer.tell() - header_size
+        if size:
+            chunks.append((first_line, buffer.getvalue()))
+    if not chunks:
+        raise ValueError("the file has a header but no rows")
+    return chunks
+
+
+async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate every chunk of the file, then run (or queue) one `import_streams` job per chunk."""
+    definition = REGISTRY.get("import_streams")
+    budget = min(128 * 1024, settings.max_payload_bytes // 2)
+    try:
+        chunks = _csv_chunks(args.file, budget)
+    except (OSError, ValueError, csv.Error) as exc:
+        raise JobValidationError(f"{args.file}: {exc}") from None
+    payloads, problems = [], []
+    for first_line, text in chunks:  # every chunk is checked before any is imported
+        kwargs = {"report": {"csv": text, "first_line": first_line}}
+        try:
+            payloads.append(definition.payload(kwargs, max_bytes=settings.max_payload_bytes))
+        except JobValidationError as exc:
+            problems.append(str(exc).removeprefix("import_streams: argument 'report': "))
+    if problems:
+        raise JobValidationError(f"{args.file}: nothing imported; " + "; ".join(problems))
+    totals: dict[str, Any] = {"file": args.file, "chunks": len(payloads)}
+    async with Producer(settings) as producer:
+        for payload in payloads:
+            job_id = "import-streams:" + hashlib.sha256(payload["report"]["csv"].encode()).hexdigest()[:32]
+            raw = orjson.dumps(payload)
+            handle = await producer.enqueue_json(definition, raw, job_id=job_id, inline=not args.queue)
+            if args.queue:
+                totals.setdefault("job_ids", []).append(handle.job_id)
+                totals["mode"] = handle.mode
+                continue
+            result = await handle.result()
+            for key in ("rows", "imported", "already_imported", "skipped_zero", "titles"):
+                totals[key] = totals.get(key, 0) + result[key]
+            for key, pick in (("first_day", min), ("last_day", max)):
+                if result[key] is not None:
+                    totals[key] = pick(filter(None, (totals.get(key), result[key])))
+            totals["mode"] = "inline"
+    _print_json(totals)
+    return 0
+
+
 def _jobs() -> int:
     for definition in REGISTRY:
         _print_json(
@@ -207,6 +279,14 @@ def _parser() -> argparse.ArgumentParser:
     dead_purge = dead_sub.add_parser("purge", help="delete dead letters")
     dead_purge.add_argument("--older-than-days", type=float, default=None)
     sub.add_parser("migrate", help="apply pending Postgres migrations and print the versions applied")
+    imports = sub.add_parser(
+        "import-streams",
+        help="import a CSV report of historical streams (any age; importing it again adds nothing)",
+    )
+    imports.add_argument("file", help="CSV with date, artist_id, track_id, platform and streams columns")
+    imports.add_argument(
+        "--queue", action="store_true", help="queue the chunks for the workers instead of importing here"
+    )
     sub.add_parser(
         "demo", help="the runner doing its job, with a throwaway Redis (what `make run` shows first)"
     )
@@ -262,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_doctor(settings, args.json))
         if args.command == "stats":
             return asyncio.run(_stats(settings, args.json))
+        if args.command == "import-streams":
+            return asyncio.run(_import_streams(settings, args))
         return _jobs()
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
