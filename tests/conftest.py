@@ -110,7 +110,7 @@ def _postgres_reachable(dsn: str) -> str | None:
         asyncio.run(probe())
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         try:
-            settings = Settings(_env_file=None, database_url=dsn)  # type: ignore[call-arg]
+            settings = Settings(_env_file=None, database_url=SecretStr(dsn))  # type: ignore[call-arg]
         except ValueError:
             return f"DATABASE_URL: {type(exc).__name__}: {exc}"
         return postgres_problem(settings, exc)

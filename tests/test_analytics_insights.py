@@ -239,8 +239,7 @@ async def test_the_ai_writes_the_story_of_the_week_when_configured(
 
 def _mails(directory: Path) -> list[email.message.EmailMessage]:
     return [
-        email.message_from_bytes(p.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
-        for p in directory.glob("*.eml")
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in directory.glob("*.eml")
     ]
 
 

@@ -58,7 +58,7 @@ async def test_beat_interactions_presaves_and_shares_are_stored_and_rolled_up(cl
             "quantity": 2,
         },  # a page, no track
     ]
-    refused = [
+    refused: list[dict[str, Any]] = [
         {"type": "like", "artist_id": "producer-7", "source": "browse"},  # a like is of a beat
         {"type": "skip", **beat, "amount_cents": 100},
     ]
@@ -120,7 +120,10 @@ async def test_a_years_old_streams_report_is_imported_once(clean_analytics: str,
     conn = await pg_connect(clean_analytics)
     try:
         sources = {r["source"] for r in await conn.fetch("SELECT source FROM analytics_events")}
-        titles = dict(await conn.fetch("SELECT track_id, title FROM analytics_tracks"))
+        titles = {
+            r["track_id"]: r["title"]
+            for r in await conn.fetch("SELECT track_id, title FROM analytics_tracks")
+        }
     finally:
         await conn.close()
     assert sources == {"spotify", "apple_music", "youtube_music"}

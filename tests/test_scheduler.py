@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -54,8 +55,8 @@ async def _run_worker_for(settings: Settings, registry: Registry, seconds: float
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def _utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def _runs(schedule: Schedule, after: datetime, count: int) -> list[datetime]:
@@ -70,7 +71,7 @@ def test_utc_schedules_run_when_arqs_cron_would() -> None:
     # Our own next_run replaced arq.cron.next_cron; for UTC schedules the times are the same.
     rng = random.Random(17)
     for _ in range(300):
-        fields = {
+        fields: dict[str, Any] = {
             "month": rng.choice([None, rng.randint(1, 12)]),
             "day": rng.choice([None, None, rng.randint(1, 28)]),
             "weekday": rng.choice([None, rng.randint(0, 6), frozenset({0, 3})]),

@@ -132,7 +132,7 @@ async def test_a_schema_of_your_choice_and_the_outbox_on_the_web_apps_connection
             failed = await producer.enqueue_job("refuse", {"reason": "no"})
 
             async def dead() -> bool:
-                return (await producer.status(failed.job_id))["status"] == "dead"
+                return bool((await producer.status(failed.job_id))["status"] == "dead")
 
             await eventually(dead, what="the failed job in the custom schema's dead letters")
     finally:
