@@ -250,7 +250,9 @@ def _jobs() -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker", description="Max Booster job runner")
+    # Named as it was called: the console script, or the module.
+    prog = "maxbooster-jobs" if sys.argv[0].endswith("maxbooster-jobs") else "python -m worker"
+    parser = argparse.ArgumentParser(prog=prog, description="Max Booster job runner")
     # No abbreviations: `--arg` must be reported as unknown, not taken for `--args`.
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subparser)
     run = sub.add_parser("run", help="run the worker until SIGTERM")
