@@ -320,10 +320,10 @@ def _cmd_note(args: argparse.Namespace) -> int:
         servers = " and ".join(
             f"{svc.label} at {state.get('url')} (pid {state.get('pid')})" for svc, state in running
         )
-        verb, them = ("keeps", "it") if len(running) == 1 else ("keep", "them")
+        verb, them, their = ("keeps", "it", "its") if len(running) == 1 else ("keep", "them", "their")
         _say(
             f"Note: the throwaway {servers} {verb} running for the next `make run` / `make test`; "
-            f"stop {them} with `make stop-services` (`make clean` also removes their data)."
+            f"stop {them} with `make stop-services` (`make clean` also removes {their} data)."
         )
     return 0
 

@@ -124,7 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     problem = _postgres_reachable(_server_dsn())
     if problem is not None:
-        raise pytest.UsageError(f"{problem}\n(the test suite needs PostgreSQL; `make test` provides one)")
+        raise pytest.UsageError(problem)
 
 
 # The session's database, so settings made anywhere in the tests point at migrated tables.
