@@ -11,6 +11,10 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 # Exports REDIS_URL and DATABASE_URL; fails the target if provisioning fails.
 SERVICES = envs=$$($(PY) -m devservices env) && eval "$$envs"
+# After a target that may have started throwaway servers: say that they keep running.
+NOTE_SERVICES = $(PY) -m devservices note
+# devservices needs only the standard library: stopping works before (or without) an install.
+ANY_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 .PHONY: install run demo worker test lint format bench services stop-services clean
 
@@ -35,7 +39,7 @@ worker: install
 	@$(SERVICES) && exec $(PY) -m worker run
 
 test: install
-	@$(SERVICES) && $(PY) -m pytest
+	@$(SERVICES) && $(PY) -m pytest; status=$$?; $(NOTE_SERVICES); exit $$status
 
 lint: install
 	$(PY) -m ruff check .
@@ -52,13 +56,18 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	@touch $@
 
 bench: $(BENCH_STAMP)
-	@$(SERVICES) && $(PY) -m bench
+	@$(SERVICES) && $(PY) -m bench; status=$$?; $(NOTE_SERVICES); exit $$status
 
 services: install
 	@$(PY) -m devservices env
 
-stop-services: install
-	@$(PY) -m devservices stop
+stop-services:
+	@$(ANY_PY) -m devservices stop
 
-clean: stop-services
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+# Everything the project created: throwaway servers and their data, the virtual environment,
+# tool caches, the package metadata of the editable install, mail written by the file transport.
+clean:
+	@$(ANY_PY) -m devservices clean --tmp-copies
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info var/mail
+	@rmdir var 2>/dev/null || true
+	@find . -name __pycache__ -type d -not -path './.git/*' -prune -exec rm -rf {} +

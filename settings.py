@@ -13,10 +13,12 @@ from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import email_validator
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings", "redact_url"]
+__all__ = ["DEFAULT_DATABASE", "Settings", "SettingsError", "load_settings", "redact_url"]
+
+DEFAULT_DATABASE = "maxbooster_jobs"
 
 _SECRET_FIELDS = {
     "redis_url",
@@ -31,6 +33,8 @@ _SECRET_FIELDS = {
 _FIX_HINTS: dict[str, str] = {
     "redis_url": "use redis://[user:password@]host:port/db or rediss://...; empty disables Redis",
     "database_url": "use postgresql://user:password@host:port/dbname",
+    "database_schema": "use a lowercase name such as jobrunner (letters, digits, _; not public or pg_*)",
+    "app_url": "use the web app's root URL, e.g. https://maxbooster.ai",
     "log_level": "use one of DEBUG, INFO, WARNING, ERROR",
     "log_format": "use json, console or auto",
     "email_transport": "use sendgrid, smtp, file or auto",
@@ -55,6 +59,8 @@ _FIX_HINTS: dict[str, str] = {
 # Query options whose values are secrets (redis-py takes `?password=`).
 # A value runs to the next `&` or `;` (an unescaped `#`, `?` or `@` in it is still hidden).
 _SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|pass|secret|token|api_key|apikey|key)=)[^&;]*")
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def redact_url(url: str) -> str:
@@ -130,7 +136,11 @@ class Settings(BaseSettings):
     redis_tls_insecure: bool = False
     queue_name: str = Field("arq:queue", min_length=1)
 
-    database_url: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    # A database of the runner's own by default (the dev services create it); never the
+    # `postgres` maintenance database.
+    database_url: SecretStr = SecretStr(f"postgresql://postgres@localhost:5432/{DEFAULT_DATABASE}")
+    # Every runner table lives in this Postgres schema, away from the web app's ORM tables.
+    database_schema: str = "jobrunner"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console", "auto"] = "auto"
@@ -186,6 +196,8 @@ class Settings(BaseSettings):
     # A bulk email to more recipients than this is never sent inline from a caller's process
     # while Redis is down: it waits in the spool for a worker.
     email_inline_max_recipients: int = Field(50, ge=1, le=100_000)
+    # Where links in emails point when the caller gives none (a dashboard, a support ticket).
+    app_url: str = "https://maxbooster.ai"
     # A claim on an idempotency key blocks other runs for this long; it must outlast one
     # send_email run (60 s timeout), or a slow live run could be overtaken and send twice.
     email_claim_lease: float = Field(120.0, ge=60, le=86400)
@@ -258,6 +270,24 @@ class Settings(BaseSettings):
         _check_url(raw, ("postgresql", "postgres"), "Postgres")
         return SecretStr(raw)
 
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_name(cls, v: str) -> str:
+        v = v.strip()
+        if not _SCHEMA_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a plain schema name")
+        if v == "public" or v.startswith("pg_"):
+            raise ValueError(f"{v!r} is the web app's or reserved; use a schema of the runner's own")
+        return v
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, v: Any, info: ValidationInfo) -> Any:
+        # LOG_LEVEL=info and LOG_FORMAT=JSON are as good as INFO and json.
+        if not isinstance(v, str):
+            return v
+        return v.strip().upper() if info.field_name == "log_level" else v.strip().lower()
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url(cls, v: SecretStr | None) -> SecretStr | None:
@@ -320,6 +350,14 @@ class Settings(BaseSettings):
         if not Path(v).is_file():
             raise ValueError(f"file {v!r} does not exist; give the path of a PEM file")
         return v
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, v: str) -> str:
+        if not v.strip():
+            return "https://maxbooster.ai"
+        _check_url(v.strip(), ("https", "http"), "HTTP")
+        return v.strip().rstrip("/")
 
     @field_validator("sendgrid_api_host")
     @classmethod

@@ -66,9 +66,9 @@ def _message(n: int) -> Outgoing:
     rendered = render_template(
         "password_reset",
         {
-            "name": "Zoë Müller",
-            "reset_url": f"https://app.maxbooster.example/reset/{n}",
-            "expires_minutes": 30,
+            "firstName": "Zoë Müller",
+            "resetLink": f"https://app.maxbooster.example/reset/{n}",
+            "expiresIn": "30 minutes",
         },
     )
     sender = Mailbox(email="no-reply@maxbooster.example", name="Max Booster")
@@ -130,9 +130,9 @@ def _job_scenario(settings: Settings) -> Scenario:
             "to": ["Zoë Müller <zoe@example.com>"],
             "template": "password_reset",
             "context": {
-                "name": "Zoë",
-                "reset_url": "https://app.maxbooster.example/r",
-                "expires_minutes": 30,
+                "firstName": "Zoë",
+                "resetLink": "https://app.maxbooster.example/r",
+                "expiresIn": "30 minutes",
             },
         }
         async with Producer(settings) as producer:

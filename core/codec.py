@@ -38,6 +38,7 @@ __all__ = [
     "ERROR_KEY",
     "JOB_ID_RULE",
     "MAX_DEPTH",
+    "PICKLED_JOB",
     "CodecError",
     "JobRecord",
     "ResultRecord",
@@ -204,14 +205,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# Pickle protocols 2-5 start with PROTO (0x80) and the protocol number: what plain arq writes.
+_PICKLE_MAGIC = re.compile(rb"\x80[\x02-\x05]")
+PICKLED_JOB = (
+    "the job record is a Python pickle, not JSON: a plain arq producer (or another pickle-based "
+    "client) enqueued it on this queue; it was not unpickled (that could run code) and not run"
+)
+
+
 def decode_job(raw: bytes) -> JobRecord:
     """A job record we wrote; `CodecError` for anything else (a pickle, a forged shape)."""
-    if raw[:1] == b"\x80":  # pickle's protocol marker: plain arq's default serializer
-        raise CodecError(
-            "unable to deserialize job: a pickled record, as plain arq writes by default; this runner "
-            "reads JSON only and never unpickles. Give plain arq producers a queue of their own "
-            "(a different QUEUE_NAME for this runner)"
-        )
+    if _PICKLE_MAGIC.match(raw):
+        raise CodecError(PICKLED_JOB)
     record = _load_object(raw, "job")
     name, kwargs, args, job_try = record.get("f"), record.get("k"), record.get("a"), record.get("t")
     if not isinstance(name, str) or not isinstance(kwargs, dict):

@@ -19,7 +19,15 @@ import asyncpg
 
 from settings import Settings
 
-__all__ = ["POSTGRES", "Cache", "Deps", "Resource", "open_deps"]
+__all__ = [
+    "POSTGRES",
+    "Cache",
+    "Deps",
+    "Resource",
+    "connect_postgres",
+    "open_deps",
+    "postgres_server_settings",
+]
 
 T = TypeVar("T")
 
@@ -97,9 +105,29 @@ async def open_deps(settings: Settings, *, cache: Cache) -> AsyncIterator[Deps]:
         await deps.aclose()
 
 
+def postgres_server_settings(settings: Settings) -> dict[str, str]:
+    """Session settings of every runner connection: the runner's schema is the search path, so
+    its queries name tables without a schema and nothing lands in the web app's `public`."""
+    return {"search_path": settings.database_schema}
+
+
+async def connect_postgres(settings: Settings, *, timeout: float = 10) -> asyncpg.Connection:
+    """One connection for the runner (migrations, ops commands), with the runner's search path."""
+    return await asyncpg.connect(
+        settings.database_url.get_secret_value(),
+        timeout=timeout,
+        server_settings=postgres_server_settings(settings),
+    )
+
+
 async def _create_pool(settings: Settings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        settings.database_url.get_secret_value(), min_size=1, max_size=10, timeout=5, command_timeout=60
+        settings.database_url.get_secret_value(),
+        min_size=1,
+        max_size=10,
+        timeout=5,
+        command_timeout=60,
+        server_settings=postgres_server_settings(settings),
     )
 
 

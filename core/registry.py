@@ -11,8 +11,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta, tzinfo
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, get_type_hints
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import pydantic
@@ -69,18 +70,26 @@ def _context(settings: Settings | None) -> dict[str, Any] | None:
     return None if settings is None else {"settings": settings}
 
 
-def _explain(job: str, exc: pydantic.ValidationError) -> str:
+def _explain(job: str, exc: pydantic.ValidationError, accepted: Iterable[str] = ()) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         arg = ".".join(str(p) for p in err["loc"]) or "(arguments)"
         if err["type"] == "missing":
             problems.append(f"argument {arg!r} is required")
+        elif err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            names = ", ".join(accepted)
+            problems.append(f"unknown argument {arg!r} (it takes {names or 'no arguments'})")
         elif err["type"] == "extra_forbidden":
             problems.append(f"unknown argument {arg!r}")
         else:
             shown = repr(err.get("input"))
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "value_error" and len(shown) > 60:
+                # A validator's own message describes the value; a long one is only noise here.
+                problems.append(f"argument {arg!r}: {message}")
+                continue
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            problems.append(f"argument {arg!r}: {err['msg']} (got {shown})")
+            problems.append(f"argument {arg!r}: {message} (got {shown})")
     return f"{job}: " + "; ".join(problems)
 
 
@@ -120,7 +129,7 @@ class JobDefinition(Generic[P, R]):
         try:
             model = self.args_model.model_validate(dict(kwargs), context=_context(settings))
         except pydantic.ValidationError as exc:
-            raise JobValidationError(_explain(self.name, exc)) from None
+            raise JobValidationError(_explain(self.name, exc, self.arg_names)) from None
         return self._encode(model, max_bytes)
 
     def payload_from_json(
@@ -130,7 +139,7 @@ class JobDefinition(Generic[P, R]):
         try:
             model = self.args_model.model_validate_json(raw, context=_context(settings))
         except pydantic.ValidationError as exc:
-            raise JobValidationError(_explain(self.name, exc)) from None
+            raise JobValidationError(_explain(self.name, exc, self.arg_names)) from None
         return self._encode(model, max_bytes)
 
     def _encode(self, model: BaseModel, max_bytes: int) -> dict[str, Any]:
@@ -225,11 +234,16 @@ TimeField = int | frozenset[int] | None
 
 @dataclass(frozen=True)
 class Schedule:
-    """When the worker runs a registered job by itself, with no arguments (UTC, like cron).
+    """When the worker runs a registered job by itself, with no arguments (like cron).
 
-    Each field is one value, a set of values, or None for "any"; `weekday` 0 is Monday.
+    Each field is one value, a set of values, or None for "any"; `weekday` 0 is Monday. The
+    fields are wall-clock time in `tz` (an IANA name such as "America/New_York"; None is UTC),
+    across daylight-saving changes: a time skipped by a spring-forward runs once, as many
+    minutes after the jump as it was into the gap; a time repeated by a fall-back runs once, at
+    its first occurrence (cron's rules).
     `catch_up`: a run missed because no worker was up, or Redis was away, at its due time is
     run late if it was due at most this long ago (only the latest missed run; None: never).
+    Runs due before the schedule's first start on a Redis are not caught up: nothing missed them.
     """
 
     job: str
@@ -241,10 +255,24 @@ class Schedule:
     second: TimeField = 0
     run_at_startup: bool = False
     catch_up: timedelta | None = None
+    tz: str | None = None
 
     def __post_init__(self) -> None:
         if self.catch_up is not None and self.catch_up <= timedelta(0):
             raise ValueError(f"schedule for {self.job!r}: catch_up must be positive, or None for never")
+        if self.tz is not None:
+            try:
+                ZoneInfo(self.tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"schedule for {self.job!r}: unknown time zone {self.tz!r}; use an IANA name such as "
+                    "'America/New_York', or None for UTC"
+                ) from None
+
+    @property
+    def zone(self) -> tzinfo:
+        """The time zone the fields are read in."""
+        return ZoneInfo(self.tz) if self.tz is not None else UTC
 
     @classmethod
     def every_seconds(cls, job: str, seconds: int) -> Schedule:

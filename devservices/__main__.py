@@ -3,11 +3,21 @@
     eval "$(python -m devservices env)"    # prints `export VAR=...` lines on stdout
     python -m devservices stop             # stops the throwaway servers recorded in .devservices/
     python -m devservices status           # shows what is recorded there
+    python -m devservices note             # one line on the throwaway servers still running, if any
+    python -m devservices clean            # stop them, then remove .devservices/ (--tmp-copies: and
+                                           # unused copies of a pip-shipped PostgreSQL in /tmp)
 
 For each variable: already set in the environment (even to "") -> left alone, nothing
 printed; else the default URL answers -> use it; else reuse a throwaway server recorded in the
 state dir if it still answers; else start one detached (it outlives this command) and record
 its pid/port/dir. Human messages go to stderr; stdout carries only the export lines.
+
+Postgres: the URL names the runner's own database (`maxbooster_jobs` by default). It is created
+when missing, on a throwaway server and on a server that answers at the default address without
+a password (a local development server): a database of its own is what keeps the runner's
+tables out of a maintenance or application database.
+
+Only the standard library is used, so `stop` and `clean` work before (or without) an install.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shlex
@@ -26,16 +37,24 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ._process import ServerProcess, process_start_time
-from .postgres import PostgresServer, os_user_for_postgres, pg_url_probe, user_can_reach
+from .postgres import (
+    PostgresServer,
+    ensure_database,
+    os_user_for_postgres,
+    pg_url_probe,
+    user_can_reach,
+    with_database,
+)
 from .redis import RedisServer, redis_url_ping
 
 __all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "main"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/postgres"
+# The runner's own database (settings.DEFAULT_DATABASE; not imported: this runs before installs).
+DEFAULT_DATABASE_URL = "postgresql://postgres@localhost:5432/maxbooster_jobs"
 _MARKER = ".devservices-owned"  # written into every dir we create, checked before deleting it
 
 
@@ -157,7 +176,17 @@ def _new_base_dir(state_dir: str, svc: _Service) -> str:
     return base
 
 
-def _start_detached(state_dir: str, svc: _Service) -> str:
+def _database_of(url: str) -> str:
+    return unquote(urlsplit(url).path.lstrip("/")) or "postgres"
+
+
+def _postgres_url(server_url: str, database: str) -> str | None:
+    """`server_url` naming `database`, created if missing; None if that is not possible."""
+    url = with_database(server_url, database)
+    return url if ensure_database(url) in ("exists", "created") else None
+
+
+def _start_detached(state_dir: str, svc: _Service, database: str) -> str:
     base_dir = _new_base_dir(state_dir, svc)
     server: ServerProcess
     if svc is _REDIS:
@@ -171,6 +200,13 @@ def _start_detached(state_dir: str, svc: _Service) -> str:
         raise
     assert server.pid is not None
     url = server.url
+    if isinstance(server, PostgresServer):
+        created = ensure_database(with_database(url, database))
+        if created not in ("exists", "created"):
+            server.stop()
+            _remove_owned_dir(base_dir)
+            raise RuntimeError(f"could not create database {database!r} on the new server: {created}")
+        url = with_database(url, database)
     socket_dir = server.socket_dir if isinstance(server, PostgresServer) else None
     if socket_dir is not None and not socket_dir.startswith(base_dir + os.sep):
         # A socket dir outside base_dir (long paths) needs its own marker to be removable.
@@ -198,20 +234,29 @@ def _provision(svc: _Service, default_url: str, state_dir: str, default_port: in
     if svc.env_var in os.environ:
         _say(f"{svc.label}: {svc.env_var} is already set, leaving it alone")
         return None
-    if svc.probe(default_url):
+    database = _database_of(default_url)
+    if svc is _POSTGRES:
+        found = ensure_database(default_url)
+        if found in ("exists", "created"):
+            made = f" (created the database {database!r} there)" if found == "created" else ""
+            _say(f"{svc.label}: using {default_url}{made}")
+            return default_url
+    elif svc.probe(default_url):
         _say(f"{svc.label}: using {default_url}")
         return default_url
     where = _host_port(default_url, default_port)
     state = _read_state(state_dir, svc)
     if state is not None:
         url = state.get("url")
+        if svc is _POSTGRES and isinstance(url, str) and _is_ours(state):
+            url = _postgres_url(url, database)  # created if missing (a state from an older version)
         if _is_ours(state) and isinstance(url, str) and svc.probe(url):
             _say(
                 f"{svc.label}: nothing on {where}, reusing the throwaway server at {url} (pid {state['pid']})"
             )
             return url
         _stop_recorded(state_dir, svc, state)  # recorded but dead or unresponsive: clear it out
-    url = _start_detached(state_dir, svc)
+    url = _start_detached(state_dir, svc, database)
     binary = "redis-server" if svc is _REDIS else "postgres"
     port = urlsplit(url).port
     _say(f"{svc.label}: nothing on {where}, started a throwaway {binary} on 127.0.0.1:{port}")
@@ -237,17 +282,76 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_stop(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.state_dir):
-        _say(f"devservices: no state dir {args.state_dir}, nothing to stop")
-        return 0
-    with _locked(args.state_dir):
+def _stop_all(state_dir: str) -> int:
+    """Stop every throwaway server recorded in `state_dir`, saying what happened to each."""
+    stopped = 0
+    with _locked(state_dir):
         for svc in (_REDIS, _POSTGRES):
-            state = _read_state(args.state_dir, svc)
+            state = _read_state(state_dir, svc)
             if state is None:
                 continue
-            outcome = _stop_recorded(args.state_dir, svc, state)
+            outcome = _stop_recorded(state_dir, svc, state)
             _say(f"{svc.label}: throwaway server {state.get('url')} (pid {state.get('pid')}) {outcome}")
+            stopped += 1
+    return stopped
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.state_dir):
+        _say(f"devservices: no throwaway servers recorded ({args.state_dir} does not exist), nothing to stop")
+        return 0
+    if _stop_all(args.state_dir) == 0:
+        _say(f"devservices: no throwaway servers recorded in {args.state_dir}, nothing to stop")
+    return 0
+
+
+def _running(state_dir: str) -> list[tuple[_Service, dict[str, Any]]]:
+    found = []
+    for svc in (_REDIS, _POSTGRES):
+        state = _read_state(state_dir, svc)
+        if state is not None and _is_ours(state):
+            found.append((svc, state))
+    return found
+
+
+def _cmd_note(args: argparse.Namespace) -> int:
+    running = _running(args.state_dir)
+    if running:
+        servers = " and ".join(
+            f"{svc.label} at {state.get('url')} (pid {state.get('pid')})" for svc, state in running
+        )
+        verb, them, their = ("keeps", "it", "its") if len(running) == 1 else ("keep", "them", "their")
+        _say(
+            f"Note: the throwaway {servers} {verb} running for the next `make run` / `make test`; "
+            f"stop {them} with `make stop-services` (`make clean` also removes {their} data)."
+        )
+    return 0
+
+
+def _in_use(path: str) -> bool:
+    """True when a running process executes a binary under `path` (checked through /proc)."""
+    prefix = os.path.realpath(path) + os.sep
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/exe").startswith(prefix):
+                    return True
+    return False
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    if os.path.isdir(args.state_dir):
+        _stop_all(args.state_dir)
+        shutil.rmtree(args.state_dir, ignore_errors=True)
+        _say(f"devservices: removed {args.state_dir}")
+    if not args.tmp_copies:
+        return 0
+    # Copies of a pip-shipped PostgreSQL made readable for the account it runs as (postgres.py);
+    # shared by checkouts, so only those no running process executes.
+    for copy in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "devservices-pginstall-*"))):
+        if os.path.isdir(copy) and not _in_use(copy):
+            shutil.rmtree(copy, ignore_errors=True)
+            _say(f"devservices: removed {copy}")
     return 0
 
 
@@ -276,6 +380,13 @@ def _parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=_cmd_stop)
     status = sub.add_parser("status", parents=[common], help="show the throwaway servers recorded")
     status.set_defaults(func=_cmd_status)
+    note = sub.add_parser("note", parents=[common], help="say which throwaway servers keep running")
+    note.set_defaults(func=_cmd_note)
+    clean = sub.add_parser("clean", parents=[common], help="stop them and remove everything devservices made")
+    clean.add_argument(
+        "--tmp-copies", action="store_true", help="also remove unused PostgreSQL copies in the temp dir"
+    )
+    clean.set_defaults(func=_cmd_clean)
     return parser
 
 

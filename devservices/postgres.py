@@ -26,10 +26,13 @@ from .binaries import find_postgres_bindir
 
 __all__ = [
     "PostgresServer",
+    "ensure_database",
     "os_user_for_postgres",
     "pg_probe",
+    "pg_simple_query",
     "pg_url_probe",
     "user_can_reach",
+    "with_database",
 ]
 
 _PROTOCOL_3_0 = 196608
@@ -86,6 +89,92 @@ def pg_probe(
                 buf += chunk
     except OSError:
         return "down"
+
+
+def pg_simple_query(
+    host: str,
+    port: int,
+    sql: str,
+    *,
+    user: str = "postgres",
+    database: str = "postgres",
+    timeout: float = 5.0,
+) -> str:
+    """Run one statement over the wire protocol (trust auth only) and report how it went:
+    "ok", or a pg_probe status ("auth", "down", "error:<SQLSTATE>", ...)."""
+    params = f"user\0{user}\0database\0{database}\0\0".encode()
+    startup = struct.pack("!ii", 8 + len(params), _PROTOCOL_3_0) + params
+    query = sql.encode() + b"\0"
+    deadline = time.monotonic() + timeout
+    sent_query = False
+    error: str | None = None
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(startup)
+            buf = b""
+            while True:
+                while len(buf) >= 5:
+                    kind = buf[:1]
+                    (length,) = struct.unpack("!i", buf[1:5])
+                    if length < 4 or length > 1 << 20:
+                        return "garbage"
+                    if len(buf) < 1 + length:
+                        break
+                    body, buf = buf[5 : 1 + length], buf[1 + length :]
+                    if kind == b"E":
+                        error = _error_status(body)
+                        if not sent_query:
+                            return error
+                    elif kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
+                        return "auth"
+                    elif kind == b"Z":
+                        if sent_query:
+                            with contextlib.suppress(OSError):
+                                sock.sendall(_TERMINATE)
+                            return error or "ok"
+                        sock.sendall(b"Q" + struct.pack("!i", 4 + len(query)) + query)
+                        sent_query = True
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = sock.recv(8192)
+                if not chunk:
+                    return "down"
+                buf += chunk
+    except OSError:
+        return "down"
+
+
+def ensure_database(url: str, timeout: float = 5.0) -> str:
+    """Make the database named in a postgresql:// URL exist on its server (trust auth).
+
+    Returns "exists", "created", or the probe status that prevented it ("down", "auth", ...).
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 5432
+    user = unquote(parts.username) if parts.username else os.environ.get("USER", "postgres")
+    database = unquote(parts.path.lstrip("/")) or user
+    status = pg_probe(host, port, user=user, database=database, timeout=timeout)
+    if status == "ready":
+        return "exists"
+    if status != "error:3D000":  # anything but "database does not exist"
+        return status
+    ident = '"' + database.replace('"', '""') + '"'
+    for maintenance in ("postgres", "template1"):
+        created = pg_simple_query(
+            host, port, f"CREATE DATABASE {ident}", user=user, database=maintenance, timeout=timeout
+        )
+        if created == "ok":
+            return "created"
+        if created == "error:42P04":  # created meanwhile by another `make`
+            return "exists"
+        if created != "error:3D000":
+            return created
+    return "error:3D000"
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` naming another database on the same server."""
+    parts = urlsplit(url)
+    return parts._replace(path="/" + quote(database, safe="")).geturl()
 
 
 def _error_status(body: bytes) -> str:

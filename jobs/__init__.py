@@ -2,7 +2,8 @@
 
 To add a job: write `async def name(ctx: JobContext, *, typed kwargs)` in its family's module
 (importing only `core` and `settings`) and add `define(name, ...)` below. Duplicate names are
-refused at import. `Schedule`s make the worker run a job by itself (cron-like, UTC). A family
+refused at import. `Schedule`s make the worker run a job by itself (cron-like, in UTC or the
+time zone they name). A family
 that needs a life of its own in the process attaches a plug-in (see `core.plugin`).
 """
 
@@ -16,6 +17,7 @@ from jobs.ai import ai_email_variants, ai_not_configured, ai_social_captions, ai
 from jobs.analytics import (
     detect_analytics_anomalies,
     flush_analytics_events,
+    import_streams,
     rollup_analytics,
     send_weekly_insights,
 )
@@ -46,6 +48,8 @@ ANALYTICS_JOBS: list[JobDefinition[Any, Any]] = [
     define(rollup_analytics, timeout=600, max_tries=3, fallback="spool"),
     define(detect_analytics_anomalies, timeout=900, max_tries=3, fallback="spool"),
     define(send_weekly_insights, timeout=1800, max_tries=3, fallback="spool"),
+    # Historical streams from a CSV report (`python -m worker import-streams FILE.csv`).
+    define(import_streams, timeout=600, max_tries=3, fallback="spool"),
 ]
 EVERY_2H = frozenset(range(0, 24, 2))
 ANALYTICS_SCHEDULES = [
@@ -56,7 +60,16 @@ ANALYTICS_SCHEDULES = [
     Schedule("flush_analytics_events", hour=EVERY_2H, minute=0, second=5, catch_up=timedelta(hours=2)),
     Schedule("rollup_analytics", hour=EVERY_2H, minute=1, second=0, catch_up=timedelta(hours=2)),
     Schedule("detect_analytics_anomalies", minute=10, second=0, catch_up=timedelta(hours=1)),
-    Schedule("send_weekly_insights", weekday=0, hour=7, minute=0, second=0, catch_up=timedelta(days=6)),
+    # Monday 09:00 in New York, as the platform sends it (14:00 UTC in winter, 13:00 in summer).
+    Schedule(
+        "send_weekly_insights",
+        weekday=0,
+        hour=9,
+        minute=0,
+        second=0,
+        tz="America/New_York",
+        catch_up=timedelta(days=6),
+    ),
 ]
 
 REGISTRY = Registry(

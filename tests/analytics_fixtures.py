@@ -24,7 +24,7 @@ from jobs.analytics.events import ROW_COLUMNS
 from jobs.analytics.ingest import AnalyticsIngest, EventIngest
 from jobs.analytics.store import write_rows
 from settings import Settings
-from tests.conftest import RunningWorker, make_settings
+from tests.conftest import RunningWorker, make_settings, pg_connect
 from worker.engine import WorkerService
 from worker.ledger.migrate import apply_migrations
 from worker.producer import Producer
@@ -32,6 +32,7 @@ from worker.producer import Producer
 __all__ = [
     "ANALYTICS_TABLES",
     "SENT",
+    "SENT_MESSAGES",
     "TEST_ANALYTICS_REGISTRY",
     "analytics_settings",
     "clean_analytics",
@@ -44,8 +45,10 @@ __all__ = [
     "write_daily_series",
 ]
 
-# Every email the analytics jobs queued: (job id, recipient, subject, idempotency key, mode).
+# Every email the analytics jobs queued: (job id, recipient, subject or template, idempotency
+# key, mode); and each message as it was asked for.
 SENT: list[tuple[str, str, str, str | None, str]] = []
+SENT_MESSAGES: list[dict[str, Any]] = []
 
 ANALYTICS_TABLES = (
     "analytics_events",
@@ -54,6 +57,7 @@ ANALYTICS_TABLES = (
     "analytics_alerts",
     "analytics_contacts",
     "analytics_digests",
+    "analytics_tracks",
 )
 
 
@@ -61,7 +65,9 @@ async def send_email(
     ctx: JobContext, *, message: dict[str, Any], idempotency_key: str | None = None
 ) -> dict[str, Any]:
     """Stand-in for the email family's job: record the request."""
-    SENT.append((ctx.job_id, message["to"][0]["email"], message["subject"], idempotency_key, ctx.mode))
+    what = message.get("subject") or f"template:{message.get('template')}"
+    SENT.append((ctx.job_id, message["to"][0]["email"], what, idempotency_key, ctx.mode))
+    SENT_MESSAGES.append(message)
     return {"sent": True}
 
 
@@ -90,7 +96,7 @@ def clean_analytics(database_url: str) -> str:
     """The session database with empty analytics tables, and the stand-in's record cleared."""
 
     async def truncate() -> None:
-        conn = await asyncpg.connect(database_url)
+        conn = await pg_connect(database_url)
         try:
             await conn.execute(f"TRUNCATE {', '.join(ANALYTICS_TABLES)}")
         finally:
@@ -98,6 +104,7 @@ def clean_analytics(database_url: str) -> str:
 
     asyncio.run(truncate())
     SENT.clear()
+    SENT_MESSAGES.clear()
     return database_url
 
 
@@ -107,7 +114,7 @@ def pg_server() -> Iterator[PostgresServer]:
     with PostgresServer() as server:
 
         async def migrate() -> None:
-            conn = await asyncpg.connect(server.url)
+            conn = await pg_connect(server.url)
             try:
                 await apply_migrations(conn)
             finally:
@@ -141,7 +148,7 @@ def make_events(
 
 
 async def count_events(dsn: str, prefix: str) -> int:
-    conn = await asyncpg.connect(dsn)
+    conn = await pg_connect(dsn)
     try:
         return int(
             await conn.fetchval("SELECT count(*) FROM analytics_events WHERE event_id LIKE $1", prefix + "-%")
@@ -151,7 +158,7 @@ async def count_events(dsn: str, prefix: str) -> int:
 
 
 async def stored_ids(dsn: str, prefix: str) -> list[str]:
-    conn = await asyncpg.connect(dsn)
+    conn = await pg_connect(dsn)
     try:
         rows = await conn.fetch("SELECT event_id FROM analytics_events WHERE event_id LIKE $1", prefix + "-%")
     finally:

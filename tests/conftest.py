@@ -27,11 +27,14 @@ from jobs import REGISTRY
 from settings import Settings
 from tests.sample_jobs import RUNS, TEST_REGISTRY, TRIES
 from worker.engine import WorkerService
-from worker.ledger.migrate import apply_migrations
+from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.producer import Producer
 from worker.producer.inline import InlineExecutor
 from worker.runtime import Runtime
 from worker.telemetry import configure_logging
+
+# The schema the runner's tables live in (the settings' default).
+RUNNER_SCHEMA = "jobrunner"
 
 
 async def eventually(
@@ -83,6 +86,45 @@ def own_redis() -> Iterator[RedisServer]:
 def _server_dsn() -> str:
     # The Makefile exports DATABASE_URL (a throwaway server when nothing answers on 5432).
     return os.environ.get("DATABASE_URL") or "postgresql://postgres@localhost:5432/postgres"
+
+
+async def pg_connect(dsn: str) -> asyncpg.Connection:
+    """A connection that sees the runner's tables, as every runner connection does (they live
+    in the runner's own schema, not in `public`)."""
+    return await asyncpg.connect(dsn, server_settings={"search_path": RUNNER_SCHEMA})
+
+
+def pg_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool:
+    """A pool like `pg_connect`'s connections; await it, or use it with `async with`."""
+    return asyncpg.create_pool(dsn, server_settings={"search_path": RUNNER_SCHEMA}, **kwargs)
+
+
+def _postgres_reachable(dsn: str) -> str | None:
+    """None if the test server answers, else the one-line problem and its fix."""
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        try:
+            settings = Settings(_env_file=None, database_url=SecretStr(dsn))  # type: ignore[call-arg]
+        except ValueError:
+            return f"DATABASE_URL: {type(exc).__name__}: {exc}"
+        return postgres_problem(settings, exc)
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every test needs the session's database: a Postgres that is not there is one readable
+    # line and a stop, not an error per test. (Workers of a distributed run skip the check.)
+    if config.option.collectonly or hasattr(config, "workerinput"):
+        return
+    problem = _postgres_reachable(_server_dsn())
+    if problem is not None:
+        raise pytest.UsageError(problem)
 
 
 # The session's database, so settings made anywhere in the tests point at migrated tables.

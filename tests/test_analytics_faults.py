@@ -24,7 +24,7 @@ from tests.analytics_fixtures import (
     pg_server,
     start_analytics_worker,
 )
-from tests.conftest import eventually
+from tests.conftest import eventually, pg_connect
 from worker.backend import RedisBackend
 from worker.producer import Producer
 
@@ -53,7 +53,7 @@ def _log_events(log_output: io.StringIO, event: str) -> list[dict[str, object]]:
 async def slow_flush(clean_analytics: str) -> AsyncIterator[str]:
     """Each flush transaction lingers 30 ms in its INSERT, as on a slow disk, so a termination
     reliably lands in the middle of one."""
-    conn = await asyncpg.connect(clean_analytics)
+    conn = await pg_connect(clean_analytics)
     try:
         await conn.execute(_SLOW_FLUSH)
         yield clean_analytics
@@ -70,7 +70,7 @@ async def test_flush_connection_terminated_mid_batch_loses_and_duplicates_nothin
 ) -> None:
     # Small batches: many flush transactions for the terminations to land in.
     settings = analytics_settings(redis_server.url, slow_flush, analytics_batch_bytes=32 * 1024)
-    killer = await asyncpg.connect(slow_flush)
+    killer = await pg_connect(slow_flush)
     terminated = 0
     worker = await start_analytics_worker(settings)
     try:

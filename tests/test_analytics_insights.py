@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
+import io
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
 from devservices.redis import RedisServer
+from jobs import REGISTRY
 from jobs.analytics import send_weekly_insights
 from jobs.analytics.events import ROW_COLUMNS
 from jobs.analytics.store import write_rows
+from jobs.email.templates import render_template
+from tests.ai_fixtures import FakeAI, Reply, completion, fake_ai, log_events
 from tests.analytics_fixtures import (
     SENT,
+    SENT_MESSAGES,
     TEST_ANALYTICS_REGISTRY,
     analytics_settings,
     clean_analytics,
     start_analytics_worker,
 )
-from tests.conftest import eventually, raw_redis
+from tests.conftest import eventually, pg_connect, pg_pool, raw_redis
 from worker.producer import Producer
 
-__all__ = ["clean_analytics"]  # fixture used by name below
+__all__ = ["clean_analytics", "fake_ai"]  # fixtures used by name below
 
 WEEK = "2025-W10"
 MONDAY = date(2025, 3, 3)
@@ -58,8 +66,8 @@ async def _generate(dsn: str) -> None:
         # Outside both weeks: ignored.
         _rows("alpha", MONDAY + timedelta(days=7), "stream", "t9", "spotify", 10_000),
     ]
-    conn = await asyncpg.connect(dsn)
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    conn = await pg_connect(dsn)
+    pool = await pg_pool(dsn, min_size=1, max_size=1)
     try:
         await write_rows(pool, rows)
         await conn.executemany(
@@ -103,7 +111,7 @@ async def producer(
 
 
 async def _digests(dsn: str) -> dict[str, dict[str, Any]]:
-    conn = await asyncpg.connect(dsn)
+    conn = await pg_connect(dsn)
     try:
         rows = await conn.fetch(
             "SELECT artist_id, job_id, summary FROM analytics_digests WHERE iso_week = $1", WEEK
@@ -156,7 +164,7 @@ async def test_the_digest_job_id_also_stops_a_second_email_when_the_record_is_go
             await raw_redis(producer.settings).flushdb()
             await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
             await eventually(lambda: _sent_count(2))
-            conn = await asyncpg.connect(clean_analytics)
+            conn = await pg_connect(clean_analytics)
             try:
                 await conn.execute("DELETE FROM analytics_digests")
             finally:
@@ -166,3 +174,88 @@ async def test_the_digest_job_id_also_stops_a_second_email_when_the_record_is_go
     finally:
         await worker.stop()
     assert len(SENT) == 2
+
+
+async def _name_tracks(dsn: str) -> None:
+    conn = await pg_connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO analytics_tracks (track_id, artist_id, title) VALUES ('t1', 'alpha', 'Night Drive')"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_the_digest_is_the_weekly_digest_template_with_track_titles(clean_analytics: str) -> None:
+    await _generate(clean_analytics)
+    await _name_tracks(clean_analytics)
+    async with Producer(
+        analytics_settings("", clean_analytics), registry=TEST_ANALYTICS_REGISTRY
+    ) as producer:
+        await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
+    alpha = next(m for m in SENT_MESSAGES if m["to"][0]["email"] == "alpha@example.com")
+    assert alpha["template"] == "weekly_digest"
+    context = alpha["context"]
+    assert context["userName"] == "Alpha"
+    assert context["weekLabel"] == "3 to 9 March"
+    assert (context["streamsThisWeek"], context["streamsLastWeek"]) == (1100, 800)
+    assert context["streamsChangePercent"] == 37.5
+    assert context["revenueEarned"] == 29.98
+    # Titles where the web app named the track; an unnamed one keeps its id rather than vanish.
+    assert [t["title"] for t in context["topTracks"]] == ["Night Drive", "t2", "t3"]
+    assert context["highlights"] == ["Streams of Night Drive jumped on Monday 3 March"]
+    assert "narrative" not in context  # AI is not configured
+    rendered = render_template("weekly_digest", context)  # the real template takes it as is
+    assert rendered.subject == "Your week on Max Booster: 3 to 9 March"
+    assert rendered.text is not None
+    assert "1. Night Drive (700 streams)" in rendered.text
+    assert "+38% on last week" in rendered.text
+
+
+async def test_the_ai_writes_the_story_of_the_week_when_configured(
+    clean_analytics: str, fake_ai: FakeAI, log_output: io.StringIO
+) -> None:
+    await _generate(clean_analytics)
+    await _name_tracks(clean_analytics)
+    story = {"headline": "Night Drive carried your week", "narrative": "Streams rose 37.5% to 1100."}
+    fake_ai.queue(completion(story), Reply(400, {"error": {"message": "context length exceeded"}}))
+    settings = analytics_settings(
+        "", clean_analytics, ai_base_url=fake_ai.url, ai_model="fake-model", ai_requests_per_minute=0
+    )
+    async with Producer(settings, registry=TEST_ANALYTICS_REGISTRY) as producer:
+        result = await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=10)
+    assert result["queued"] == 2  # the AI failing for one artist holds back no digest
+    contexts = {m["to"][0]["email"]: m["context"] for m in SENT_MESSAGES}
+    with_story = [c for c in contexts.values() if "narrative" in c]
+    assert [c["narrative"] for c in with_story] == [story]
+    assert len(contexts) == 2
+    prompt = " ".join(m["content"] for r in fake_ai.requests for m in r.messages)
+    assert "Night Drive" in prompt  # the AI sees titles, not ids
+    warnings = [
+        e for e in log_events(log_output, "weekly insights narrative unavailable, the digest goes without it")
+    ]
+    assert len(warnings) == 1
+
+
+def _mails(directory: Path) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in directory.glob("*.eml")
+    ]
+
+
+async def test_a_real_digest_email_shows_titles_and_the_week(clean_analytics: str, tmp_path: Path) -> None:
+    # The real registry: the digest goes through the email family's send_email and template.
+    await _generate(clean_analytics)
+    await _name_tracks(clean_analytics)
+    settings = analytics_settings("", clean_analytics, email_transport="file", email_file_dir=str(tmp_path))
+    async with Producer(settings, registry=REGISTRY) as producer:
+        result = await (await producer.enqueue(send_weekly_insights, week=WEEK)).result(timeout=20)
+    assert result == {"week": WEEK, "queued": 2, "refused": 0}
+    mails = _mails(tmp_path)
+    alpha = next(m for m in mails if "alpha@example.com" in str(m["To"]))
+    assert alpha["Subject"] == "Your week on Max Booster: 3 to 9 March"
+    body = alpha.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "1. Night Drive (700 streams)" in text
+    assert "Streams:          1,100 (+38% on last week)" in text

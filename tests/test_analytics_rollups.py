@@ -25,6 +25,7 @@ from tests.analytics_fixtures import (
     clean_analytics,
     write_daily_series,
 )
+from tests.conftest import pg_pool
 from worker.producer import Producer
 
 __all__ = ["clean_analytics"]  # fixture used by name below
@@ -87,7 +88,7 @@ def test_a_series_that_stops_is_a_drop_and_small_or_young_series_are_left_alone(
 
 @pytest.fixture
 async def pool(clean_analytics: str) -> AsyncIterator[asyncpg.Pool]:
-    created = await asyncpg.create_pool(clean_analytics, min_size=1, max_size=2)
+    created = await pg_pool(clean_analytics, min_size=1, max_size=2)
     try:
         yield created
     finally:
@@ -182,7 +183,7 @@ async def test_rollups_racing_with_flushes_end_with_totals_that_match_the_events
             await write_rows(pool, [_row(f"race-{i}-{j}", "stream", "ar-9", "t-1", day) for j in range(20)])
         writing = False
 
-    async with asyncpg.create_pool(clean_analytics, min_size=2, max_size=2) as roll_pool:
+    async with pg_pool(clean_analytics, min_size=2, max_size=2) as roll_pool:
         _, runs = await asyncio.gather(flushes(), _rollups_on(roll_pool, lambda: writing))
         await rollup_days(roll_pool)
     assert runs > 5

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
@@ -19,6 +18,7 @@ from core import Registry, Schedule, define
 from devservices.redis import RedisServer
 from jobs import REGISTRY, ping
 from tests.analytics_fixtures import analytics_settings, start_analytics_worker
+from tests.conftest import pg_connect
 from worker.engine.scheduler import next_run
 from worker.ledger.migrate import apply_migrations, available_migrations
 from worker.producer import Producer
@@ -33,7 +33,10 @@ def test_schedules_fire_when_due_and_bad_ones_are_refused() -> None:
     flush = next_run(schedules["flush_analytics_events"], start)  # a sweep every two hours
     assert flush.replace(microsecond=0) == datetime(2026, 11, 26, 12, 0, 5, tzinfo=UTC)
     weekly = next_run(schedules["send_weekly_insights"], start)
-    assert weekly.replace(microsecond=0) == datetime(2026, 11, 30, 7, 0, 0, tzinfo=UTC)  # Monday 07:00
+    # Monday 09:00 in New York: 14:00 UTC in winter, 13:00 UTC in summer.
+    assert weekly.replace(microsecond=0) == datetime(2026, 11, 30, 14, 0, 0, tzinfo=UTC)
+    summer = next_run(schedules["send_weekly_insights"], datetime(2026, 6, 3, tzinfo=UTC))
+    assert summer.replace(microsecond=0) == datetime(2026, 6, 8, 13, 0, 0, tzinfo=UTC)
 
     async def needs_args(ctx: Any, *, artist: str) -> None:
         """Cannot run on a schedule."""
@@ -54,9 +57,11 @@ async def test_worker_applies_migrations_at_start(redis_server: RedisServer, fre
             assert (await (await producer.enqueue(ping)).result(timeout=5))["mode"] == "queued"
     finally:
         await worker.stop()
-    conn = await asyncpg.connect(fresh_database)
+    conn = await pg_connect(fresh_database)
     try:
-        applied = [r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY 1")]
+        applied = [
+            r["version"] for r in await conn.fetch("SELECT version FROM job_runner_migrations ORDER BY 1")
+        ]
     finally:
         await conn.close()
     assert applied == VERSIONS
@@ -81,10 +86,10 @@ async def test_worker_starts_and_runs_jobs_while_postgres_is_unreachable(
 
 
 async def test_concurrent_migrators_apply_each_version_once(fresh_database: str) -> None:
-    conns = [await asyncpg.connect(fresh_database) for _ in range(3)]
+    conns = [await pg_connect(fresh_database) for _ in range(3)]
     try:
         results = await asyncio.gather(*(apply_migrations(conn) for conn in conns))
-        count = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+        count = await conns[0].fetchval("SELECT count(*) FROM job_runner_migrations")
     finally:
         for conn in conns:
             await conn.close()
@@ -107,9 +112,14 @@ def _cli(database_url: str) -> subprocess.CompletedProcess[str]:
 def test_migrate_command_prints_what_it_applied(fresh_database: str) -> None:
     first = _cli(fresh_database)
     assert first.returncode == 0, first.stderr
-    assert orjson.loads(first.stdout.strip().splitlines()[-1]) == {"applied": VERSIONS}
+    assert orjson.loads(first.stdout.strip().splitlines()[-1]) == {"applied": VERSIONS, "schema": "jobrunner"}
     again = _cli(fresh_database)
-    assert orjson.loads(again.stdout.strip().splitlines()[-1]) == {"applied": []}
+    assert orjson.loads(again.stdout.strip().splitlines()[-1]) == {"applied": [], "schema": "jobrunner"}
     down = _cli("postgresql://postgres@127.0.0.1:1/postgres")
     assert down.returncode == 2
-    assert "cannot connect to Postgres at postgresql://postgres@127.0.0.1:1/postgres" in down.stderr
+    assert down.stderr.count("\n") == 1, down.stderr  # one line, not a traceback
+    assert "DATABASE_URL: cannot connect to Postgres at 127.0.0.1:1" in down.stderr
+    missing = _cli(fresh_database.rsplit("/", 1)[0] + "/no_such_db")
+    assert missing.returncode == 2
+    assert "DATABASE_URL: database 'no_such_db' does not exist" in missing.stderr
+    assert "createdb" in missing.stderr

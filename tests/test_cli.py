@@ -100,3 +100,55 @@ def test_enqueue_inline_and_errors(redis_server: RedisServer, database_url: str)
     missing = _cli(env, "status", "no-such-job")
     assert missing.returncode == 1
     assert _json(missing.stdout)["status"] == "not_found"
+
+
+def test_bad_input_is_refused_before_connecting_in_one_line() -> None:
+    # Redis and Postgres unreachable: validation must not need them, nor log anything first.
+    env = _env("redis://127.0.0.1:1/0", "postgresql://postgres@127.0.0.1:1/x", "cli:bad")
+    cases = [
+        (("enqueue", "pong"), "unknown job 'pong'; registered jobs: "),
+        (("enqueue", "ping", "--args", "{bad"), "--args is not valid JSON"),
+        (
+            ("enqueue", "ping", "--args", '{"mesage": "x"}'),
+            "unknown argument 'mesage' (it takes message, sleep)",
+        ),
+        (
+            ("enqueue", "ping", "--arg", "{}"),
+            "unknown argument --arg {}; it takes --args, --job-id, --inline, --wait",
+        ),
+    ]
+    for args, expected in cases:
+        result = _cli(env, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if not line.startswith(("usage:", " "))]
+        assert len(errors) == 1, (args, result.stderr)  # the error alone: no log line before it
+        assert result.stdout == ""
+
+
+async def test_wait_that_times_out_says_whether_a_worker_is_alive(
+    redis_server: RedisServer, database_url: str
+) -> None:
+    env = _env(redis_server.url, database_url, f"cli:{uuid.uuid4().hex[:8]}")
+    alone = _cli(env, "enqueue", "ping", "--args", '{"message": "x"}', "--wait", "0.3")
+    assert alone.returncode == 1
+    message = _json(alone.stdout)["error"]["message"]  # type: ignore[index]
+    assert "the job is queued" in message
+    assert "no worker has reported on queue" in message
+    assert "python -m worker run" in message
+
+    worker = subprocess.Popen(  # noqa: ASYNC220 - a worker process to stop, not awaited
+        [sys.executable, "-m", "worker", "run"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        slow = '{"message": "slow", "sleep": 3}'
+        await eventually(
+            lambda: "alive" in _cli(env, "enqueue", "ping", "--args", slow, "--wait", "0.5").stdout
+        )
+        busy = _cli(env, "enqueue", "ping", "--args", slow, "--wait", "0.5")
+        message = _json(busy.stdout)["error"]["message"]  # type: ignore[index]
+        assert "1 worker(s) of queue" in message
+        assert "alive" in message
+    finally:
+        worker.terminate()
+        worker.wait(20)

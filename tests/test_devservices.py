@@ -328,7 +328,7 @@ async def test_cli_env_starts_throwaway_postgres_and_uses_live_default(
         "--default-redis-url",
         redis_srv.url,  # answers, so it is used as is
         "--default-database-url",
-        f"postgresql://postgres@127.0.0.1:{pick_port()}/postgres",
+        f"postgresql://postgres@127.0.0.1:{pick_port()}/maxbooster_jobs",
     )
     result = run_cli(*args, cwd=tmp_path, env=cli_env())
     try:
@@ -336,15 +336,22 @@ async def test_cli_env_starts_throwaway_postgres_and_uses_live_default(
         exports = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines())
         assert exports["REDIS_URL"] == redis_srv.url
         assert f"Redis: using {redis_srv.url}" in result.stderr
+        assert exports["DATABASE_URL"].endswith("/maxbooster_jobs")  # the runner's own database
         conn = await asyncpg.connect(exports["DATABASE_URL"])
         try:
-            assert await conn.fetchval("select 1") == 1
+            assert await conn.fetchval("select current_database()") == "maxbooster_jobs"
         finally:
             await conn.close()
+        note = run_cli("note", "--state-dir", str(state_dir), cwd=tmp_path, env=cli_env())
+        assert "keeps running for the next `make run` / `make test`" in note.stderr
+        assert "make stop-services" in note.stderr
     finally:
         stopped = run_cli("stop", "--state-dir", str(state_dir), cwd=tmp_path, env=cli_env())
     assert stopped.returncode == 0, stopped.stderr
     assert "Postgres: throwaway server" in stopped.stderr
+    again = run_cli("stop", "--state-dir", str(state_dir), cwd=tmp_path, env=cli_env())
+    assert "nothing to stop" in again.stderr
+    assert run_cli("note", "--state-dir", str(state_dir), cwd=tmp_path, env=cli_env()).stderr == ""
     assert redis_srv.ping()  # `stop` never touches servers it did not start
     assert not (state_dir / "postgres.json").exists()
 
@@ -364,3 +371,36 @@ def test_cli_stop_never_signals_a_process_it_did_not_start(tmp_path: Path) -> No
             assert not (state_dir / "redis.json").exists()
         finally:
             stranger.kill()
+
+
+@pytest.mark.asyncio
+async def test_cli_env_creates_the_runners_database_on_a_server_that_answers(tmp_path: Path) -> None:
+    with PostgresServer() as server:
+        default = server.url.rsplit("/", 1)[0] + "/maxbooster_jobs"
+        env = cli_env(REDIS_URL="")
+        result = run_cli("env", "--state-dir", str(tmp_path / "s"), "--default-database-url", default,
+                         cwd=tmp_path, env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"export DATABASE_URL={default}"
+        assert "created the database 'maxbooster_jobs'" in result.stderr
+        conn = await asyncpg.connect(default)
+        await conn.close()
+        again = run_cli("env", "--state-dir", str(tmp_path / "s"), "--default-database-url", default,
+                        cwd=tmp_path, env=env)  # fmt: skip
+        assert f"Postgres: using {default}\n" in again.stderr  # exists now: nothing created
+
+
+def test_stop_and_clean_work_without_an_install(tmp_path: Path) -> None:
+    # The system interpreter, not the virtual environment: `make stop-services` and `make clean`
+    # must work before (or after a failed) install.
+    system_python = shutil.which("python3") or sys.executable
+    env = cli_env()
+    stop = subprocess.run([system_python, "-S", "-m", "devservices", "stop"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+    assert "nothing to stop" in stop.stderr
+    (tmp_path / ".devservices").mkdir()
+    clean = subprocess.run([system_python, "-S", "-m", "devservices", "clean"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert clean.returncode == 0, clean.stderr
+    assert not (tmp_path / ".devservices").exists()

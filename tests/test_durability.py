@@ -22,7 +22,7 @@ from core.errors import EnqueueError, JobFailed
 from devservices.proxy import TcpProxy
 from devservices.redis import RedisServer
 from settings import Settings
-from tests.conftest import RunningWorker, eventually, make_settings, raw_redis, start_worker
+from tests.conftest import RunningWorker, eventually, make_settings, pg_connect, raw_redis, start_worker
 from tests.sample_jobs import RUNS, TEST_REGISTRY
 from worker.ledger import SpoolRelay
 from worker.ops.deadletters import retry_dead
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 async def _spool_count(database_url: str, queue: str) -> int:
-    conn = await asyncpg.connect(database_url)
+    conn = await pg_connect(database_url)
     try:
         return int(await conn.fetchval("SELECT count(*) FROM job_spool WHERE queue = $1", queue))
     finally:
@@ -108,7 +108,7 @@ async def test_durable_jobs_survive_a_redis_restart_without_persistence(own_redi
         assert (await producer.status(plain.job_id))["status"] == "not_found"  # what durability is for
     assert sorted(r["key"] for r in results) == sorted(f"d{i}" for i in range(30))
     assert Counter(key for key, _, _ in RUNS) == Counter({f"d{i}": 1 for i in range(30)})
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    conn = await pg_connect(settings.database_url.get_secret_value())
     try:
         left = await conn.fetchval("SELECT count(*) FROM durable_jobs WHERE job_id = ANY($1::text[])",
                                    [h.job_id for h in handles])  # fmt: skip
@@ -296,7 +296,7 @@ async def test_unmigrated_database_is_reported_with_the_fix(
 
 
 async def _durable_rows(settings: Settings, job_id: str) -> int:
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    conn = await pg_connect(settings.database_url.get_secret_value())
     try:
         return int(await conn.fetchval("SELECT count(*) FROM durable_jobs WHERE job_id = $1", job_id))
     finally:

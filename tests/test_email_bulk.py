@@ -31,11 +31,11 @@ def digest(recipients: list[Any]) -> dict[str, Any]:
         "recipients": recipients,
         "template": "weekly_digest",
         "context": {
-            "name": "there",
-            "week_label": "17 to 23 November",
-            "streams": 1200,
-            "followers_gained": 14,
-            "dashboard_url": "https://app.maxbooster.example/insights",
+            "userName": "there",
+            "weekLabel": "17 to 23 November",
+            "streamsThisWeek": 1200,
+            "newFollowers": 14,
+            "dashboardUrl": "https://app.maxbooster.example/insights",
         },
         "categories": ["digest"],
     }

@@ -16,7 +16,7 @@ from core.errors import JobFailed
 from devservices.proxy import TcpProxy
 from jobs.email.store import Claimant, DeliveryStore, SentMemo
 from settings import Settings
-from tests.conftest import running_producer
+from tests.conftest import pg_connect, pg_pool, running_producer
 from tests.email_fixtures import SmtpSink, email_settings, smtp_sink
 
 __all__ = ["email_settings", "smtp_sink"]  # fixtures used here
@@ -34,7 +34,7 @@ def new_key() -> str:
 
 
 async def row(database_url: str, key: str) -> asyncpg.Record | None:
-    conn = await asyncpg.connect(database_url)
+    conn = await pg_connect(database_url)
     try:
         return await conn.fetchrow("SELECT * FROM email_deliveries WHERE idempotency_key = $1", key)
     finally:
@@ -43,7 +43,7 @@ async def row(database_url: str, key: str) -> asyncpg.Record | None:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[DeliveryStore]:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    pool = await pg_pool(database_url, min_size=1, max_size=2)
     try:
         yield DeliveryStore(pool, SentMemo(), lease_s=120)
     finally:
@@ -131,7 +131,7 @@ async def test_a_claim_left_by_a_crashed_run_is_free_once_its_lease_ends(
             assert "being sent by job killed-worker-job (queued)" in failure.value.message
         assert smtp_sink.received == []
 
-        conn = await asyncpg.connect(database_url)  # let the lease run out
+        conn = await pg_connect(database_url)  # let the lease run out
         await conn.execute("UPDATE email_deliveries SET lease_until = now() WHERE idempotency_key = $1", key)
         await conn.close()
         handle = await producer.enqueue_job("send_email", {"message": message(), "idempotency_key": key})

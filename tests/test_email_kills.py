@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from settings import Settings
-from tests.conftest import eventually, make_settings
+from tests.conftest import eventually, make_settings, pg_connect
 from worker.producer import Producer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +93,7 @@ async def _worker(settings: Settings, port: int) -> asyncio.subprocess.Process:
 
 
 async def _state(settings: Settings, key: str) -> str | None:
-    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    conn = await pg_connect(settings.database_url.get_secret_value())
     try:
         state = await conn.fetchval("SELECT state FROM email_deliveries WHERE idempotency_key = $1", key)
         return str(state) if state is not None else None
@@ -109,7 +108,7 @@ async def test_a_worker_killed_anywhere_in_a_send_sends_one_copy_outside_the_win
     handler, port = sink
     settings = make_settings(redis_server.url, database_url=database_url)
     key = f"killwin-{point}-{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(database_url)
+    conn = await pg_connect(database_url)
     if point == "window":
         await conn.execute(_SLOW_RECORD)
     handler.hold = {"before-connect": "ehlo", "during-data": "data"}.get(point)

@@ -98,9 +98,9 @@ async def test_template_over_starttls_with_auth_and_a_self_signed_ca(
         email_transport="smtp", smtp_url=tls_sink.url("mailer", "s3cr3t-pw"), smtp_ca_file=str(tls_files.cert)
     )
     context = {
-        "name": "Zoë <script>alert(1)</script> & Co",
-        "reset_url": "https://app.maxbooster.example/reset?token=abc&x=1",
-        "expires_minutes": 30,
+        "firstName": "Zoë <script>alert(1)</script> & Co",
+        "resetLink": "https://app.maxbooster.example/reset?token=abc&x=1",
+        "expiresIn": "30 minutes",
     }
     async with running_producer(settings, mode) as producer:
         handle = await producer.enqueue_job(
@@ -307,3 +307,18 @@ async def test_file_transport_writes_eml_files(tmp_path: Path, email_settings: S
     assert parsed["Subject"] == SUBJECT
     assert parsed["Message-ID"] == result["message_id"]
     assert result["transport"] == "file"
+
+
+@MODES
+async def test_a_platform_email_links_under_app_url_when_the_caller_gives_no_link(
+    mode: Mode, smtp_sink: SmtpSink, email_settings: SettingsFactory
+) -> None:
+    settings = email_settings(email_transport="smtp", smtp_url=smtp_sink.url(), app_url="https://mb.test/")
+    context = {"userName": "Zoë", "ticketSubject": "Payout", "ticketId": "tk_9", "newStatus": "closed"}
+    message = {"to": ["zoe@example.com"], "template": "support_ticket_status", "context": context}
+    async with running_producer(settings, mode) as producer:
+        await (await producer.enqueue_job("send_email", {"message": message})).result(timeout=10)
+    [received] = smtp_sink.received
+    assert received.message["Subject"] == "Your support ticket is closed: Payout"
+    assert "See your ticket: https://mb.test/support/tickets/tk_9" in received.body("plain")
+    assert 'href="https://mb.test/support/tickets/tk_9"' in received.body("html")

@@ -93,7 +93,7 @@ async def test_header_injection_in_bulk_recipients_is_refused(producer: Producer
 
 
 async def test_template_context_that_injects_into_the_subject_is_refused(producer: Producer) -> None:
-    context = {"name": "Zoë\r\nBcc: x@example.com", "dashboard_url": "https://app.maxbooster.example/"}
+    context = {"firstName": "Zoë\r\nBcc: x@example.com", "dashboardUrl": "https://app.maxbooster.example/"}
     message = {"to": ["zoe@example.com"], "template": "welcome", "context": context}
     error = await refused(producer, "send_email", {"message": message})
     assert "template 'welcome': the rendered subject contains a line break" in error
@@ -137,9 +137,9 @@ async def test_bad_messages_are_refused_naming_field_and_problem(
 
 
 async def test_template_missing_a_variable_is_refused_naming_both(producer: Producer) -> None:
-    message = {"to": ["zoe@example.com"], "template": "password_reset", "context": {"name": "Zoë"}}
+    message = {"to": ["zoe@example.com"], "template": "password_reset", "context": {"firstName": "Zoë"}}
     error = await refused(producer, "send_email", {"message": message})
-    assert "template 'password_reset' (password_reset.txt): 'reset_url' is undefined" in error
+    assert "template 'password_reset': context 'resetLink' is required" in error
 
 
 @pytest.mark.parametrize(

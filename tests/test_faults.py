@@ -132,3 +132,21 @@ async def test_first_enqueue_against_refused_redis_falls_back_at_once(settings: 
         assert time.perf_counter() - started < 0.25
         assert handle.mode == "inline"
         assert (await handle.result(timeout=1))["key"] == "refused"
+
+
+async def test_a_result_already_in_redis_is_returned_while_the_breaker_is_open(
+    settings: Settings, redis_server: RedisServer, worker: object
+) -> None:
+    async with TcpProxy("127.0.0.1", redis_server.port) as proxy:
+        # A producer whose probe would take a minute to notice Redis is back.
+        url = type(settings.redis_url)(proxy.url_for(redis_server.url))
+        proxied = settings.model_copy(update={"redis_url": url, "redis_probe_interval": 60.0})
+        async with Producer(proxied, registry=TEST_REGISTRY) as producer:
+            handle = await producer.enqueue(record, key="done-before-the-blip")
+            await eventually(lambda: RUNS != [], what="the worker ran the job")
+            proxy.cut()  # a blip: the producer's connection is reset, its breaker opens
+            assert (await producer.enqueue(record, key="during")).mode == "inline"
+            assert not producer.backend.usable
+            result = await handle.result(timeout=3)
+            assert result["key"] == "done-before-the-blip"
+            assert not producer.backend.usable  # still open: the result was read past it

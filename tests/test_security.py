@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from arq.connections import RedisSettings, create_pool
 
 from devservices.redis import RedisServer
 from settings import Settings, SettingsError, load_settings, redact_url
@@ -150,3 +151,27 @@ async def test_a_wrong_redis_password_is_a_configuration_error(
     assert any("refuses this worker" in line and "REDIS_URL" in line for line in errors)
     assert any("refuses this producer" in line for line in errors)
     assert "wrong-password" not in log_output.getvalue()
+
+
+async def test_a_job_from_a_plain_arq_producer_fails_saying_why_and_how_to_separate_queues(
+    settings: Settings,
+) -> None:
+    # arq's own producer on the runner's queue: it pickles the job, as arq does by default.
+    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url.get_secret_value()))
+    try:
+        await arq_pool.enqueue_job("record", key="from-arq", _job_id="arq-1", _queue_name=settings.queue_name)
+    finally:
+        await arq_pool.aclose()
+    await WorkerService(settings, burst=True, registry=TEST_REGISTRY, handle_signals=False).run()
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        report = await producer.status("arq-1")
+    assert RUNS == []  # never run
+    assert report["status"] == "dead"
+    message = report["error"]["message"]
+    assert "a plain arq producer" in message
+    assert "not unpickled" in message
+    assert (
+        f"separate the queues (this one is '{settings.queue_name}', arq's default is 'arq:queue')" in message
+    )
+    assert "QUEUE_NAME" in message
+    assert "default_queue_name" in message

@@ -30,6 +30,13 @@ from settings import SettingsError, load_settings
         ),
         ({"WORKER_IDLE_BLOCK": "0"}, "WORKER_IDLE_BLOCK: Input should be greater than or equal to 0.05"),
         ({"WORKER_HEALTH_INTERVAL": "often"}, "WORKER_HEALTH_INTERVAL: Input should be a valid number"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        (
+            {"DATABASE_SCHEMA": "public"},
+            "DATABASE_SCHEMA: 'public' is the web app's or reserved; use a schema of the runner's own",
+        ),
+        ({"DATABASE_SCHEMA": "Job-Runner"}, "DATABASE_SCHEMA: 'Job-Runner' is not a plain schema name"),
+        ({"APP_URL": "maxbooster.ai"}, "APP_URL: scheme '(none)' is not supported; use https:// or http://"),
     ],
 )
 def test_invalid_values_name_variable_value_and_fix(
@@ -69,3 +76,18 @@ def test_dotenv_file_is_read(tmp_path: object, monkeypatch: pytest.MonkeyPatch) 
     env_file.write_text("WORKER_MAX_JOBS=7\n")
     monkeypatch.delenv("WORKER_MAX_JOBS", raising=False)
     assert load_settings(_env_file=str(env_file)).worker_max_jobs == 7
+
+
+def test_log_level_and_format_in_either_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "info")
+    monkeypatch.setenv("LOG_FORMAT", "JSON")
+    settings = load_settings(_env_file=None)
+    assert (settings.log_level, settings.log_format) == ("INFO", "json")
+    assert load_settings(_env_file=None, log_level="Warning", log_format="Console").log_level == "WARNING"
+
+
+def test_the_default_database_is_the_runners_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    settings = load_settings(_env_file=None)
+    assert settings.database_url.get_secret_value().endswith("/maxbooster_jobs")
+    assert settings.database_schema == "jobrunner"

@@ -1,17 +1,22 @@
-"""rediss:// against a real TLS redis-server with certificates made here: verification is on."""
+"""rediss:// against a real Redis behind a TLS front, with certificates made here in Python:
+verification is on, and the server requires our client certificate."""
 
 from __future__ import annotations
 
 import io
-import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import SecretStr
 
-from devservices._process import pick_port
 from devservices.redis import RedisServer
+from devservices.tls import TlsProxy
 from settings import Settings
 from tests.conftest import make_settings
 from tests.sample_jobs import TEST_REGISTRY
@@ -19,38 +24,96 @@ from worker.ops.doctor import check_redis
 from worker.producer import Producer
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+def _key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _issue(cwd: Path, ca: str, name: str, subject: str, ext: str) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subject, cwd=cwd)  # fmt: skip
-    (cwd / f"{name}.ext").write_text(ext)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
-             "-extfile", f"{name}.ext", cwd=cwd)  # fmt: skip
+def _write(path: Path, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> None:
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _certificate(
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None = None,
+    extensions: list[x509.ExtensionType] = (),  # type: ignore[assignment]
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, signer = issuer if issuer is not None else (name, key)
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+    )
+    if issuer is None:  # a CA
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    else:
+        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+        )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(signer, hashes.SHA256())
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two CAs, a server certificate for `localhost` and a client certificate, made in Python."""
     d = tmp_path_factory.mktemp("tls")
+    cas = {}
     for ca in ("ca", "other-ca"):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
-                 "-days", "2", "-subj", f"/CN=Test {ca}", cwd=d)  # fmt: skip
-    _issue(d, "ca", "server", "/CN=localhost", "subjectAltName=DNS:localhost\n")
-    _issue(d, "ca", "client", "/CN=worker", "extendedKeyUsage=clientAuth\n")
+        key = _key()
+        cert = _certificate(f"Test {ca}", key)
+        _write(d / ca, key, cert)
+        cas[ca] = (cert.subject, key)
+    server_key, client_key = _key(), _key()
+    server = _certificate(
+        "localhost", server_key, cas["ca"],
+        [x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])],
+    )  # fmt: skip
+    client = _certificate(
+        "worker", client_key, cas["ca"], [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])]
+    )
+    _write(d / "server", server_key, server)
+    _write(d / "client", client_key, client)
     return d
 
 
 @pytest.fixture(scope="module")
 def tls_port(certs: Path) -> Iterator[int]:
-    port = pick_port()
-    args = ["--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
-            "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
-            "--tls-auth-clients", "yes"]  # fmt: skip
-    with RedisServer(extra_args=args):
-        yield port
+    """A plain redis-server behind the project's own TLS front, which requires a client
+    certificate signed by our CA: works with any server build, TLS-capable or not."""
+    with (
+        RedisServer() as server,
+        TlsProxy(
+            server.port,
+            cert_file=str(certs / "server.crt"),
+            key_file=str(certs / "server.key"),
+            client_ca_file=str(certs / "ca.crt"),
+        ) as proxy,
+    ):
+        yield proxy.port
 
 
 def _tls_settings(certs: Path, host: str, port: int, ca: str = "ca", **extra: object) -> Settings:
@@ -108,3 +171,14 @@ def test_missing_ca_file_is_a_settings_error(tmp_path: Path) -> None:
 
     with pytest.raises(SettingsError, match=r"REDIS_TLS_CA_FILE: file '/nope/ca\.pem' does not exist"):
         load_settings(_env_file=None, redis_tls_ca_file="/nope/ca.pem", redis_url=SecretStr("rediss://h:1/0"))
+
+
+async def test_a_client_without_our_certificate_is_refused(certs: Path, tls_port: int) -> None:
+    settings = make_settings(
+        f"rediss://localhost:{tls_port}/0",
+        redis_tls_ca_file=str(certs / "ca.crt"),
+        redis_connect_timeout=2.0,
+        redis_socket_timeout=2.0,
+    )
+    check = await check_redis(settings)
+    assert check.state == "not working"

@@ -38,6 +38,7 @@ from core.plugin import RefusedEvent
 
 __all__ = [
     "EVENT_TYPES",
+    "MONEY_EVENTS",
     "ROW_COLUMNS",
     "WIRE_VERSION",
     "Event",
@@ -50,10 +51,31 @@ __all__ = [
     "validate_events",
 ]
 
-EventType = Literal["play", "stream", "page_view", "link_click", "social_engagement", "sale"]
+EventType = Literal[
+    "play",
+    "stream",
+    "page_view",
+    "link_click",
+    "social_engagement",
+    "sale",
+    # What listeners do with a beat in the marketplace (the platform's beat interactions;
+    # `track_id` is the beat's listing id, `artist_id` its producer; `play` is above).
+    "like",
+    "share",
+    "purchase",
+    "preview",
+    "skip",
+    "repeat",
+    "add_to_cart",
+    # A pre-save of an upcoming release (pre-save pages, HyperFollow, countdowns).
+    "presave",
+]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
-# Events that are about one track and make no sense without it.
-_TRACK_EVENTS = frozenset({"play", "stream"})
+# Events that are about one track (or beat) and make no sense without it. A share or a
+# pre-save may be about a release or a page instead.
+_TRACK_EVENTS = frozenset({"play", "stream", "like", "purchase", "preview", "skip", "repeat", "add_to_cart"})
+# Events that may carry an amount: a sale must, a beat purchase may.
+MONEY_EVENTS = frozenset({"sale", "purchase"})
 
 _ID_RULE = "1-128 letters, digits and _ . : @ / - (starting with a letter or digit)"
 _SOURCE_RULE = "1-32 lowercase letters, digits and _ . - (e.g. spotify, apple_music, web)"
@@ -141,8 +163,8 @@ class Event(BaseModel):
             raise ValueError(f"a {self.type!r} event needs 'track_id'")
         if self.type == "sale" and self.amount_cents is None:
             raise ValueError("a 'sale' event needs 'amount_cents'")
-        if self.type != "sale" and self.amount_cents:
-            raise ValueError(f"'amount_cents' is only for 'sale' events, not {self.type!r}")
+        if self.type not in MONEY_EVENTS and self.amount_cents:
+            raise ValueError(f"'amount_cents' is only for 'sale' and 'purchase' events, not {self.type!r}")
         return self
 
     def row(self, now_us: int) -> list[Any]:
@@ -261,8 +283,8 @@ def row_problem(row: Sequence[Any], limits: EventLimits) -> str | None:
         return "quantity is out of range"
     if not (_plain_int(amount_cents) and 0 <= amount_cents <= 10**12):
         return "amount_cents is out of range"
-    if event_type != "sale" and amount_cents != 0:
-        return "amount_cents is only for sale events"
+    if event_type not in MONEY_EVENTS and amount_cents != 0:
+        return "amount_cents is only for sale and purchase events"
     if properties is not None and not (
         isinstance(properties, str) and len(properties.encode()) <= limits.max_properties_bytes
     ):

@@ -12,7 +12,7 @@ from typing import Any
 from core.enqueue import Enqueue, EnqueueOutcome
 from core.errors import JobValidationError, UnknownJobError
 
-__all__ = ["SEND_EMAIL", "Contact", "send_email"]
+__all__ = ["SEND_EMAIL", "Contact", "send_email", "send_template_email"]
 
 SEND_EMAIL = "send_email"  # the registered name of the email family's job
 
@@ -32,6 +32,30 @@ def _email_kwargs(contact: Contact, subject: str, text: str, key: str) -> dict[s
         "message": {"to": [mailbox], "subject": subject, "text": text, "categories": ["analytics"]},
         "idempotency_key": key,
     }
+
+
+async def send_template_email(
+    enqueue: Enqueue,
+    contact: Contact,
+    *,
+    template: str,
+    context: dict[str, Any],
+    job_id: str,
+    categories: tuple[str, ...] = ("analytics",),
+) -> tuple[EnqueueOutcome | None, str | None]:
+    """Queue one email rendered from one of the email family's templates; (outcome, None), or
+    (None, the reason) when its arguments were refused (a bad address, a context the template
+    does not accept)."""
+    mailbox: dict[str, Any] = {"email": contact.email}
+    if contact.name:
+        mailbox["name"] = contact.name
+    message = {"to": [mailbox], "template": template, "context": context, "categories": list(categories)}
+    try:
+        return await enqueue(SEND_EMAIL, {"message": message, "idempotency_key": job_id}, job_id=job_id), None
+    except UnknownJobError:
+        raise
+    except JobValidationError as exc:
+        return None, str(exc)
 
 
 async def send_email(

@@ -2,7 +2,7 @@
 
     await producer.enqueue(send_email, message=Email(
         to=["Zoë <zoe@example.com>"], template="password_reset",
-        context={"name": "Zoë", "reset_url": "https://...", "expires_minutes": 30},
+        context={"firstName": "Zoë", "resetLink": "https://...", "expiresIn": "1 hour"},
     ))
 
 Modules: `headers` and `addresses` (what may go into a header), `messages` (the validated job

@@ -20,7 +20,7 @@ __all__ = ["bulk_too_big_inline", "send_bulk_email", "send_email"]
 
 
 def _outgoing(ctx: JobContext, content: EmailContent, key: str, to: tuple[Mailbox, ...]) -> Outgoing:
-    rendered = content.rendered()
+    rendered = content.rendered(ctx.deps.settings.app_url)
     if content.from_address is not None:
         # Checked again here: the worker's settings decide, whoever wrote the job to Redis.
         problem = sender_problem(content.from_address.email, ctx.deps.settings)

@@ -17,16 +17,27 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     JsonValue,
     PrivateAttr,
     StringConstraints,
     ValidationInfo,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from jobs.email.addresses import Mailbox
+from jobs.email.contexts import TEMPLATE_CONTEXTS
 from jobs.email.headers import header_problem
-from jobs.email.templates import Rendered, TemplateName, TemplateRenderError, render_template
+from jobs.email.templates import (
+    DEFAULT_APP_URL,
+    TEMPLATE_NAMES,
+    Rendered,
+    TemplateName,
+    TemplateRenderError,
+    render_template,
+)
 from settings import Settings
 
 __all__ = [
@@ -147,7 +158,7 @@ class EmailContent(BaseModel):
             raise ValueError("give either a 'template' or 'text'/'html' bodies, not both")
         # Render now: a context the template cannot use is refused before anything is queued.
         try:
-            rendered = render_template(self.template, self.context)
+            rendered = render_template(self.template, self.context)  # links under the default APP_URL
         except TemplateRenderError as exc:
             raise ValueError(str(exc)) from None
         for part, body in (("text", rendered.text), ("html", rendered.html)):
@@ -167,12 +178,35 @@ class EmailContent(BaseModel):
                 raise ValueError(problem)
         return self
 
-    def rendered(self) -> Rendered:
-        """Subject and bodies as sent; a subject given with a template overrides the template's."""
-        if self._rendered is not None:
-            subject = self.subject or self._rendered.subject
-            return Rendered(subject=subject, text=self._rendered.text, html=self._rendered.html)
+    def rendered(self, app_url: str = DEFAULT_APP_URL) -> Rendered:
+        """Subject and bodies as sent; a subject given with a template overrides the template's.
+        Links the context does not give point under `app_url` (the APP_URL setting)."""
+        if self.template is not None:
+            template = self._rendered
+            if template is None or app_url != DEFAULT_APP_URL:
+                template = render_template(self.template, self.context, app_url=app_url)
+            subject = self.subject or template.subject
+            return Rendered(subject=subject, text=template.text, html=template.html)
         return Rendered(subject=self.subject or "", text=self.text, html=self.html)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema says, per `template`, what its `context` takes (the context models)."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        rules: list[JsonSchemaValue] = []
+        for name in TEMPLATE_NAMES:
+            context = handler(TEMPLATE_CONTEXTS[name].__pydantic_core_schema__)
+            rules.append(
+                {
+                    "if": {"properties": {"template": {"const": name}}, "required": ["template"]},
+                    "then": {"properties": {"context": context}},
+                }
+            )
+        target["allOf"] = rules
+        return schema
 
 
 class Email(EmailContent):

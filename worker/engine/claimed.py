@@ -20,7 +20,15 @@ from typing import Any
 import structlog
 
 from core.clock import epoch_ms
-from core.codec import CodecError, JobRecord, ResultRecord, decode_job, encode_result, failure_value
+from core.codec import (
+    PICKLED_JOB,
+    CodecError,
+    JobRecord,
+    ResultRecord,
+    decode_job,
+    encode_result,
+    failure_value,
+)
 from core.errors import JobFailed, UnknownJobError
 from core.registry import JobDefinition, Registry
 from worker.backend import ClaimedJob, Finished, PoisonEntry
@@ -124,7 +132,14 @@ class ClaimedJobs:
         try:
             return decode_job(job.record)
         except CodecError as exc:
-            raise _Refused(exc.error_type, str(exc)) from None
+            message = str(exc)
+            if message == PICKLED_JOB:
+                message += (
+                    f"; separate the queues (this one is {self._queue!r}, arq's default is 'arq:queue'): "
+                    "give the runner its own with QUEUE_NAME, or the arq producer its own with "
+                    "create_pool(..., default_queue_name=...)"
+                )
+            raise _Refused(exc.error_type, message) from None
 
     def _definition(self, record: JobRecord) -> JobDefinition[Any, Any]:
         try:

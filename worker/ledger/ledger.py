@@ -332,8 +332,10 @@ class Ledger:
         The NOTIFY is delivered at commit, so a relay picks the job up as soon as it is visible.
         """
         target = conn if conn is not None else await self.pool()
+        # Named with its schema: the caller's own connection has the web app's search path.
+        spool_table = f'"{self._deps.settings.database_schema}".job_spool'
         status = await target.execute(
-            "WITH ins AS (INSERT INTO job_spool"
+            f"WITH ins AS (INSERT INTO {spool_table}"  # noqa: S608 - a validated schema name
             " (job_id, job_name, payload, queue, run_at, durable, traceparent)"
             " VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7) ON CONFLICT (job_id) DO NOTHING RETURNING 1)"
             " SELECT pg_notify($8, '') FROM ins",

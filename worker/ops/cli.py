@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import hashlib
+import io
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 
-from core.errors import BackendRefused, EnqueueError, JobFailed, JobValidationError
+from core.deps import connect_postgres
+from core.errors import BackendError, BackendRefused, EnqueueError, JobFailed, JobValidationError
 from jobs import REGISTRY
 from settings import Settings, SettingsError, load_settings
-from worker.backend import RedisBackend
+from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
-from worker.ledger.migrate import apply_migrations
+from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.ops import deadletters, demo
 from worker.ops.doctor import diagnose, render_diagnosis
 from worker.ops.stats import collect_stats, render_stats
@@ -32,7 +37,38 @@ def _print_json(data: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _check_enqueue(settings: Settings, args: argparse.Namespace) -> None:
+    """Everything that can be refused without Redis: the job name, the JSON, the arguments, the
+    job's own settings. Raises `JobValidationError` before anything connects or logs."""
+    definition = REGISTRY.get(args.job)
+    try:
+        orjson.loads(args.args)
+    except orjson.JSONDecodeError as exc:
+        raise JobValidationError(
+            f'--args is not valid JSON ({exc}); give an object such as \'{{"message": "hi"}}\''
+        ) from None
+    definition.payload_from_json(args.args, max_bytes=settings.max_payload_bytes)
+    definition.check_settings(settings)
+
+
+async def _workers_alive(backend: QueueBackend, queue: str) -> str:
+    """What the worker snapshots say about workers of `queue`, for a `--wait` that timed out."""
+    try:
+        snapshots = [orjson.loads(raw) for raw in await backend.worker_snapshots()]
+    except (BackendError, orjson.JSONDecodeError):
+        return "whether a worker is alive is unknown (Redis did not answer)"
+    ours = [s for s in snapshots if isinstance(s, dict) and s.get("queue") == queue]
+    if not ours:
+        return (
+            f"no worker has reported on queue {queue!r} in the last 10 minutes; start one with "
+            f"`python -m worker run` (with QUEUE_NAME={queue})"
+        )
+    age = max(0.0, time.time() - max(float(s.get("at") or 0) for s in ours))
+    return f"{len(ours)} worker(s) of queue {queue!r} alive (last report {age:.0f}s ago)"
+
+
 async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
+    _check_enqueue(settings, args)
     async with Producer(settings) as producer:
         handle = await producer.enqueue_json(args.job, args.args, job_id=args.job_id, inline=args.inline)
         out: dict[str, Any] = {"job_id": handle.job_id, "job": handle.name, "mode": handle.mode}
@@ -48,7 +84,12 @@ async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
                 out["error"] = exc.to_dict()
                 code = 1
             except TimeoutError:
-                out["error"] = {"type": "TimeoutError", "message": f"no result within {args.wait}s"}
+                status = (await producer.status(handle.job_id)).get("status", "unknown")
+                workers = await _workers_alive(producer.backend, settings.queue_name)
+                out["error"] = {
+                    "type": "TimeoutError",
+                    "message": f"no result within {args.wait}s; the job is {status}; {workers}",
+                }
                 code = 1
         _print_json(out)
         return code
@@ -112,21 +153,87 @@ async def _doctor(settings: Settings, as_json: bool) -> int:
 
 async def _migrate(settings: Settings) -> int:
     try:
-        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+        conn = await connect_postgres(settings)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        sys.stderr.write(
-            f"error: cannot connect to Postgres at {settings.database_url_redacted}: {exc}; "
-            "check DATABASE_URL and that the server is up\n"
-        )
+        sys.stderr.write(f"error: {postgres_problem(settings, exc)}\n")
         return 2
     try:
-        applied = await apply_migrations(conn)
+        applied = await apply_migrations(conn, schema=settings.database_schema)
     except asyncpg.PostgresError as exc:
         sys.stderr.write(f"error: migration failed: {type(exc).__name__}: {exc}\n")
         return 1
     finally:
         await conn.close()
-    _print_json({"applied": applied})
+    _print_json({"applied": applied, "schema": settings.database_schema})
+    return 0
+
+
+def _csv_chunks(path: str, budget: int) -> list[tuple[int, str]]:
+    """The file as (line of the chunk's header, CSV text with the header) chunks of at most about
+    `budget` bytes, each a whole number of records. Raises OSError or ValueError."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError("the file is empty")
+        chunks: list[tuple[int, str]] = []
+        buffer, first_line, size = io.StringIO(), 1, 0
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        header_size = buffer.tell()
+        for record in reader:
+            if size > budget:
+                chunks.append((first_line, buffer.getvalue()))
+                buffer.seek(0)
+                buffer.truncate()
+                writer.writerow(header)
+                size = 0
+            if size == 0:
+                first_line = reader.line_num - 1  # so the chunk's first record is `first_line + 1`
+            writer.writerow(record)
+            size = buffer.tell() - header_size
+        if size:
+            chunks.append((first_line, buffer.getvalue()))
+    if not chunks:
+        raise ValueError("the file has a header but no rows")
+    return chunks
+
+
+async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
+    """Validate every chunk of the file, then run (or queue) one `import_streams` job per chunk."""
+    definition = REGISTRY.get("import_streams")
+    budget = min(128 * 1024, settings.max_payload_bytes // 2)
+    try:
+        chunks = _csv_chunks(args.file, budget)
+    except (OSError, ValueError, csv.Error) as exc:
+        raise JobValidationError(f"{args.file}: {exc}") from None
+    payloads, problems = [], []
+    for first_line, text in chunks:  # every chunk is checked before any is imported
+        kwargs = {"report": {"csv": text, "first_line": first_line}}
+        try:
+            payloads.append(definition.payload(kwargs, max_bytes=settings.max_payload_bytes))
+        except JobValidationError as exc:
+            problems.append(str(exc).removeprefix("import_streams: argument 'report': "))
+    if problems:
+        raise JobValidationError(f"{args.file}: nothing imported; " + "; ".join(problems))
+    totals: dict[str, Any] = {"file": args.file, "chunks": len(payloads)}
+    async with Producer(settings) as producer:
+        for payload in payloads:
+            job_id = "import-streams:" + hashlib.sha256(payload["report"]["csv"].encode()).hexdigest()[:32]
+            raw = orjson.dumps(payload)
+            handle = await producer.enqueue_json(definition, raw, job_id=job_id, inline=not args.queue)
+            if args.queue:
+                totals.setdefault("job_ids", []).append(handle.job_id)
+                totals["mode"] = handle.mode
+                continue
+            result = await handle.result()
+            for key in ("rows", "imported", "already_imported", "skipped_zero", "titles"):
+                totals[key] = totals.get(key, 0) + result[key]
+            for key, pick in (("first_day", min), ("last_day", max)):
+                if result[key] is not None:
+                    totals[key] = pick(filter(None, (totals.get(key), result[key])))
+            totals["mode"] = "inline"
+    _print_json(totals)
     return 0
 
 
@@ -145,8 +252,11 @@ def _jobs() -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker", description="Max Booster job runner")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Named as it was called: the console script, or the module.
+    prog = "maxbooster-jobs" if sys.argv[0].endswith("maxbooster-jobs") else "python -m worker"
+    parser = argparse.ArgumentParser(prog=prog, description="Max Booster job runner")
+    # No abbreviations: `--arg` must be reported as unknown, not taken for `--args`.
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subparser)
     run = sub.add_parser("run", help="run the worker until SIGTERM")
     run.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     enqueue = sub.add_parser("enqueue", help="enqueue a job (or run it inline when Redis is down)")
@@ -173,6 +283,14 @@ def _parser() -> argparse.ArgumentParser:
     dead_purge = dead_sub.add_parser("purge", help="delete dead letters")
     dead_purge.add_argument("--older-than-days", type=float, default=None)
     sub.add_parser("migrate", help="apply pending Postgres migrations and print the versions applied")
+    imports = sub.add_parser(
+        "import-streams",
+        help="import a CSV report of historical streams (any age; importing it again adds nothing)",
+    )
+    imports.add_argument("file", help="CSV with date, artist_id, track_id, platform and streams columns")
+    imports.add_argument(
+        "--queue", action="store_true", help="queue the chunks for the workers instead of importing here"
+    )
     sub.add_parser(
         "demo", help="the runner doing its job, with a throwaway Redis (what `make run` shows first)"
     )
@@ -183,6 +301,24 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     return parser
+
+
+class _Subparser(argparse.ArgumentParser):
+    """A command's parser; its unknown arguments are reported with the ones it takes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            valid = [o for a in self._actions for o in a.option_strings if o not in ("-h", "--help")]
+            takes = f"it takes {', '.join(valid)}" if valid else "it takes no options"
+            self.error(f"unknown argument {' '.join(extras)}; {takes} (see {self.prog} --help)")
+        return parsed, extras
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -210,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_doctor(settings, args.json))
         if args.command == "stats":
             return asyncio.run(_stats(settings, args.json))
+        if args.command == "import-streams":
+            return asyncio.run(_import_streams(settings, args))
         return _jobs()
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")

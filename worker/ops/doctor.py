@@ -18,10 +18,11 @@ import aiosmtplib
 import asyncpg
 import httpx
 
-from core.errors import BackendError, scrub
+from core.deps import connect_postgres
+from core.errors import BackendError, CredentialsRefused, scrub
 from settings import Settings, redact_url
 from worker.backend import RedisBackend
-from worker.ledger.migrate import pending_migrations
+from worker.ledger.migrate import has_legacy_layout, pending_migrations, postgres_problem
 
 __all__ = ["Check", "Diagnosis", "diagnose", "render_diagnosis"]
 
@@ -72,7 +73,13 @@ async def check_redis(settings: Settings) -> Check:
             info = await backend.server_info()
     except (BackendError, OSError, TimeoutError) as exc:
         text = _error(exc)
-        if any(
+        if isinstance(exc, CredentialsRefused):
+            text = "Redis refused the credentials (a wrong user or password, or an ACL missing a command)"
+            fix = (
+                "check the user and password in REDIS_URL, or grant the user the commands the "
+                "README's least-privilege section lists"
+            )
+        elif any(
             word in text
             for word in ("WRONGPASS", "NOAUTH", "Authentication", "invalid username", "credentials")
         ):
@@ -100,17 +107,25 @@ async def check_redis(settings: Settings) -> Check:
 async def check_postgres(settings: Settings) -> Check:
     where = settings.database_url_redacted
     try:
-        conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=TIMEOUT_S)
+        conn = await connect_postgres(settings, timeout=TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return Check(
-            "postgres", "not working", _error(exc), f"start PostgreSQL or fix DATABASE_URL (tried {where})"
-        )
+        fix = postgres_problem(settings, exc).split("; ", 1)[-1]
+        return Check("postgres", "not working", _error(exc), f"{fix} (tried {where})")
+    schema = settings.database_schema
     try:
         version = str(await conn.fetchval("SHOW server_version")).split()[0]
-        pending = await pending_migrations(conn)
+        legacy = await has_legacy_layout(conn, schema)
+        pending = await pending_migrations(conn, schema=schema)
     finally:
         await conn.close()
-    detail = f"PostgreSQL {version} at {where}"
+    detail = f"PostgreSQL {version} at {where}, schema {schema}"
+    if legacy:
+        return Check(
+            "postgres",
+            "degraded",
+            f"{detail}; the runner's tables are still in public (an older layout)",
+            f"run python -m worker migrate: it moves them into schema {schema}",
+        )
     if pending:
         return Check(
             "postgres",

@@ -466,7 +466,13 @@ class Producer:
             return await self._fall_back(sub)
         except ReplyLost:
             self._ambiguous.add(queue, sub.job_id)
-            log.warning("enqueue reply lost, running inline", job_id=sub.job_id, job=name)
+            log.warning(
+                "enqueue reply lost, running inline",
+                job_id=sub.job_id,
+                job=name,
+                detail="Redis went away after the job was sent, so it may or may not be queued; it runs "
+                "here now, and a queued copy is withdrawn when Redis is back unless a worker started it",
+            )
             return await self._fall_back(sub)
         except BackendRefused as exc:
             self._refused(exc)

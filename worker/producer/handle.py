@@ -15,6 +15,9 @@ __all__ = ["JobHandle"]
 
 R = TypeVar("R")
 
+# How often a waiting `result()` reads past an open breaker (each try is bounded by the timeouts).
+_PAST_BREAKER_EVERY_S = 0.5
+
 
 class JobHandle(Generic[R]):
     """The job id, where the job went (`mode`: queued, inline or spooled), whether the id was
@@ -57,12 +60,18 @@ class JobHandle(Generic[R]):
     async def _poll_result(self, backend: QueueBackend, timeout: float | None) -> R:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
+        next_despite = 0.0
         while True:
-            # A spooled job has no result until Redis is back and a worker has run it.
+            # A spooled job has no result until Redis is back and a worker has run it. While the
+            # producer's breaker is open (a blip, and its probe has not closed it yet) the result
+            # may be in Redis all the same: look for it past the breaker, at a calmer pace.
             record = None
-            if backend.usable:
+            despite = not backend.usable
+            if not despite or time.monotonic() >= next_despite:
+                if despite:
+                    next_despite = time.monotonic() + _PAST_BREAKER_EVERY_S
                 try:
-                    record = await backend.result(self.job_id)
+                    record = await backend.result(self.job_id, despite_breaker=despite)
                 except BackendError:
                     record = None
                 except CodecError as exc:  # not a result we wrote, or a forged one
