@@ -1,0 +1,71 @@
+"""`python -m worker serve`: run the HTTP API under uvicorn (with httptools, its fast parser).
+
+One process holds one `Producer`. It refuses to start without `API_TOKENS` unless
+`API_DEV_NO_AUTH=true` and `API_HOST` is a loopback address (settings refuse the flag on any
+other address), so a service reachable from the network always asks for a token.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+
+from core.registry import Registry
+from jobs import REGISTRY
+from settings import Settings
+from worker.ops.http.app import create_app
+
+__all__ = ["build_server", "serve", "startup_problem"]
+
+log = structlog.get_logger(__name__)
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """Why `serve` must not start with these settings, or None."""
+    if settings.api_tokens is not None:
+        return None
+    if settings.api_dev_no_auth and settings.api_host_is_loopback:
+        return None
+    return (
+        "API_TOKENS: not set; the API needs at least one bearer token. Generate one with "
+        "python -c 'import secrets; print(secrets.token_urlsafe(32))' and set API_TOKENS to it "
+        "(several, separated by spaces, for rotation); for development on this machine only, "
+        "API_DEV_NO_AUTH=true with API_HOST=127.0.0.1 serves without auth"
+    )
+
+
+def build_server(settings: Settings, app: Starlette) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        lifespan="on",
+        http="httptools",
+        ws="none",
+        loop="asyncio",
+        log_config=None,  # our logging, configured once at the entry point
+        access_log=False,  # one line per request would cost more than the request
+        server_header=False,
+        timeout_keep_alive=30,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(settings: Settings, *, registry: Registry = REGISTRY) -> int:
+    problem = startup_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        return 2
+    try:
+        app = create_app(settings, registry=registry)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    if settings.api_tokens is None:
+        log.warning("API serving WITHOUT authentication (API_DEV_NO_AUTH); for development only")
+    server = build_server(settings, app)
+    server.run()
+    return 0 if server.started else 1
