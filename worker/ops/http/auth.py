@@ -50,9 +50,10 @@ class TokenAuth:
         for n, (token, jobs) in enumerate(parse_api_tokens(raw), start=1):
             unknown = sorted(jobs - {EVENTS_SCOPE, *registry.names()}) if jobs else []
             if unknown:
+                names = ", ".join(map(repr, unknown))
                 raise ValueError(
-                    f"API_TOKENS: token {n} is limited to {', '.join(map(repr, unknown))}, which is not a "
-                    f"registered job; use names from: {', '.join(registry.names())} (or {EVENTS_SCOPE!r})"
+                    f"API_TOKENS: token {n} names jobs that are not registered ({names}); "
+                    f"use names from: {', '.join(registry.names())} (or {EVENTS_SCOPE!r})"
                 )
             self._entries.append((hashlib.sha256(token.encode()).digest(), Principal(f"token {n}", jobs)))
 
