@@ -7,7 +7,11 @@ other address), so a service reachable from the network always asks for a token.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import structlog
 import uvicorn
@@ -37,7 +41,30 @@ def startup_problem(settings: Settings) -> str | None:
     )
 
 
-def build_server(settings: Settings, app: Starlette) -> uvicorn.Server:
+class _Server(uvicorn.Server):
+    """uvicorn's server, except for signals: SIGTERM and SIGINT stop it gracefully and the process
+    then exits 0, like the worker (uvicorn re-raises the signal after stopping, which ends the
+    process with status 143); with `handle_signals=False` (a server inside a test's or another
+    app's event loop) it installs no handlers at all."""
+
+    def __init__(self, config: uvicorn.Config, *, handle_signals: bool) -> None:
+        super().__init__(config)
+        self._handle_signals = handle_signals
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def build_server(settings: Settings, app: Starlette, *, handle_signals: bool = False) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=settings.api_host,
@@ -51,7 +78,7 @@ def build_server(settings: Settings, app: Starlette) -> uvicorn.Server:
         server_header=False,
         timeout_keep_alive=30,
     )
-    return uvicorn.Server(config)
+    return _Server(config, handle_signals=handle_signals)
 
 
 def serve(settings: Settings, *, registry: Registry = REGISTRY) -> int:
@@ -66,6 +93,6 @@ def serve(settings: Settings, *, registry: Registry = REGISTRY) -> int:
         return 2
     if settings.api_tokens is None:
         log.warning("API serving WITHOUT authentication (API_DEV_NO_AUTH); for development only")
-    server = build_server(settings, app)
+    server = build_server(settings, app, handle_signals=True)
     server.run()
     return 0 if server.started else 1
