@@ -15,8 +15,21 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MODULES = ["bench_fallback", "bench_worker", "bench_email", "bench_analytics"]
-PACKAGES = ["arq", "redis", "hiredis", "asyncpg", "orjson", "pydantic", "structlog", "aiosmtplib", "sendgrid"]
+MODULES = ["bench_fallback", "bench_worker", "bench_email", "bench_analytics", "bench_http"]
+PACKAGES = [
+    "arq",
+    "redis",
+    "hiredis",
+    "asyncpg",
+    "orjson",
+    "pydantic",
+    "structlog",
+    "aiosmtplib",
+    "sendgrid",
+    "starlette",
+    "uvicorn",
+    "httptools",
+]
 
 
 def _machine() -> str:
