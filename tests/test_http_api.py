@@ -276,8 +276,12 @@ async def test_redis_down_jobs_run_inline_in_the_service(settings: Settings) -> 
         assert waited.status_code == 200
         assert waited.json()["mode"] == "inline"
         assert waited.json()["result"] == {"key": "i1", "mode": "inline"}
-        background = await client.post("/v1/jobs/record", json={"args": {"key": "i2"}})
-        assert background.status_code == 202
+        # Without `wait` the job has still run when the answer comes (as the Python producer's
+        # inline runs): an accepted job cannot be lost with the service process.
+        ran = await client.post("/v1/jobs/record", json={"args": {"key": "i2"}})
+        assert (ran.status_code, ran.json()["mode"]) == (202, "inline")
+        assert ("i2", "inline", 1) in RUNS
+        background = await client.post("/v1/jobs/record", json={"args": {"key": "i3"}, "background": True})
         assert background.json()["mode"] == "inline"
         report = await _finished(client, background.json()["job_id"])
         assert (report["status"], report["mode"]) == ("complete", "inline")
@@ -285,7 +289,7 @@ async def test_redis_down_jobs_run_inline_in_the_service(settings: Settings) -> 
         assert rejected.status_code == 503
         assert rejected.json()["error"]["code"] == "enqueue_refused"
         assert (await client.get("/readyz")).json()["redis"] == "down"  # still ready: fallback serves
-    assert sorted(RUNS) == [("i1", "inline", 1), ("i2", "inline", 1)]
+    assert sorted(RUNS) == [("i1", "inline", 1), ("i2", "inline", 1), ("i3", "inline", 1)]
 
 
 async def test_redis_down_spool_policy_job_is_spooled_then_relayed_once(own_redis: RedisServer) -> None:

@@ -58,9 +58,11 @@ export interface EnqueueOptions extends CallOptions {
   jobId?: string;
   /** Seconds before the job may start; it is never run early. */
   deferBy?: number;
-  /** Wait for the result: seconds, or `true` for 30. Without it a job the service runs inline
-   * (Redis down) runs in the background and the call returns at once. */
+  /** Wait for the result and return it: seconds, or `true` for 30. */
   wait?: boolean | number;
+  /** While Redis is down the service runs a job inline before answering (so an accepted job has
+   * run); `true` answers at once and runs it in the background of the service process instead. */
+  background?: boolean;
   /** The W3C `traceparent` of the request enqueuing the job; the job's log lines carry its trace id. */
   traceparent?: string;
 }
@@ -313,6 +315,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
     const body: Record<string, unknown> = { args, job_id: jobId };
     if (options.deferBy !== undefined) body["defer_by"] = options.deferBy;
     if (options.wait !== undefined && options.wait !== false) body["wait"] = options.wait;
+    if (options.background) body["background"] = true;
     const headers: Record<string, string> = { "idempotency-key": jobId };
     if (options.traceparent !== undefined) headers["traceparent"] = options.traceparent;
     let answer: Answer;

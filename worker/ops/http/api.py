@@ -40,8 +40,8 @@ log = structlog.get_logger(__name__)
 _JOB_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 _MAX_DEFER_S = 365 * 86400.0
 _WAIT_TRUE_S = 30.0
-_ENQUEUE_FIELDS = ("args", "job_id", "defer_by", "wait")
-_BATCH_FIELDS = ("jobs", "defer_by")
+_ENQUEUE_FIELDS = ("args", "job_id", "defer_by", "wait", "background")
+_BATCH_FIELDS = ("jobs", "defer_by", "background")
 _BATCH_JOB_FIELDS = ("args", "job_id")
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -165,6 +165,14 @@ def _wait(value: Any) -> float | None:
     return _seconds(value, "wait", MAX_WAIT_S) or None
 
 
+def _flag(value: Any, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _invalid(where, f"must be true or false (got {value!r})")
+    return value
+
+
 def _traceparent(request: Request) -> str | None:
     # W3C Trace Context: a receiver ignores a traceparent it cannot parse (a new trace starts).
     value = request.headers.get("traceparent")
@@ -228,6 +236,7 @@ async def enqueue(request: Request) -> Response:
     job_id = _request_job_id(request, body)
     defer_by = _seconds(body.get("defer_by"), "defer_by", _MAX_DEFER_S)
     wait = _wait(body.get("wait"))
+    background = _flag(body.get("background"), "background")
     kwargs = typed_args(api, definition, body.get("args"), "args")
     producer = api.ready_producer()
     try:
@@ -236,7 +245,7 @@ async def enqueue(request: Request) -> Response:
             kwargs,
             job_id=job_id,
             defer_by=defer_by,
-            background=wait is None,  # an inline run does not hold the call unless it waits
+            background=background,
             traceparent=_traceparent(request),
         )
     except JobValidationError as exc:
@@ -280,6 +289,7 @@ async def enqueue_batch(request: Request) -> Response:
     if len(jobs) > limit:
         raise _invalid("jobs", f"holds {len(jobs)} jobs, over API_MAX_BATCH_JOBS ({limit}); split the call")
     defer_by = _seconds(body.get("defer_by"), "defer_by", _MAX_DEFER_S)
+    background = _flag(body.get("background"), "background")
     kwargs_list = []
     ids: list[str | None] = []
     for i, job in enumerate(jobs):
@@ -301,7 +311,7 @@ async def enqueue_batch(request: Request) -> Response:
             kwargs_list,
             job_ids=job_ids,
             defer_by=defer_by,
-            background=True,
+            background=background,
             traceparent=_traceparent(request),
         )
     except JobValidationError as exc:

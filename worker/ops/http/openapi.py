@@ -71,8 +71,14 @@ _DEFER_BY = {
 }
 _WAIT = {
     "anyOf": [{"type": "boolean"}, {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S}],
-    "description": "wait for the result: seconds (true = 30); without it a job that runs inline runs "
-    "in the background and the call returns at once",
+    "description": "wait for the result and return it: seconds (true = 30)",
+}
+_BACKGROUND = {
+    "type": "boolean",
+    "default": False,
+    "description": "while Redis is down, a job that falls back to running inline in the service runs "
+    "before the call returns (the default: it has run when you get the answer); true returns at once "
+    "and runs it in the background (lost if the service process dies meanwhile)",
 }
 
 _COMMON: dict[str, Any] = {
@@ -280,7 +286,13 @@ def _request_schemas(name: str, job: dict[str, Any]) -> dict[str, Any]:
         f"{name}_enqueue": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"args": job["args"], "job_id": _JOB_ID, "defer_by": _DEFER_BY, "wait": _WAIT},
+            "properties": {
+                "args": job["args"],
+                "job_id": _JOB_ID,
+                "defer_by": _DEFER_BY,
+                "wait": _WAIT,
+                "background": _BACKGROUND,
+            },
         },
         f"{name}_batch": {
             "type": "object",
@@ -297,6 +309,7 @@ def _request_schemas(name: str, job: dict[str, Any]) -> dict[str, Any]:
                     },
                 },
                 "defer_by": _DEFER_BY,
+                "background": _BACKGROUND,
             },
         },
     }
