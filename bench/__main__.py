@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 MODULES = ["bench_fallback", "bench_worker", "bench_email", "bench_analytics", "bench_http"]
 PACKAGES = ["arq", "redis", "hiredis", "asyncpg", "orjson", "pydantic", "structlog", "aiosmtplib", "sendgrid"]
-PACKAGES += ["starlette", "uvicorn", "httptools"]  # the HTTP API (bench_http)
+PACKAGES += ["starlette", "uvicorn", "httptools", "uvloop"]  # the HTTP API (bench_http)
 
 
 def _machine() -> str:

@@ -49,6 +49,7 @@ CONCURRENT = 20_000
 CALLERS = 32
 BATCH = 1_000
 BATCHES = 40
+PACED_S = 5.0
 TARGETS = {"single": 3_000.0, "p99_ms": 10.0, "batch": 30_000.0}
 
 
@@ -164,6 +165,35 @@ async def concurrent(port: int, meter: Meter, modes: Counter[str]) -> Phase:
             await conn.close()
 
 
+async def paced(port: int, meter: Meter, modes: Counter[str], rate_hz: float, seconds: float) -> Phase:
+    """`rate_hz` requests a second offered by CALLERS connections on a fixed schedule; a request's
+    latency runs from its scheduled time, so a late start counts against the service."""
+    conns = [await Connection(port).open() for _ in range(CALLERS)]
+    body = orjson.dumps({"args": {"message": "m"}})
+    total = int(rate_hz * seconds)
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.05
+
+    async def caller(i: int, conn: Connection) -> None:
+        for k in range(i, total, CALLERS):
+            due = start + k / rate_hz
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            status, answer = await conn.post(b"/v1/jobs/ping", body)
+            latencies.append((time.perf_counter() - due) * 1000)
+            _check(status, answer, modes)
+
+    try:
+        meter.start()
+        await asyncio.gather(*(caller(i, c) for i, c in enumerate(conns)))
+        rate = total / (time.perf_counter() - start)
+        return Phase(rate, latencies, meter.stop())
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def batches(port: int, meter: Meter, modes: Counter[str]) -> Phase:
     conn = await Connection(port).open()
     body = orjson.dumps({"jobs": [{"args": {"message": f"m{i}"}} for i in range(BATCH)]})
@@ -256,7 +286,7 @@ async def _profile(pid: int, port: int, seconds: float) -> str | None:
 
 async def measure() -> dict[str, Any]:
     LOGS.mkdir(parents=True, exist_ok=True)
-    runs: dict[str, list[Any]] = {"single": [], "concurrent": [], "batch": [], "producer": []}
+    runs: dict[str, list[Any]] = {"single": [], "paced": [], "concurrent": [], "batch": [], "producer": []}
     profile_text = None
     async with scratch_database() as dsn:
         with RedisServer() as redis_server:
@@ -285,6 +315,7 @@ async def measure() -> dict[str, Any]:
                 await sequential(port, meter, modes)  # warm up: connections, scripts, caches
                 for _ in range(RUNS):
                     runs["single"].append(await sequential(port, meter, modes))
+                    runs["paced"].append(await paced(port, meter, modes, TARGETS["single"], PACED_S))
                     runs["concurrent"].append(await concurrent(port, meter, modes))
                     runs["batch"].append(await batches(port, meter, modes))
                     runs["producer"].append(await producer_rates(redis_server.url, dsn))
@@ -313,65 +344,101 @@ def _cpu(phase: Phase) -> str:
     return ", ".join(f"{name} {cores:.2f}" for name, cores in phase.cpu.items())
 
 
+# Layers from the innermost out: a sample counts for the first layer found walking its stack
+# from the running function towards the root, so every sample counts once.
+_LAYERS = (
+    ("Redis client (redis-py, hiredis)", ("(redis/", "hiredis")),
+    ("pydantic validation and serialization", ("(pydantic",)),
+    ("producer, queue backend and record codec", ("(worker/producer/", "(worker/backend/", "(core/")),
+    (
+        "our routes: auth, body, argument checks, answer",
+        ("(worker/ops/http/api.py", "(worker/ops/http/auth.py", "(worker/ops/http/responses.py"),
+    ),
+    ("Starlette: routing, request and response objects, middleware", ("(starlette/",)),
+    ("uvicorn: HTTP parsing (httptools) and protocol", ("(uvicorn/protocols", "(uvicorn/middleware")),
+    ("event loop and sockets (asyncio, uvloop), waiting included", ("(asyncio/", "uvloop", "(selectors.py")),
+)
+
+
 def _profile_lines(text: str | None) -> list[str]:
     if not text:
         return ["(py-spy not installed or not permitted: no profile in this run)"]
-    total, inclusive, own = summarize_raw(text)
+    total, _, own = summarize_raw(text)
     if not total:
         return ["(py-spy took no samples)"]
-
-    def share(counts: Counter[str], needle: str) -> float:
-        return sum(n for frame, n in counts.items() if needle in frame) / total
-
-    groups = [
-        ("waiting for I/O (event loop idle)", share(own, "select (selectors.py")),
-        ("HTTP parsing and protocol (uvicorn, httptools)", share(inclusive, "httptools_impl.py")),
-        ("Starlette routing and request/response objects", share(inclusive, "starlette/")),
-        ("our route: auth, validation, response", share(inclusive, "worker/ops/http/")),
-        (
-            "the producer's enqueue (validation, record, script call)",
-            share(inclusive, "Producer.enqueue_job"),
-        ),
-        ("Redis client (redis-py, hiredis)", share(inclusive, "redis/")),
+    layers: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit() or "Thread._bootstrap" in stack:
+            continue
+        label = "other"
+        for frame in reversed(stack.split(";")):
+            found = next((name for name, needles in _LAYERS if any(n in frame for n in needles)), None)
+            if found is not None:
+                label = found
+                break
+        layers[label] += int(count)
+    lines = [
+        f"py-spy at 200 Hz, {total:,} samples of the service's event loop during the 32-caller phase, "
+        "each counted for the innermost layer on its stack:",
+        "",
     ]
-    lines = [f"py-spy, 200 Hz, {total:,} samples of the service during the 32-caller phase:", ""]
-    lines += [f"- {label}: {value:.0%}" for label, value in groups]
-    lines += ["", "Self time, top functions:", ""]
+    lines += [f"- {label}: {layers[label] / total:.0%}" for label, _ in _LAYERS]
+    lines += [f"- other: {layers['other'] / total:.0%}", "", "Self time, top functions:", ""]
     lines += [f"- {n / total:.0%} `{frame}`" for frame, n in own.most_common(8)]
     return lines
 
 
 def report(data: dict[str, Any]) -> str:
     runs = data["runs"]
-    single, conc, batch = (_median_phase(runs[k]) for k in ("single", "concurrent", "batch"))
+    kinds = ("single", "paced", "concurrent", "batch")
+    median = {k: _median_phase(runs[k]) for k in kinds}
+    rate = {k: summarize([p.rate for p in runs[k]]) for k in kinds}
+    p99 = {k: summarize([p.pct(0.99) for p in runs[k]]) for k in kinds}
     py = {k: statistics.median(r[k] for r in runs["producer"]) for k in ("single", "concurrent", "batch")}
-    rate = {k: summarize([p.rate for p in runs[k]]) for k in ("single", "concurrent", "batch")}
-    p99 = summarize([p.pct(0.99) for p in runs["concurrent"]])
+
+    def rates(kind: str) -> str:
+        r = rate[kind]
+        return f"{r.median:,.0f} ({r.min:,.0f}–{r.max:,.0f})"
+
+    def latency(kind: str) -> str:
+        q = p99[kind]
+        return f"p50 {median[kind].pct(0.5):.2f} ms, p99 {q.median:.2f} ms ({q.min:.2f}–{q.max:.2f})"
 
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
+    single_target = TARGETS["single"]
+    paced_ok = rate["paced"].median >= 0.98 * single_target and p99["paced"].median <= TARGETS["p99_ms"]
     rows = [
         [
             "enqueue, one call at a time (jobs/s)",
-            f"{rate['single'].median:,.0f} ({rate['single'].min:,.0f}–{rate['single'].max:,.0f})",
-            f"p50 {single.pct(0.5):.2f} ms, p99 {single.pct(0.99):.2f} ms",
+            rates("single"),
+            latency("single"),
             f"{py['single']:,.0f}",
             "—",
             "",
         ],
         [
-            f"enqueue, {CALLERS} concurrent callers (jobs/s)",
-            f"{rate['concurrent'].median:,.0f} ({rate['concurrent'].min:,.0f}–{rate['concurrent'].max:,.0f})",
-            f"p50 {conc.pct(0.5):.2f} ms, p99 {conc.pct(0.99):.2f} ms",
+            f"enqueue, {single_target:,.0f}/s offered by {CALLERS} callers for {PACED_S:.0f} s (jobs/s)",
+            rates("paced"),
+            latency("paced"),
+            "—",
+            f"≥ {single_target:,.0f}/s with p99 ≤ {TARGETS['p99_ms']:.0f} ms",
+            met(paced_ok),
+        ],
+        [
+            f"enqueue, {CALLERS} callers flat out (jobs/s)",
+            rates("concurrent"),
+            latency("concurrent"),
             f"{py['concurrent']:,.0f}",
-            f"≥ {TARGETS['single']:,.0f}/s, p99 ≤ {TARGETS['p99_ms']:.0f} ms",
-            met(rate["concurrent"].median >= TARGETS["single"] and p99.median <= TARGETS["p99_ms"]),
+            "— (saturation)",
+            "",
         ],
         [
             f"batch, {BATCH:,} jobs per call, one call at a time (jobs/s)",
-            f"{rate['batch'].median:,.0f} ({rate['batch'].min:,.0f}–{rate['batch'].max:,.0f})",
-            f"p50 {batch.pct(0.5):.1f} ms a call",
+            rates("batch"),
+            f"p50 {median['batch'].pct(0.5):.1f} ms a call",
             f"{py['batch']:,.0f} (`enqueue_many`)",
             f"≥ {TARGETS['batch']:,.0f}/s",
             met(rate["batch"].median >= TARGETS["batch"]),
@@ -380,15 +447,19 @@ def report(data: dict[str, Any]) -> str:
     lines = [
         "## HTTP enqueue API (`python -m worker serve`)",
         "",
-        f"One service process on loopback (uvicorn with httptools, Starlette, one `Producer`), bearer "
-        f"token, job `ping` queued in a throwaway Redis (no worker). Median of {RUNS} runs (min–max); "
-        f"latency from the median run, per call as the caller sees it. The Python producer column is "
-        f"the same job enqueued in-process on the same Redis in the same runs.",
+        "One service process on loopback (uvicorn with httptools, Starlette, one `Producer`), a bearer "
+        "token on every call, job `ping` queued in a throwaway Redis (no worker). The load comes from "
+        "a keep-alive HTTP/1.1 client on raw asyncio streams in the benchmark process. Median of "
+        f"{RUNS} runs (min–max); latency per call as the caller sees it (p50 of the median run; p99 "
+        "median and range over the runs). The paced row offers requests on a fixed schedule and "
+        "times each from its scheduled start, so a late start counts against the service. The "
+        "Python producer column is the same job enqueued in-process on the same Redis in the same runs.",
         "",
         table(["figure", "HTTP API", "latency", "Python producer", "target", "met"], rows),
         "",
-        f"CPU in cores over each phase (median run): one call at a time: {_cpu(single)}; "
-        f"{CALLERS} callers: {_cpu(conc)}; batches: {_cpu(batch)}.",
+        "CPU in cores over each phase (median run): "
+        + "; ".join(f"{kind}: {_cpu(median[kind])}" for kind in kinds)
+        + ".",
         "",
         "### What bounds it",
         "",
