@@ -84,6 +84,14 @@ class Connection:
             await self.writer.wait_closed()
 
 
+def _loadavg() -> str:
+    """The machine's 1-minute load average: other work on a 2-core machine moves every figure."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -286,6 +294,7 @@ async def _profile(pid: int, port: int, seconds: float) -> str | None:
 
 async def measure() -> dict[str, Any]:
     LOGS.mkdir(parents=True, exist_ok=True)
+    load_before = _loadavg()
     runs: dict[str, list[Any]] = {"single": [], "paced": [], "concurrent": [], "batch": [], "producer": []}
     profile_text = None
     async with scratch_database() as dsn:
@@ -326,7 +335,7 @@ async def measure() -> dict[str, Any]:
             finally:
                 proc.terminate()
                 await asyncio.wait_for(proc.wait(), 30)
-    return {"runs": runs, "profile": profile_text}
+    return {"runs": runs, "profile": profile_text, "load": (load_before, _loadavg())}
 
 
 async def _flush(url: str) -> None:
@@ -457,6 +466,7 @@ def report(data: dict[str, Any]) -> str:
         "",
         table(["figure", "HTTP API", "latency", "Python producer", "target", "met"], rows),
         "",
+        f"Machine load average (1 min) before and after: {data['load'][0]} and {data['load'][1]}. "
         "CPU in cores over each phase (median run): "
         + "; ".join(f"{kind}: {_cpu(median[kind])}" for kind in kinds)
         + ".",
