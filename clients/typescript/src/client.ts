@@ -414,7 +414,9 @@ export class JobsClient<Jobs extends object = JobArgs> {
   /** Where a job is: spooled, queued, deferred, in_progress, complete, failed, dead, not_found
    * (or unknown while Redis is unreachable and Postgres knows nothing of it). */
   async status(jobId: string, options: CallOptions = {}): Promise<JobStatus> {
-    const answer = await this.request("GET", `/v1/jobs/${encodeURIComponent(jobId)}`, undefined, this.deadline(options));
+    // 503 with a status is an answer ("unknown": Redis unreachable, nothing in Postgres), not an outage.
+    const known = (a: Answer): boolean => typeof (a.body as Record<string, unknown> | null)?.["status"] === "string";
+    const answer = await this.request("GET", `/v1/jobs/${encodeURIComponent(jobId)}`, undefined, this.deadline(options), {}, known);
     const body = answer.body as Record<string, unknown> | null;
     if ((answer.status < 300 || answer.status === 404 || answer.status === 503) && typeof body?.["status"] === "string") {
       return jobStatus(body);
@@ -507,7 +509,14 @@ export class JobsClient<Jobs extends object = JobArgs> {
   /** One call with retries: connection errors, attempt timeouts, 429 and 5xx are retried with
    * backoff until `retries` or the deadline; any other answer is returned. Throws
    * `ApiUnavailableError` when no usable answer came. */
-  private async request(method: string, path: string, body: unknown, deadline: Deadline, extraHeaders: Record<string, string> = {}): Promise<Answer> {
+  private async request(
+    method: string,
+    path: string,
+    body: unknown,
+    deadline: Deadline,
+    extraHeaders: Record<string, string> = {},
+    final: (answer: Answer) => boolean = () => false,
+  ): Promise<Answer> {
     const headers: Record<string, string> = { accept: "application/json", "user-agent": `maxbooster-jobs-client/${CLIENT_VERSION}`, ...extraHeaders };
     if (body !== undefined) headers["content-type"] = "application/json";
     if (this.token !== undefined) headers["authorization"] = `Bearer ${this.token}`;
@@ -534,7 +543,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
         }
         const answer = { status: response.status, body: parsed };
         const retryable = response.status === 429 || response.status >= 500;
-        if (!retryable || FINAL_CODES.has(errorCode(parsed).code)) return answer;
+        if (!retryable || FINAL_CODES.has(errorCode(parsed).code) || final(answer)) return answer;
         lastError = apiError(answer);
         lastProblem = `HTTP ${response.status}${errorCode(parsed).message ? `: ${errorCode(parsed).message}` : ""}`;
       } catch (error) {

@@ -160,6 +160,13 @@ describe("when Redis is down", { timeout: 30_000 }, () => {
     assert.deepEqual(await api.waitForResult(handle.jobId), { key: k, mode: "queued" });
   });
 
+  test("status of a job Postgres does not know either: unknown, answered at once", async () => {
+    const started = Date.now();
+    const report = await noRedis.status(`ts-${env.run}-nowhere`);
+    assert.equal(report.status, "unknown");
+    assert.ok(Date.now() - started < 1_000, `took ${Date.now() - started} ms`);
+  });
+
   test("a job that must not run inline or wait is refused: EnqueueRefusedError, no outbox write", async () => {
     const client = outboxClient(env.apiNoRedis);
     const jobId = `ts-${env.run}-rejected`;
