@@ -17,7 +17,15 @@ import email_validator
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_DATABASE", "Settings", "SettingsError", "load_settings", "parse_api_tokens", "redact_url"]
+__all__ = [
+    "DEFAULT_DATABASE",
+    "QUEUE_NAME_RULE",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "parse_api_tokens",
+    "redact_url",
+]
 
 DEFAULT_DATABASE = "maxbooster_jobs"
 
@@ -58,6 +66,10 @@ _FIX_HINTS: dict[str, str] = {
     "api_tokens": "use tokens separated by spaces, each optionally limited to jobs: 'TOKEN TOKEN2:job1,job2'",
     "api_max_body_bytes": "use 1024 to 268435456 bytes (default 4194304)",
     "api_max_batch_jobs": "use 1 to 100000 jobs per batch call",
+    "worker_queues": "list queue names in priority order (critical,default,bulk,ai) or with weights",
+    "worker_queue_concurrency": "use queue=count pairs separated by commas (ai=4,bulk=20)",
+    "queue_global_concurrency": "use queue=count pairs separated by commas (ai=8)",
+    "rate_limits": "use name=count/unit pairs separated by commas (ai_requests=500/min,email=14/s)",
 }
 
 # An API token: at least 16 characters, none of them whitespace, ':' or ','.
@@ -148,6 +160,40 @@ _TLS_URL_OPTIONS = {
 }
 
 
+# A queue's name: what `define(queue=...)`, `enqueue(queue=...)` and WORKER_QUEUES use.
+QUEUE_NAME_RULE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+_LIMIT_NAME = re.compile(r"[A-Za-z0-9_]{1,60}")
+_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def _queue_name(name: str) -> str:
+    if not QUEUE_NAME_RULE.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a queue name; use 1-40 lowercase letters, digits, _ and - (critical, ai)"
+        )
+    return name
+
+
+def _pairs(value: str) -> list[tuple[str, str]]:
+    """`a=1,b=2` as pairs; a malformed entry raises ValueError saying which."""
+    out = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        name, eq, rest = entry.partition("=")
+        if not eq or not name.strip() or not rest.strip():
+            raise ValueError(f"{entry!r} is not name=value")
+        out.append((name.strip(), rest.strip()))
+    return out
+
+
+def _rate(name: str, value: str) -> tuple[int, float]:
+    count, slash, unit = value.partition("/")
+    if not slash or not count.strip().isdigit() or unit.strip() not in _PER or int(count) < 1:
+        raise ValueError(f"the limit {name!r} is {value!r}; write it as a count per s, min or h (600/min)")
+    return int(count), _PER[unit.strip()]
+
+
 class SettingsError(ValueError):
     """Raised by `load_settings` with one readable line per bad variable."""
 
@@ -217,6 +263,18 @@ class Settings(BaseSettings):
     durable_check_interval: float = Field(15.0, gt=0, le=3600)
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(9300, ge=0, le=65535)
+
+    # Named queues (README "Queues"). The queues a worker consumes: in strict priority order
+    # ("critical,default,bulk,ai"), or weighted ("critical:6,default:3,bulk:1": each claim visits
+    # the queues in a random order drawn by weight).
+    worker_queues: str = "critical,default,bulk,ai"
+    # At most this many jobs of a queue run at once in one worker ("ai=4,bulk=20").
+    worker_queue_concurrency: str = "ai=4"
+    # At most this many jobs of a queue run at once across all workers, held in Redis ("ai=8").
+    queue_global_concurrency: str = ""
+    # Rate limits shared by every worker, held in Redis ("ai_requests=500/min,email=14/s"); a job
+    # over a limit waits in its queue until its turn. Names are the ones jobs declare.
+    rate_limits: str = ""
 
     # The HTTP enqueue API, `python -m worker serve`.
     api_host: str = "127.0.0.1"
@@ -373,6 +431,68 @@ class Settings(BaseSettings):
                 "every key must be at least 32 characters (a key shorter than that is guessable)"
             )
         return SecretStr(",".join(keys))
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _worker_queues(cls, v: str) -> str:
+        entries = [e.strip() for e in v.split(",") if e.strip()]
+        if not entries:
+            raise ValueError("no queues given")
+        weighted = [":" in e for e in entries]
+        if any(weighted) and not all(weighted):
+            raise ValueError("give every queue a weight (critical:6,default:3) or none (critical,default)")
+        names = []
+        for entry in entries:
+            name, _, weight = entry.partition(":")
+            _queue_name(name)
+            if ":" in entry and not (weight.isdigit() and 1 <= int(weight) <= 1000):
+                raise ValueError(f"the weight of {name!r} is {weight!r}; use a whole number from 1 to 1000")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise ValueError("a queue is listed twice")
+        return ",".join(entries)
+
+    @field_validator("worker_queue_concurrency", "queue_global_concurrency")
+    @classmethod
+    def _caps(cls, v: str) -> str:
+        for name, value in _pairs(v):
+            _queue_name(name)
+            if not (value.isdigit() and 1 <= int(value) <= 100_000):
+                raise ValueError(
+                    f"the cap of {name!r} is {value!r}; use a whole number of jobs from 1 to 100000"
+                )
+        return v.strip()
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, v: str) -> str:
+        for name, value in _pairs(v):
+            if not _LIMIT_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a limit name; use letters, digits and _ (ai_requests)")
+            _rate(name, value)
+        return v.strip()
+
+    @property
+    def worker_queue_weights(self) -> dict[str, int | None]:
+        """The queues this worker consumes, in the configured order, with weights (None: strict)."""
+        out: dict[str, int | None] = {}
+        for entry in self.worker_queues.split(","):
+            name, _, weight = entry.partition(":")
+            out[name] = int(weight) if weight else None
+        return out
+
+    @property
+    def queue_caps(self) -> dict[str, int]:
+        return {name: int(value) for name, value in _pairs(self.worker_queue_concurrency)}
+
+    @property
+    def queue_global_caps(self) -> dict[str, int]:
+        return {name: int(value) for name, value in _pairs(self.queue_global_concurrency)}
+
+    @property
+    def rate_limit_table(self) -> dict[str, tuple[int, float]]:
+        """Each configured limit: (how many, per how many seconds)."""
+        return {name: _rate(name, value) for name, value in _pairs(self.rate_limits)}
 
     @field_validator("email_allowed_from")
     @classmethod

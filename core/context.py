@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 import structlog
 
+from core.control import JobControl
 from core.deps import Deps
+from core.errors import JobCancelled
 
 __all__ = ["JobContext", "Mode"]
 
@@ -34,7 +36,25 @@ class JobContext:
     # were interrupted (a worker killed, or stopped mid-run), which do not count as tries. A
     # later start of the same job knows every earlier one is over.
     attempt: int = 0
+    # Progress reports and cancel requests (see `core.control`).
+    control: JobControl | None = None
 
     @property
     def start_number(self) -> int:
         return self.attempt or self.job_try
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job is (0 to 1), with an optional short message; cheap to call
+        often: the runner writes the latest report a few times a second at most."""
+        if self.control is not None:
+            self.control.report(fraction, message)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this job (`cancel JOB_ID`)."""
+        return self.control is not None and self.control.cancel_requested
+
+    def raise_if_cancelled(self) -> None:
+        """Stop here if a cancel was requested: the job ends `cancelled`, without a retry."""
+        if self.cancel_requested:
+            raise JobCancelled("cancelled on request")

@@ -27,6 +27,7 @@ __all__ = [
     "CredentialsRefused",
     "EnqueueError",
     "ErrorKind",
+    "JobCancelled",
     "JobFailed",
     "JobTimeout",
     "JobValidationError",
@@ -52,6 +53,11 @@ class TransientError(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class JobCancelled(Exception):
+    """Raised by a job (`ctx.raise_if_cancelled()`) that stops on a cancel request; the job ends
+    `cancelled`: no retry, no dead letter."""
 
 
 class JobTimeout(TransientError):

@@ -22,6 +22,7 @@ from pydantic_core import PydanticSerializationError
 
 from core.context import JobContext
 from core.errors import JobValidationError, UnknownJobError
+from core.flow import DEFAULT_QUEUE, STANDARD_QUEUES, QueueChooser, RateCost, check_queue_name, ordered_union
 from core.plugin import PluginFactory
 from settings import Settings
 
@@ -110,6 +111,10 @@ class JobDefinition(Generic[P, R]):
     inline_if_spool_down: bool = True
     # Kept in Postgres until it completes, so a Redis that loses its data cannot lose the job.
     durable: bool = False
+    # The queue it goes to unless the caller names one; a function picks it from the arguments.
+    queue: str | QueueChooser = DEFAULT_QUEUE
+    # The rate limits each run spends (only the limits configured in RATE_LIMITS apply).
+    rate_limits: tuple[RateCost, ...] = ()
     args_model: type[BaseModel] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +123,19 @@ class JobDefinition(Generic[P, R]):
     @property
     def arg_names(self) -> list[str]:
         return list(self.args_model.model_fields)
+
+    @property
+    def default_queue(self) -> str | None:
+        """The queue named in the definition; None when a function picks it per job."""
+        return self.queue if isinstance(self.queue, str) else None
+
+    def queue_for(self, payload: Mapping[str, Any]) -> str:
+        """The queue a job with these (validated) arguments goes to by default."""
+        return self.queue if isinstance(self.queue, str) else check_queue_name(self.queue(payload))
+
+    def costs(self, payload: Mapping[str, Any], configured: Mapping[str, Any]) -> list[tuple[str, int]]:
+        """What one run spends of each rate limit that is configured (limit name, cost)."""
+        return [(rc.limit, rc.of(payload)) for rc in self.rate_limits if rc.limit in configured]
 
     def payload(
         self, kwargs: Mapping[str, Any], *, max_bytes: int, settings: Settings | None = None
@@ -213,8 +231,15 @@ def define(
     fallback: Fallback = "inline",
     inline_if_spool_down: bool = True,
     durable: bool = False,
+    queue: str | QueueChooser = DEFAULT_QUEUE,
+    rate_limits: Iterable[RateCost] = (),
 ) -> JobDefinition[P, R]:
     doc = inspect.getdoc(func) or ""
+    if isinstance(queue, str):
+        try:
+            check_queue_name(queue)
+        except JobValidationError as exc:
+            raise ValueError(f"job {name or func.__name__!r}: {exc}") from None
     return JobDefinition(
         name=name or func.__name__,
         func=func,
@@ -226,6 +251,8 @@ def define(
         fallback=fallback,
         inline_if_spool_down=inline_if_spool_down,
         durable=durable,
+        queue=queue,
+        rate_limits=tuple(rate_limits),
     )
 
 
@@ -323,6 +350,11 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def queues(self) -> list[str]:
+        """The standard queues and any other the definitions name, most urgent first."""
+        named = (d.default_queue for d in self._by_name.values() if d.default_queue is not None)
+        return ordered_union(STANDARD_QUEUES, sorted(set(named)))
 
     def get(self, job: str | Callable[..., Any] | JobDefinition[Any, Any]) -> JobDefinition[Any, Any]:
         if isinstance(job, JobDefinition):

@@ -14,7 +14,7 @@ from core.codec import encode_job
 from devservices.redis import RedisServer
 from settings import Settings
 from tests.conftest import make_settings, raw_redis
-from worker.backend import Finished, JobState, NewJob, RedisBackend, keys
+from worker.backend import ClaimQueue, Finished, JobState, NewJob, RedisBackend, keys
 
 QUEUE = "arq:queue:read-side"
 FAILED_RESULT = b'{"s": false, "f": "record", "r": {"__error__": {"type": "E", "message": "m"}}}'
@@ -59,7 +59,7 @@ async def test_counts_and_pages_follow_a_job_through_its_states(backend: RedisBa
     assert [v.job_id for v in page] == ["due-1", "due-2"]  # oldest first, paged
     assert [v.record.kwargs if v.record else None for v in page] == [{"key": 1}, {"key": 2}]
 
-    claimed = await backend.claim(QUEUE, limit=2, lock_ms=30_000, token="w1")
+    claimed = await backend.claim([ClaimQueue(QUEUE)], limit=2, lock_ms=30_000, token="w1")
     assert [j.job_id for j in claimed.jobs] == ["due-0", "due-1"]
     # The worker's snapshot says what it runs (it writes one every 10 s while busy).
     snapshot = {"worker": "w1", "queue": QUEUE, "running_ids": ["due-0", "due-1"]}
@@ -75,21 +75,20 @@ async def test_counts_and_pages_follow_a_job_through_its_states(backend: RedisBa
     assert [v.job_id for v in deferred] == ["forged", "later-0", "later-1", "later-2"]  # not the running ones
     assert deferred[0].record is None  # unreadable: said so, no crash
     assert deferred[0].problem
-    assert (await backend.job(QUEUE, "due-0")).state is JobState.IN_PROGRESS
+    assert (await backend.job([QUEUE], "due-0")).state is JobState.IN_PROGRESS
 
     await backend.finish(
-        QUEUE,
-        [Finished("due-0", result=b'{"s": true, "f": "record", "r": 1, "k": {}, "t": 1}'),
-         Finished("due-1", result=FAILED_RESULT)],
+        [Finished("due-0", result=b'{"s": true, "f": "record", "r": 1, "k": {}, "t": 1}', queue=QUEUE),
+         Finished("due-1", result=FAILED_RESULT, queue=QUEUE)],
         keep_result_ms=60_000,
     )  # fmt: skip
-    failed = await backend.job(QUEUE, "due-1")
+    failed = await backend.job([QUEUE], "due-1")
     assert failed.state is JobState.FAILED
     assert failed.result is not None
     assert failed.result.error == {"type": "E", "message": "m"}
-    assert (await backend.job(QUEUE, "due-0")).state is JobState.COMPLETE
-    assert (await backend.job(QUEUE, "nope")).state is JobState.NOT_FOUND
-    assert (await backend.job(QUEUE, "later-0")).state is JobState.DEFERRED
+    assert (await backend.job([QUEUE], "due-0")).state is JobState.COMPLETE
+    assert (await backend.job([QUEUE], "nope")).state is JobState.NOT_FOUND
+    assert (await backend.job([QUEUE], "later-0")).state is JobState.DEFERRED
     with pytest.raises(ValueError, match="look one up by id"):
         await backend.jobs(QUEUE, JobState.COMPLETE)
 

@@ -12,7 +12,7 @@ from arq.jobs import Job
 from settings import Settings
 from tests.conftest import eventually, raw_redis, start_worker
 from tests.sample_jobs import RUNS, TEST_REGISTRY
-from worker.backend import keys
+from worker.backend import ClaimQueue, keys
 from worker.engine import WorkerService
 from worker.producer import Producer
 
@@ -94,7 +94,7 @@ async def test_job_of_a_dead_worker_runs_again_once_its_lock_expires(settings: S
         handle = await producer.enqueue_job("record", {"key": "orphan"})
         # A worker claims it and dies: its lock (and the job's visibility) lasts 0.4 s.
         claimed = await producer.backend.claim(
-            settings.queue_name, limit=10, lock_ms=400, token="dead-worker"
+            [ClaimQueue(settings.queue_name)], limit=10, lock_ms=400, token="dead-worker"
         )
         assert [job.job_id for job in claimed.jobs] == [handle.job_id]
         report = await producer.status(handle.job_id)
@@ -112,7 +112,9 @@ async def test_a_job_whose_runs_keep_being_interrupted_fails_after_its_budget(se
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         handle = await producer.enqueue_job("record", {"key": "poison"})
         for _ in range(3):  # three workers claim it and die
-            claimed = await producer.backend.claim(settings.queue_name, limit=1, lock_ms=1, token="dead")
+            claimed = await producer.backend.claim(
+                [ClaimQueue(settings.queue_name)], limit=1, lock_ms=1, token="dead"
+            )
             assert len(claimed.jobs) == 1
             assert claimed.jobs[0].job_try == 1  # an interrupted run is not a try
             await asyncio.sleep(0.01)  # the 1 ms lock runs out
@@ -135,7 +137,7 @@ async def test_interrupted_runs_do_not_use_up_a_healthy_jobs_tries(settings: Set
     async with Producer(settings, registry=TEST_REGISTRY) as producer:
         handle = await producer.enqueue_job("record", {"key": "survivor"})  # max_tries=3
         for _ in range(3):
-            await producer.backend.claim(settings.queue_name, limit=1, lock_ms=1, token="dead")
+            await producer.backend.claim([ClaimQueue(settings.queue_name)], limit=1, lock_ms=1, token="dead")
             await asyncio.sleep(0.01)
         worker = await start_worker(settings)
         try:
@@ -150,10 +152,10 @@ async def test_lost_claim_is_released_for_another_try(settings: Settings) -> Non
         handle = await producer.enqueue_job("record", {"key": "lost"})
         backend, queue = producer.backend, settings.queue_name
         now_ms = int(time.time() * 1000)
-        await backend.claim(queue, limit=5, lock_ms=60_000, token="me", now_ms=now_ms)
-        assert await backend.release(queue, now_ms + 60_000, "other") == 0  # someone else's: kept
-        assert await backend.release(queue, now_ms + 60_000, "me") == 1
-        again = await backend.claim(queue, limit=5, lock_ms=60_000, token="me")
+        await backend.claim([ClaimQueue(queue)], limit=5, lock_ms=60_000, token="me", now_ms=now_ms)
+        assert await backend.release([queue], now_ms + 60_000, "other") == 0  # someone else's: kept
+        assert await backend.release([queue], now_ms + 60_000, "me") == 1
+        again = await backend.claim([ClaimQueue(queue)], limit=5, lock_ms=60_000, token="me")
         assert [(job.job_id, job.job_try) for job in again.jobs] == [(handle.job_id, 1)]
 
 

@@ -101,9 +101,7 @@ async def test_a_wrong_typed_wake_key_neither_stops_workers_nor_fails_enqueues(
     finally:
         assert await worker.stop() == 0
     assert [key for key, _, _ in RUNS] == ["before", "after"]
-    assert any(
-        line["event"] == "the queue's wake key was not ours; repaired it" for line in _lines(log_output)
-    )
+    assert any(line["event"] == "a queue's wake key was not ours; repaired it" for line in _lines(log_output))
 
 
 async def _is_zset(settings: Settings, key: str) -> bool:

@@ -70,7 +70,8 @@ async def test_metrics_count_known_jobs_and_health_follows_redis(database_url: s
     assert finished("flaky", "complete") == 1
     assert samples[("maxbooster_job_retries_total", (("job", "flaky"), ("mode", "queued")))] == 2
     assert samples[("maxbooster_job_duration_seconds_count", (("job", "record"), ("mode", "queued")))] == 5
-    assert samples[("maxbooster_queue_depth", (("queue", settings.queue_name),))] == 1  # the deferred job
+    assert samples[("maxbooster_queue_depth", (("queue", "default"),))] == 1  # the deferred job
+    assert samples[("maxbooster_queue_depth", (("queue", "critical"),))] == 0
     assert samples[("maxbooster_redis_breaker_open", ())] == 0
     assert after[("maxbooster_redis_breaker_open", ())] == 1
 

@@ -33,7 +33,7 @@ async def test_stats_shows_depths_throughput_and_failure_rate(
         await producer.enqueue_job("record", {"key": "later"}, defer_by=60)
         service = worker.service
         await publish_once(
-            service.backend, service.metrics.recent, service.worker.token, settings.queue_name, lambda: []
+            service.backend, service.metrics.recent, service.worker.token, settings.queue_name, dict
         )
 
     env = {

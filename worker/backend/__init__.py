@@ -7,8 +7,10 @@
 from worker.backend.cache import HybridCache, MemoryCache, make_cache
 from worker.backend.link import LinkState
 from worker.backend.protocol import (
+    CancelOutcome,
     ClaimBatch,
     ClaimedJob,
+    ClaimQueue,
     EnqueueReply,
     Finished,
     JobState,
@@ -24,7 +26,9 @@ from worker.backend.protocol import (
 from worker.backend.redis_backend import RedisBackend
 
 __all__ = [
+    "CancelOutcome",
     "ClaimBatch",
+    "ClaimQueue",
     "ClaimedJob",
     "EnqueueReply",
     "Finished",

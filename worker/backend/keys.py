@@ -10,10 +10,13 @@ from __future__ import annotations
 
 __all__ = [
     "CACHE_PREFIX",
+    "CANCEL_PREFIX",
     "ENDED_PREFIX",
     "IN_PROGRESS_PREFIX",
     "JOB_PREFIX",
     "MAX_JOB_ID_LENGTH",
+    "PROGRESS_PREFIX",
+    "RESERVED_PREFIX",
     "RESULT_PREFIX",
     "RETRY_PREFIX",
     "WORKERS_KEY",
@@ -21,10 +24,13 @@ __all__ = [
     "health_check_key",
     "in_progress_key",
     "job_key",
+    "paused_key",
     "plugin_key",
     "quarantine_key",
+    "rate_key",
     "result_key",
     "retry_key",
+    "running_key",
     "schedule_key",
     "wake_key",
     "worker_stats_key",
@@ -43,6 +49,12 @@ ENDED_PREFIX = "mb:ended:"
 MAX_JOB_ID_LENGTH = 200
 # Sorted set: worker id -> time of its last snapshot (ms), so readers find workers without SCAN.
 WORKERS_KEY = "mb:workers"
+# Per running job: a cancel request its worker passes on to the job.
+CANCEL_PREFIX = "mb:cancel:"
+# Per running job: its latest progress report (JSON), written a few times a second at most.
+PROGRESS_PREFIX = "mb:progress:"
+# Per job: the start time a rate limit reserved for it (ms).
+RESERVED_PREFIX = "mb:reserved:"
 
 
 def job_key(job_id: str) -> str:
@@ -73,6 +85,21 @@ def wake_key(queue: str) -> str:
 def quarantine_key(queue: str) -> str:
     """List of queue entries the claim set aside (raw id, newline, score), the latest 1,000."""
     return f"mb:quarantine:{queue}"
+
+
+def paused_key(queue: str) -> str:
+    """Exists while queue `queue` is paused: workers claim nothing from it."""
+    return f"mb:paused:{queue}"
+
+
+def running_key(queue: str) -> str:
+    """A capped queue's running jobs across workers (id -> lock expiry ms), for its global cap."""
+    return f"mb:running:{queue}"
+
+
+def rate_key(namespace: str, limit: str) -> str:
+    """The state of rate limit `limit` (its theoretical arrival time), per QUEUE_NAME."""
+    return f"mb:rate:{namespace}:{limit}"
 
 
 def cache_key(key: str) -> str:

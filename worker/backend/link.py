@@ -400,8 +400,8 @@ class RedisLink:
             except ResponseError as exc:  # a refused call; the connection stays in step
                 replies.append(exc)
 
-    async def wait_for_wake(self, key: str, timeout_s: float) -> bool:
-        """Block on BZPOPMIN `key` for up to `timeout_s` on a dedicated connection.
+    async def wait_for_wake(self, wake_keys: Sequence[str], timeout_s: float) -> bool:
+        """Block on BZPOPMIN over `wake_keys` for up to `timeout_s` on a dedicated connection.
 
         True when woken, False on timeout. The connection's reply timeout is the block plus the
         worker's socket timeout, so a blackholed Redis is still noticed. Raises `NotSent` or
@@ -418,10 +418,10 @@ class RedisLink:
             async with asyncio.timeout(
                 timeout_s + self._socket_timeout + self._settings.redis_connect_timeout
             ):
-                await conn.send_command("BZPOPMIN", key, f"{max(timeout_s, 0.001):.3f}")
+                await conn.send_command("BZPOPMIN", *wake_keys, f"{max(timeout_s, 0.001):.3f}")
                 reply = await conn.read_response()
         except ResponseError as exc:
-            raise refused(f"to block on {key}", exc) from None
+            raise refused(f"to block on {', '.join(wake_keys)}", exc) from None
         except _DOWN_ERRORS as exc:
             await conn.disconnect()
             refusal = _refusal(exc)

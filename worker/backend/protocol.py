@@ -21,7 +21,9 @@ from core.plugin import BatchList
 from worker.backend.link import LinkState
 
 __all__ = [
+    "CancelOutcome",
     "ClaimBatch",
+    "ClaimQueue",
     "ClaimedJob",
     "EnqueueReply",
     "Finished",
@@ -49,6 +51,13 @@ class WithdrawOutcome(StrEnum):
     WITHDRAWN = "withdrawn"
     NEVER_ARRIVED = "never_arrived"
     ALREADY_STARTED = "already_started"
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"  # was queued or deferred: removed, with a cancelled result
+    REQUESTED = "requested"  # is running: its worker passes the request on to the job
+    FINISHED = "finished"  # already over: nothing to cancel
+    NOT_FOUND = "not_found"  # the backend has no trace of it
 
 
 class Presence(IntEnum):
@@ -81,6 +90,17 @@ class ClaimedJob:
     job_try: int  # this try's number: the tries that ended in a retry, plus one
     interruptions: int = 0  # earlier claims that never ended: a worker died or stopped mid-run
     untrusted: str | None = None  # why the record must not run (signing on, a bad signature)
+    queue: str = ""  # the queue (its Redis key) it was claimed from
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimQueue:
+    """One queue a claim visits: its key, how many jobs of it this worker may still start
+    (None: no cap of its own) and its cap across workers (None: none)."""
+
+    key: str
+    room: int | None = None
+    global_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +110,7 @@ class PoisonEntry:
     raw_id: bytes
     score: str
     reason: str
+    queue: str = ""
 
     @property
     def shown_id(self) -> str:
@@ -102,9 +123,11 @@ class PoisonEntry:
 @dataclass(frozen=True, slots=True)
 class ClaimBatch:
     jobs: list[ClaimedJob]
-    more: bool  # more jobs may be due now
+    more: bool  # more jobs may be due now than the claim's limit let it take
     next_due_ms: int | None  # earliest score not yet due (deferred, retrying or running)
     poison: list[PoisonEntry] = field(default_factory=list)
+    paused: frozenset[str] = frozenset()  # queues the claim skipped because they are paused
+    capped: frozenset[str] = frozenset()  # queues with due jobs a cap left behind
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +140,10 @@ class Finished:
     # For a run again: True when the try was interrupted (cancelled at shutdown), so it does
     # not count as one of the job's tries.
     interrupted: bool = False
+    queue: str = ""  # the queue (its Redis key) the job was claimed from
+    # For a run again: the job never started (a rate limit gave it a later turn), so the claim
+    # counts as neither a try nor an interruption.
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +166,7 @@ class JobView:
     score_ms: int | None = None
     tries: int | None = None
     problem: str | None = None
+    progress: dict[str, Any] | None = None  # the latest progress a running job reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +213,7 @@ class QueueBackend(Protocol):
 
     async def claim(
         self,
-        queue: str,
+        queues: Sequence[ClaimQueue],
         *,
         limit: int,
         lock_ms: int,
@@ -193,21 +221,43 @@ class QueueBackend(Protocol):
         now_ms: int | None = None,
         health: str | None = None,
         health_ttl_ms: int = 0,
+        health_queue: str | None = None,
     ) -> ClaimBatch: ...
 
-    async def finish(self, queue: str, done: Sequence[Finished], *, keep_result_ms: int) -> None: ...
+    async def finish(
+        self, done: Sequence[Finished], *, keep_result_ms: int, capped: frozenset[str] = frozenset()
+    ) -> None: ...
 
-    async def release(self, queue: str, claimed_score: int, token: str) -> int: ...
+    async def release(self, queues: Sequence[str], claimed_score: int, token: str) -> int: ...
 
-    async def extend(self, queue: str, job_ids: list[str], token: str, lock_ms: int) -> int: ...
+    async def extend(self, jobs: Sequence[tuple[str, str]], token: str, lock_ms: int) -> int: ...
 
     async def withdraw(self, queue: str, job_id: str) -> WithdrawOutcome: ...
 
     async def presence(self, job_ids: Sequence[str]) -> list[Presence]: ...
 
-    async def wait_for_wake(self, queue: str, timeout_s: float) -> bool: ...
+    async def wait_for_wake(self, queues: Sequence[str], timeout_s: float) -> bool: ...
 
     async def repair_wake(self, queue: str) -> bool: ...
+
+    # -- flow control ------------------------------------------------------------------------
+    async def cancel(
+        self, queues: Sequence[str], job_id: str, cancelled_result: bytes, *, keep_result_ms: int
+    ) -> tuple[CancelOutcome, str | None]: ...
+
+    async def cancel_requests(self, job_ids: Sequence[str]) -> set[str]: ...
+
+    async def pause(self, queue: str) -> bool: ...
+
+    async def resume(self, queue: str) -> bool: ...
+
+    async def paused(self, queues: Sequence[str]) -> set[str]: ...
+
+    async def write_progress(self, reports: Sequence[tuple[str, bytes]], *, ttl_ms: int) -> None: ...
+
+    async def acquire(
+        self, limits: Sequence[tuple[str, float, float]], jobs: Sequence[tuple[str, Sequence[int]]]
+    ) -> list[int]: ...
 
     # -- read side ---------------------------------------------------------------------------
     async def counts(self, queue: str) -> QueueCounts: ...
@@ -216,7 +266,7 @@ class QueueBackend(Protocol):
         self, queue: str, state: JobState, *, offset: int = 0, limit: int = 50
     ) -> list[JobView]: ...
 
-    async def job(self, queue: str, job_id: str) -> JobView: ...
+    async def job(self, queues: Sequence[str], job_id: str) -> JobView: ...
 
     async def result(self, job_id: str, *, despite_breaker: bool = False) -> ResultRecord | None: ...
 

@@ -33,8 +33,10 @@ from settings import Settings
 from worker.backend import keys, scripts
 from worker.backend.link import LinkState, RedisLink, refused
 from worker.backend.protocol import (
+    CancelOutcome,
     ClaimBatch,
     ClaimedJob,
+    ClaimQueue,
     EnqueueReply,
     Finished,
     JobState,
@@ -55,6 +57,8 @@ log = structlog.get_logger(__name__)
 EXPIRES_EXTRA_MS = 86_400_000
 # A worker snapshot lives 10 minutes; one older than that belongs to a worker that is gone.
 _SNAPSHOT_TTL_MS = 600_000
+# A cancel request outlives any lock by far: its worker reads it within a second or two.
+_CANCEL_REQUEST_TTL_MS = 3_600_000
 
 
 def _text(value: Any) -> str:
@@ -70,7 +74,25 @@ def _score(value: Any) -> int | None:
     return int(number) if math.isfinite(number) else None
 
 
-def _poison(raw_id: Any, score: Any) -> PoisonEntry:
+def _progress(raw: Any) -> dict[str, Any] | None:
+    """A progress report as written by a worker; None for anything else."""
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("fraction"), int | float):
+        return None
+    message = value.get("message")
+    return {
+        "fraction": min(max(float(value["fraction"]), 0.0), 1.0),
+        "message": message[:200] if isinstance(message, str) else None,
+        "at_ms": value.get("at_ms") if isinstance(value.get("at_ms"), int) else None,
+    }
+
+
+def _poison(raw_id: Any, score: Any, queue: str) -> PoisonEntry:
     raw = raw_id if isinstance(raw_id, bytes) else str(raw_id).encode()
     shown_score = _text(score)
     if _score(score) is None:
@@ -79,7 +101,7 @@ def _poison(raw_id: Any, score: Any) -> PoisonEntry:
         reason = f"the job id is {len(raw)} bytes, over the {keys.MAX_JOB_ID_LENGTH}-byte limit"
     else:
         reason = "the job id has characters outside letters, digits and _ . : @ / + = -"
-    return PoisonEntry(raw, shown_score, reason)
+    return PoisonEntry(raw, shown_score, reason, queue)
 
 
 class RedisBackend:
@@ -186,7 +208,7 @@ class RedisBackend:
 
     async def claim(
         self,
-        queue: str,
+        queues: Sequence[ClaimQueue],
         *,
         limit: int,
         lock_ms: int,
@@ -194,13 +216,22 @@ class RedisBackend:
         now_ms: int | None = None,
         health: str | None = None,
         health_ttl_ms: int = 0,
+        health_queue: str | None = None,
     ) -> ClaimBatch:
-        """Claim up to `limit` due jobs with their records and try counts, in one round trip.
+        """Claim up to `limit` due jobs from `queues` (visited in order) with their records and
+        try counts, in one round trip. `health`, when given, is written to `health_queue`'s arq
+        health key (default: the first queue's).
 
         Claimed jobs are scored `now_ms + lock_ms`, which is how a lost claim is found again.
         Entries that are not ours come back in `poison`, already removed from the queue.
         """
-        keys_ = (queue, keys.health_check_key(queue), keys.quarantine_key(queue))
+        health_queue = health_queue or queues[0].key
+        keys_: list[str] = [keys.health_check_key(health_queue)]
+        per_queue: list[int] = []
+        for q in queues:
+            keys_ += (q.key, keys.quarantine_key(q.key), keys.paused_key(q.key), keys.running_key(q.key))
+            per_queue += (-1 if q.room is None else q.room, q.global_cap or 0)
+        keys_.append(health_queue)
         args = (
             now_ms or epoch_ms(),
             lock_ms,
@@ -213,23 +244,44 @@ class RedisBackend:
             health_ttl_ms,
             keys.ENDED_PREFIX,
             keys.MAX_JOB_ID_LENGTH,
+            *per_queue,
         )
         flat = await self.link.script(scripts.CLAIM, keys_, args)
-        poisoned = int(flat[2])
-        poison = [_poison(flat[i], flat[i + 1]) for i in range(3, 3 + 2 * poisoned, 2)]
+        states = _text(flat[2])
+        poisoned = int(flat[3])
+        poison = [
+            _poison(flat[i + 1], flat[i + 2], queues[int(flat[i]) - 1].key)
+            for i in range(4, 4 + 3 * poisoned, 3)
+        ]
         jobs = []
-        for i in range(3 + 2 * poisoned, len(flat), 5):
-            claims, ended = int(flat[i + 3]), int(flat[i + 4])
+        for i in range(4 + 3 * poisoned, len(flat), 6):
+            claims, ended = int(flat[i + 4]), int(flat[i + 5])
             # The id passed the claim's rule (ASCII only), so it decodes.
-            job_id, record = _text(flat[i]), flat[i + 2]
+            job_id, record = _text(flat[i + 1]), flat[i + 3]
             untrusted = self._untrusted(record, job_id) if record is not None else None
-            jobs.append(
-                ClaimedJob(job_id, _score(flat[i + 1]) or 0, record, ended + 1, claims - 1 - ended, untrusted)
-            )
-        return ClaimBatch(jobs, bool(flat[0]), _score(flat[1]), poison)
+            queue = queues[int(flat[i]) - 1].key
+            score = _score(flat[i + 2]) or 0
+            jobs.append(ClaimedJob(job_id, score, record, ended + 1, claims - 1 - ended, untrusted, queue))
+        return ClaimBatch(
+            jobs,
+            bool(flat[0]),
+            _score(flat[1]),
+            poison,
+            paused=frozenset(q.key for q, state in zip(queues, states, strict=True) if state == "p"),
+            capped=frozenset(q.key for q, state in zip(queues, states, strict=True) if state == "c"),
+        )
 
-    async def finish(self, queue: str, done: Sequence[Finished], *, keep_result_ms: int) -> None:
-        """Record a batch of finished attempts in one round trip (safe to repeat)."""
+    async def finish(
+        self, done: Sequence[Finished], *, keep_result_ms: int, capped: frozenset[str] = frozenset()
+    ) -> None:
+        """Record a batch of finished attempts, of any of the worker's queues, in one round trip
+        (safe to repeat). A finished job of a `capped` queue frees a slot: workers are woken."""
+        order: dict[str, int] = {}
+        for item in done:
+            order.setdefault(item.queue, len(order) + 1)
+        keys_: list[str] = []
+        for queue in order:
+            keys_ += (queue, keys.wake_key(queue), keys.running_key(queue))
         args: list[Any] = [
             keep_result_ms,
             keys.JOB_PREFIX,
@@ -237,23 +289,33 @@ class RedisBackend:
             keys.RETRY_PREFIX,
             keys.RESULT_PREFIX,
             keys.ENDED_PREFIX,
+            len(order),
+            *("1" if queue in capped else "0" for queue in order),
         ]
         for item in done:
+            q = order[item.queue]
             if item.run_again_at_ms is not None:
-                args += ("c" if item.interrupted else "r", item.job_id, item.run_again_at_ms)
+                op = "d" if item.deferred else "c" if item.interrupted else "r"
+                args += (op, q, item.job_id, item.run_again_at_ms)
             else:
-                args += ("f", item.job_id, self._sign(item.result or b"{}", item.job_id))
-        await self.link.script(scripts.FINISH, (queue, keys.wake_key(queue)), args)
+                args += ("f", q, item.job_id, self._sign(item.result or b"{}", item.job_id))
+        await self.link.script(scripts.FINISH, keys_, args)
 
-    async def release(self, queue: str, claimed_score: int, token: str) -> int:
+    async def release(self, queues: Sequence[str], claimed_score: int, token: str) -> int:
         """Undo a claim whose reply was lost (jobs scored `claimed_score`, locked by `token`)."""
+        keys_ = [k for queue in queues for k in (queue, keys.running_key(queue))]
         args = (epoch_ms(), claimed_score, keys.IN_PROGRESS_PREFIX, keys.RETRY_PREFIX, token)
-        return int(await self.link.script(scripts.RELEASE, (queue,), args))
+        return int(await self.link.script(scripts.RELEASE, keys_, args))
 
-    async def extend(self, queue: str, job_ids: list[str], token: str, lock_ms: int) -> int:
-        """Push back the locks this token still holds (and the jobs' queue scores with them)."""
-        args = (epoch_ms(), lock_ms, keys.IN_PROGRESS_PREFIX, token, *job_ids)
-        return int(await self.link.script(scripts.EXTEND, (queue,), args))
+    async def extend(self, jobs: Sequence[tuple[str, str]], token: str, lock_ms: int) -> int:
+        """Push back the locks this token still holds on `jobs` ((queue, id) pairs), and the
+        jobs' queue scores with them."""
+        order: dict[str, int] = {}
+        args: list[Any] = [epoch_ms(), lock_ms, keys.IN_PROGRESS_PREFIX, token]
+        for queue, job_id in jobs:
+            args += (order.setdefault(queue, len(order) + 1), job_id)
+        keys_ = [k for queue in order for k in (queue, keys.running_key(queue))]
+        return int(await self.link.script(scripts.EXTEND, keys_, args))
 
     async def withdraw(self, queue: str, job_id: str) -> WithdrawOutcome:
         """Remove a queued job that no worker has started."""
@@ -270,12 +332,81 @@ class RedisBackend:
         prefixes = (keys.JOB_PREFIX, keys.IN_PROGRESS_PREFIX, keys.RESULT_PREFIX)
         return [Presence(int(v)) for v in await self.link.script(scripts.PRESENCE, (), (*prefixes, *job_ids))]
 
-    async def wait_for_wake(self, queue: str, timeout_s: float) -> bool:
-        return await self.link.wait_for_wake(keys.wake_key(queue), timeout_s)
+    async def wait_for_wake(self, queues: Sequence[str], timeout_s: float) -> bool:
+        return await self.link.wait_for_wake([keys.wake_key(q) for q in queues], timeout_s)
 
     async def repair_wake(self, queue: str) -> bool:
         """Make the wake key a sorted set with one member again; True if it was not."""
         return bool(await self.link.script(scripts.REPAIR_WAKE, (keys.wake_key(queue),), ()))
+
+    # -- flow control ------------------------------------------------------------------------
+
+    async def cancel(
+        self, queues: Sequence[str], job_id: str, cancelled_result: bytes, *, keep_result_ms: int
+    ) -> tuple[CancelOutcome, str | None]:
+        """Cancel a job wherever it is in `queues`: removed if it waits (with `cancelled_result`
+        kept as its result), a cancel request if it runs. Returns what happened and its queue."""
+        args = (
+            keys.JOB_PREFIX,
+            keys.IN_PROGRESS_PREFIX,
+            keys.RETRY_PREFIX,
+            keys.RESULT_PREFIX,
+            keys.ENDED_PREFIX,
+            keys.CANCEL_PREFIX,
+            job_id,
+            self._sign(cancelled_result, job_id),
+            max(keep_result_ms, 1),
+            _CANCEL_REQUEST_TTL_MS,
+        )
+        outcome, index = await self.link.script(scripts.CANCEL, tuple(queues), args)
+        found = {
+            1: CancelOutcome.CANCELLED,
+            2: CancelOutcome.REQUESTED,
+            3: CancelOutcome.FINISHED,
+        }.get(int(outcome), CancelOutcome.NOT_FOUND)
+        return found, queues[int(index) - 1] if int(index) > 0 else None
+
+    async def cancel_requests(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of these (running) jobs someone asked to cancel."""
+        if not job_ids:
+            return set()
+        (flags,) = await self._replies(("MGET", *(keys.CANCEL_PREFIX + i for i in job_ids)))
+        return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag is not None}
+
+    async def pause(self, queue: str) -> bool:
+        """Workers stop claiming from `queue` (jobs keep arriving). False if it was paused."""
+        (was_set,) = await self._replies(("SET", keys.paused_key(queue), str(epoch_ms()), "NX"))
+        return was_set is not None
+
+    async def resume(self, queue: str) -> bool:
+        """Workers claim from `queue` again, woken at once. False if it was not paused."""
+        return bool(
+            await self.link.script(scripts.RESUME, (keys.paused_key(queue), keys.wake_key(queue)), ())
+        )
+
+    async def paused(self, queues: Sequence[str]) -> set[str]:
+        if not queues:
+            return set()
+        replies = await self._replies(*(("EXISTS", keys.paused_key(q)) for q in queues))
+        return {q for q, found in zip(queues, replies, strict=True) if found}
+
+    async def write_progress(self, reports: Sequence[tuple[str, bytes]], *, ttl_ms: int) -> None:
+        """The latest progress of running jobs, one pipelined write for all of them."""
+        if reports:
+            await self._replies(*(("SET", keys.PROGRESS_PREFIX + i, r, "PX", ttl_ms) for i, r in reports))
+
+    async def acquire(
+        self, limits: Sequence[tuple[str, float, float]], jobs: Sequence[tuple[str, Sequence[int]]]
+    ) -> list[int]:
+        """Spend rate limits for `jobs` ((id, cost per limit)): per job 0 to start now, else the
+        start time (ms) reserved for it. `limits` are (key, ms per unit, burst tolerance ms)."""
+        args: list[Any] = [epoch_ms(), keys.RESERVED_PREFIX]
+        for _, interval_ms, tolerance_ms in limits:
+            args += (f"{interval_ms:.6f}", f"{tolerance_ms:.3f}")
+        for job_id, costs in jobs:
+            args += (job_id, *costs)
+        reply = await self.link.script(scripts.ACQUIRE, tuple(key for key, _, _ in limits), args)
+        return [int(r) for r in reply]
 
     # -- read side ---------------------------------------------------------------------------
 
@@ -319,10 +450,20 @@ class RedisBackend:
             views = [v for v in views if v.job_id not in running]
         return views
 
-    async def job(self, queue: str, job_id: str) -> JobView:
-        keys_ = (queue,)
-        args = (keys.JOB_PREFIX, keys.IN_PROGRESS_PREFIX, keys.RETRY_PREFIX, keys.RESULT_PREFIX, job_id)
-        record, result, lock, tries, score = await self.link.script(scripts.INSPECT, keys_, args)
+    async def job(self, queues: Sequence[str], job_id: str) -> JobView:
+        """One job, looked for in `queues` (its result and locks are per id)."""
+        args = (
+            keys.JOB_PREFIX,
+            keys.IN_PROGRESS_PREFIX,
+            keys.RETRY_PREFIX,
+            keys.RESULT_PREFIX,
+            job_id,
+            keys.PROGRESS_PREFIX,
+        )
+        record, result, lock, tries, score, index, progress_raw = await self.link.script(
+            scripts.INSPECT, tuple(queues), args
+        )
+        queue = queues[int(index) - 1] if int(index) > 0 else queues[0]
         try_count = int(tries) if tries is not None and _text(tries).isdigit() else None
         score_ms = int(float(score)) if score is not None else None
         if result is not None and (untrusted := self._untrusted(result, job_id)) is not None:
@@ -344,7 +485,8 @@ class RedisBackend:
         else:
             state = JobState.QUEUED
         view = self._pending_view(queue, job_id, record, score_ms, state)
-        return JobView(job_id, state, queue, view.record, None, score_ms, try_count, view.problem)
+        progress = _progress(progress_raw) if state is JobState.IN_PROGRESS else None
+        return JobView(job_id, state, queue, view.record, None, score_ms, try_count, view.problem, progress)
 
     async def result(self, job_id: str, *, despite_breaker: bool = False) -> ResultRecord | None:
         """The job's result record, or None. `despite_breaker` reads it even while the breaker is
@@ -381,9 +523,12 @@ class RedisBackend:
                 snapshot = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue
-            if not isinstance(snapshot, dict) or snapshot.get("queue") != queue:
+            if not isinstance(snapshot, dict):
                 continue
-            ids = snapshot.get("running_ids")
+            by_queue = snapshot.get("running_by_queue")
+            ids = by_queue.get(queue) if isinstance(by_queue, dict) else None
+            if ids is None and snapshot.get("queue") == queue:
+                ids = snapshot.get("running_ids")
             if isinstance(ids, list):
                 out[str(snapshot.get("worker"))] = [i for i in ids if isinstance(i, str)]
         return out

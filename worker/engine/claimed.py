@@ -29,10 +29,12 @@ from core.codec import (
     encode_result,
     failure_value,
 )
+from core.control import JobControl
 from core.errors import JobFailed, UnknownJobError
 from core.registry import JobDefinition, Registry
 from worker.backend import ClaimedJob, Finished, PoisonEntry
 from worker.execution import AttemptRunner
+from worker.flow import RateLimits, SharedLimiter
 
 __all__ = ["ClaimedJobs"]
 
@@ -49,17 +51,26 @@ class _Refused(Exception):
 
 
 class ClaimedJobs:
-    """Runs claimed jobs of one queue; shared by every job task of a worker."""
+    """Runs claimed jobs; shared by every job task of a worker. A job that spends a rate limit
+    asks `limiter` for its turn first, and waits for it in its queue, not in a slot."""
 
-    def __init__(self, attempts: AttemptRunner, registry: Registry, queue: str) -> None:
+    def __init__(
+        self,
+        attempts: AttemptRunner,
+        registry: Registry,
+        *,
+        limits: RateLimits,
+        limiter: SharedLimiter | None = None,
+    ) -> None:
         self._attempts = attempts
         self._registry = registry
-        self._queue = queue
+        self._limits = limits
+        self._limiter = limiter
 
-    async def run(self, job: ClaimedJob) -> Finished:
+    async def run(self, job: ClaimedJob, control: JobControl | None = None) -> Finished:
         """The outcome to record; never raises for anything about the job or its record."""
         try:
-            return await self._run(job)
+            return await self._run(job, control)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -87,7 +98,7 @@ class ClaimedJobs:
             message=f"queue entry set aside: {entry.reason}",
         )
 
-    async def _run(self, job: ClaimedJob) -> Finished:
+    async def _run(self, job: ClaimedJob, control: JobControl | None) -> Finished:
         start_ms, started = epoch_ms(), time.perf_counter()
         record: JobRecord | None = None
         try:
@@ -97,6 +108,11 @@ class ClaimedJobs:
             self._check_tries(definition, job_try, job.interruptions)
         except _Refused as refused:
             return await self._refused(job, record, refused, start_ms, time.perf_counter() - started)
+        if self._limiter is not None and (costs := self._limits.costs(definition, record.kwargs)):
+            turn = await self._limiter.turn(job.job_id, costs)
+            if turn:  # not yet: back to its queue, due at the turn reserved for it
+                self._attempts.outcomes.metrics.rate_limited(definition.name)
+                return Finished(job.job_id, run_again_at_ms=turn, queue=job.queue, deferred=True)
         attempt = await self._attempts.attempt(
             definition,
             job_id=job.job_id,
@@ -106,16 +122,18 @@ class ClaimedJobs:
             enqueue_time=datetime.fromtimestamp(record.enqueue_ms / 1000, UTC),
             traceparent=record.traceparent,
             start_number=job_try + job.interruptions,
+            control=control,
         )
         if attempt.outcome == "retry":
             again = epoch_ms() + int((attempt.retry_in or 0) * 1000)
-            return Finished(job.job_id, run_again_at_ms=again)
+            return Finished(job.job_id, run_again_at_ms=again, queue=job.queue)
         if attempt.outcome == "complete":
-            result = self._result(job.job_id, record, job_try, True, attempt.result, start_ms)
-            return Finished(job.job_id, result=result)
+            result = self._result(job, record, job_try, True, attempt.result, start_ms)
+            return Finished(job.job_id, result=result, queue=job.queue)
+        # Failed, or cancelled on request: a failed result says which.
         error = attempt.error or JobFailed(job.job_id, "Error", "the job failed", "permanent")
-        result = self._result(job.job_id, record, job_try, False, failure_value(error), start_ms)
-        return Finished(job.job_id, result=result)
+        result = self._result(job, record, job_try, False, failure_value(error), start_ms)
+        return Finished(job.job_id, result=result, queue=job.queue)
 
     def _decode(self, job: ClaimedJob) -> JobRecord:
         if job.record is None:
@@ -135,7 +153,7 @@ class ClaimedJobs:
             message = str(exc)
             if message == PICKLED_JOB:
                 message += (
-                    f"; separate the queues (this one is {self._queue!r}, arq's default is 'arq:queue'): "
+                    f"; separate the queues (this one is {job.queue!r}, arq's default is 'arq:queue'): "
                     "give the runner its own with QUEUE_NAME, or the arq producer its own with "
                     "create_pool(..., default_queue_name=...)"
                 )
@@ -174,15 +192,16 @@ class ClaimedJobs:
             message=refused.message,
             duration_s=duration_s,
         )
-        result = self._result(job.job_id, record, job.job_try, False, failure_value(error), start_ms)
-        return Finished(job.job_id, result=result)
+        result = self._result(job, record, job.job_try, False, failure_value(error), start_ms)
+        return Finished(job.job_id, result=result, queue=job.queue)
 
+    @staticmethod
     def _result(
-        self, job_id: str, record: JobRecord | None, job_try: int, success: bool, value: Any, start_ms: int
+        job: ClaimedJob, record: JobRecord | None, job_try: int, success: bool, value: Any, start_ms: int
     ) -> bytes:
         return encode_result(
             ResultRecord(
-                job_id=job_id,
+                job_id=job.job_id,
                 name=record.name if record is not None else "<unknown>",
                 kwargs=record.kwargs if record is not None else {},
                 job_try=job_try,
@@ -191,7 +210,7 @@ class ClaimedJobs:
                 enqueue_ms=record.enqueue_ms if record is not None else start_ms,
                 start_ms=start_ms,
                 finish_ms=epoch_ms(),
-                queue=self._queue,
+                queue=job.queue,
                 traceparent=record.traceparent if record is not None else None,
             )
         )

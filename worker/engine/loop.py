@@ -1,16 +1,19 @@
 """The worker loop: claim due jobs in batches, run them, record outcomes in batches, and sleep
 on a wake-up instead of polling.
 
-    claim (one script: up to N due jobs with their records, try counts and locks)
-      -> a task per job (`ClaimedJobs` -> `AttemptRunner.attempt`)
+    claim (one script: up to N due jobs from the worker's queues, in priority order, with their
+           records, try counts and locks; paused queues skipped, caps held)
+      -> a task per job (`ClaimedJobs` -> rate limit turn -> `AttemptRunner.attempt`)
       -> `OutcomeRecorder` (one script per batch of finished attempts)
 
-With nothing due the worker blocks on BZPOPMIN on the queue's wake key, which every enqueue
+With nothing due the worker blocks on BZPOPMIN over its queues' wake keys, which every enqueue
 touches in the same script that queues the job, so a job starts within a round trip or two.
-The block is cut short at the earliest future score (deferred jobs, retries, locks of dead
-workers expiring) and at the next health write; a block that times out with nothing due
-sends the next block and nothing else, so an idle worker costs about one command per
-`WORKER_IDLE_BLOCK` seconds.
+One block covers every queue, so the idle cost does not grow with the number of queues. The
+block is cut short at the earliest future score (deferred jobs, retries, rate-limit turns,
+locks of dead workers expiring) and at the next health write; a block that times out with
+nothing due sends the next block and nothing else, so an idle worker costs about one command
+per `WORKER_IDLE_BLOCK` seconds. A job of a capped queue that finishes wakes the queue's
+workers, so a slot freed by a cap is filled at once.
 
 Redis errors never end the loop: the breaker opens, the worker waits for the probe to see
 Redis again and carries on. Finished outcomes wait for Redis rather than being dropped.
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -29,6 +33,7 @@ from typing import Any, TypeVar
 import structlog
 
 from core.clock import epoch_ms
+from core.control import JobControl
 from core.errors import BackendError, BackendRefused, BackendUnavailable, CredentialsRefused, ReplyLost
 from core.registry import Registry
 from settings import Settings
@@ -36,6 +41,7 @@ from worker.backend import ClaimBatch, ClaimedJob, Finished, QueueBackend
 from worker.engine.claimed import ClaimedJobs
 from worker.engine.recorder import OutcomeRecorder
 from worker.execution import AttemptRunner
+from worker.flow import CancelWatcher, ProgressWriter, QueuePlan, RateLimits, SharedLimiter
 from worker.telemetry import Metrics
 
 __all__ = ["JobEngine"]
@@ -64,22 +70,31 @@ class JobEngine:
     ) -> None:
         self.settings = settings
         self.backend = backend
-        self.queue = settings.queue_name
+        self.plan = QueuePlan(settings)
+        self.queue = self.plan.health_key_queue  # the queue whose health key this worker writes
         self.burst = burst
         self.token = uuid.uuid4().hex  # marks the in-progress locks this worker holds
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.controls: dict[str, JobControl] = {}  # progress and cancel requests, per running job
+        self.running: Counter[str] = Counter()  # running jobs per queue, for the caps
+        self.paused: frozenset[str] = frozenset()  # as the latest claim found them
+        self._queue_of: dict[str, str] = {}
         self.stopping = False
         self._totals = metrics.totals
-        self._claimed = ClaimedJobs(attempts, registry, self.queue)
+        limits = RateLimits(settings)
+        limiter = SharedLimiter(backend, limits) if limits else None
+        self._claimed = ClaimedJobs(attempts, registry, limits=limits, limiter=limiter)
+        self._progress = ProgressWriter(backend)
+        self.cancels = CancelWatcher(backend, lambda: self.controls)
         # Short locks, extended while this worker lives (`extend_locks_forever`): a SIGKILLed
         # worker's jobs become claimable again within WORKER_LOCK_TIMEOUT, whatever their timeout.
         self._lock_ms = int(settings.worker_lock_timeout * 1000)
         self._recorder = OutcomeRecorder(
             backend,
-            self.queue,
             keep_result_ms=int(settings.job_keep_result * 1000),
             batch_size=settings.worker_batch_size,
             wait_for_redis=self._wait_for_redis,
+            capped=self.plan.capped,
         )
         self._stop = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -101,7 +116,7 @@ class JobEngine:
     async def run(self) -> None:
         log.info(
             "worker started",
-            queue=self.queue,
+            queues=self.plan.names if not self.plan.weighted else self.settings.worker_queues,
             max_jobs=self.settings.worker_max_jobs,
             batch_size=self.settings.worker_batch_size,
             idle_block_s=self.settings.worker_idle_block,
@@ -140,6 +155,7 @@ class JobEngine:
             batch = await self._claim(min(free, self.settings.worker_batch_size))
             if batch is None:
                 continue
+            self.paused = batch.paused
             for job in batch.jobs:
                 self._start(job)
             for entry in batch.poison:
@@ -152,7 +168,7 @@ class JobEngine:
                 if not await self._burst_wait(batch):
                     return
             else:
-                await self._idle(batch.next_due_ms)
+                await self._idle(batch.next_due_ms, batch.capped)
 
     async def _claim(self, limit: int) -> ClaimBatch | None:
         if self._lost_claims and not await self._release_lost_claims():
@@ -161,13 +177,14 @@ class JobEngine:
         health, ttl_ms = self._health_due()
         try:
             batch = await self.backend.claim(
-                self.queue,
+                self.plan.claim_order(self.running),
                 limit=limit,
                 lock_ms=self._lock_ms,
                 token=self.token,
                 now_ms=now_ms,
                 health=health,
                 health_ttl_ms=ttl_ms,
+                health_queue=self.queue,
             )
         except ReplyLost as exc:
             # Our locks may have landed unseen; they carry this score, so they can be found.
@@ -190,22 +207,43 @@ class JobEngine:
         return batch
 
     def _start(self, job: ClaimedJob) -> None:
-        task = asyncio.get_running_loop().create_task(self._execute(job))
+        control = JobControl(job.job_id, self._progress.mark)
+        task = asyncio.get_running_loop().create_task(self._execute(job, control))
         self.tasks[job.job_id] = task
+        self.controls[job.job_id] = control
+        self._queue_of[job.job_id] = job.queue
+        self.running[job.queue] += 1
         task.add_done_callback(lambda _: self._task_done(job.job_id))
 
     def _task_done(self, job_id: str) -> None:
         del self.tasks[job_id]
+        del self.controls[job_id]
+        self.running[self._queue_of.pop(job_id)] -= 1
         self._slot_free.set()
 
-    async def _execute(self, job: ClaimedJob) -> None:
+    async def _execute(self, job: ClaimedJob, control: JobControl) -> None:
         try:
-            finished = await self._claimed.run(job)
+            finished = await self._claimed.run(job, control)
         except asyncio.CancelledError:
             # Stopped past the shutdown grace: due again at once, and not counted as a try.
-            self._recorder.add(Finished(job.job_id, run_again_at_ms=epoch_ms(), interrupted=True))
+            self._recorder.add(
+                Finished(job.job_id, run_again_at_ms=epoch_ms(), interrupted=True, queue=job.queue)
+            )
             raise
         self._recorder.add(finished)
+
+    def snapshot_fields(self) -> dict[str, Any]:
+        """What this worker's snapshot says beyond its counts: its queues and running jobs."""
+        by_queue: dict[str, list[str]] = {}
+        for job_id, queue in self._queue_of.items():
+            by_queue.setdefault(queue, []).append(job_id)
+        return {
+            "queues": self.plan.keys,
+            "queue_names": self.plan.names,
+            "paused": sorted(self.paused),
+            "running_ids": list(self.tasks),
+            "running_by_queue": by_queue,
+        }
 
     def _side_task(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -225,17 +263,20 @@ class JobEngine:
 
     # -- waiting for work ----------------------------------------------------------------------
 
-    async def _idle(self, next_due_ms: int | None) -> None:
+    async def _idle(self, next_due_ms: int | None, capped: frozenset[str] = frozenset()) -> None:
         """Block until woken, a deferred job is due, the health key is due, or stop."""
         while not self.stopping:
             timeout = self.settings.worker_idle_block
             if next_due_ms is not None:
                 timeout = min(timeout, (next_due_ms - epoch_ms()) / 1000)
+            if capped & self.plan.globally_capped:
+                # Slots held by a worker that died come back when its locks lapse, unannounced.
+                timeout = min(timeout, 1.0)
             timeout = min(timeout, self._next_health - time.monotonic())
             if timeout <= 0:
                 return
             try:
-                woken = await self._until_stopped(self.backend.wait_for_wake(self.queue, timeout))
+                woken = await self._until_stopped(self.backend.wait_for_wake(self.plan.keys, timeout))
             except BackendUnavailable as exc:
                 await self._until_stopped(self._wait_for_redis(exc))
                 return
@@ -251,8 +292,9 @@ class JobEngine:
 
     async def _woken_for_nothing(self, batch: ClaimBatch) -> bool:
         """A wake-up that found nothing due, over and over, means a wake key someone grew with
-        many members (each BZPOPMIN returns at once): repair it rather than spin."""
-        if batch.jobs or batch.poison or self.tasks:
+        many members (each BZPOPMIN returns at once): repair it rather than spin. Paused and
+        capped queues are woken by enqueues and finishes with nothing for this worker: not that."""
+        if batch.jobs or batch.poison or self.tasks or batch.paused or batch.capped:
             self._empty_wakes = 0
             return False
         self._empty_wakes += 1
@@ -263,13 +305,17 @@ class JobEngine:
         return False
 
     async def _repair_wake(self, why: str) -> None:
+        repaired_any = []
         try:
-            repaired = await self.backend.repair_wake(self.queue)
+            for queue in self.plan.keys:
+                if await self.backend.repair_wake(queue):
+                    repaired_any.append(queue)
+            repaired = bool(repaired_any)
         except BackendError as exc:
             repaired, why = False, f"{why}; repair failed: {exc}"
         if repaired or time.monotonic() - self._wake_repaired_at > 60:
             # Logged once a minute at most, whatever writes the key.
-            log.error("the queue's wake key was not ours; repaired it", queue=self.queue, reason=why)
+            log.error("a queue's wake key was not ours; repaired it", queues=repaired_any, reason=why)
             self._wake_repaired_at = time.monotonic()
         if not repaired:
             await self._until_stopped(asyncio.sleep(1.0))
@@ -303,11 +349,11 @@ class JobEngine:
         """Keep running jobs' locks alive, a third of their lifetime at a time; idle, send nothing."""
         while True:
             await asyncio.sleep(self._lock_ms / 3000)
-            running = list(self.tasks)
+            running = [(queue, job_id) for job_id, queue in self._queue_of.items()]
             if not running or not self.backend.usable:
                 continue
             try:
-                held = await self.backend.extend(self.queue, running, self.token, self._lock_ms)
+                held = await self.backend.extend(running, self.token, self._lock_ms)
             except BackendError:
                 continue  # the claim loop deals with outages
             if held < len(running):
@@ -323,7 +369,7 @@ class JobEngine:
         """Undo claims whose reply was lost, so their jobs need not wait for the locks to expire."""
         while self._lost_claims:
             try:
-                released = await self.backend.release(self.queue, self._lost_claims[0], self.token)
+                released = await self.backend.release(self.plan.keys, self._lost_claims[0], self.token)
             except BackendUnavailable as exc:
                 await self._until_stopped(self._wait_for_redis(exc))
                 return False

@@ -26,14 +26,14 @@ class OutcomeRecorder:
     def __init__(
         self,
         backend: QueueBackend,
-        queue: str,
         *,
         keep_result_ms: int,
         batch_size: int,
         wait_for_redis: Callable[[BaseException], Awaitable[None]],
+        capped: frozenset[str] = frozenset(),
     ) -> None:
         self._backend = backend
-        self._queue = queue
+        self._capped = capped  # queues whose finished jobs free a capped slot
         self._keep_result_ms = keep_result_ms
         self._batch_size = batch_size
         self._wait_for_redis = wait_for_redis
@@ -84,7 +84,7 @@ class OutcomeRecorder:
 
     async def _write(self, batch: list[Finished]) -> bool:
         try:
-            await self._backend.finish(self._queue, batch, keep_result_ms=self._keep_result_ms)
+            await self._backend.finish(batch, keep_result_ms=self._keep_result_ms, capped=self._capped)
         except BackendUnavailable as exc:
             # Writing a batch twice is harmless, so a lost reply is simply retried.
             await self._wait_for_redis(exc)

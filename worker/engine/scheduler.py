@@ -20,7 +20,9 @@ from datetime import UTC, date, datetime, time, timedelta
 import structlog
 
 from core.errors import BackendError
+from core.flow import queue_key
 from core.registry import Registry, Schedule, TimeField
+from settings import Settings
 from worker.backend import QueueBackend
 
 __all__ = ["Scheduler", "latest_run", "next_run"]
@@ -121,10 +123,14 @@ def _job_id(schedule: Schedule, due: datetime) -> str:
 
 
 class Scheduler:
-    def __init__(self, registry: Registry, backend: QueueBackend, queue: str) -> None:
+    def __init__(self, registry: Registry, backend: QueueBackend, settings: Settings) -> None:
         self._schedules = registry.schedules
         self._backend = backend
-        self._queue_name = queue
+        # Notes are kept per deployment (QUEUE_NAME); each run goes to its job's own queue.
+        self._queue_name = settings.queue_name
+        self._queue_of = {
+            s.job: queue_key(settings, registry.get(s.job).queue_for({})) for s in registry.schedules
+        }
 
     async def run_forever(self) -> None:
         if not self._schedules:
@@ -164,7 +170,7 @@ class Scheduler:
         """Queue the run due at `due` and note it; False when Redis failed (logged)."""
         try:
             await self._backend.enqueue(
-                self._queue_name, job_id=_job_id(schedule, due), name=schedule.job, kwargs={}
+                self._queue_of[schedule.job], job_id=_job_id(schedule, due), name=schedule.job, kwargs={}
             )
             if schedule.catch_up:
                 due_s = int(due.timestamp())

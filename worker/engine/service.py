@@ -59,7 +59,7 @@ class WorkerService:
         )
         self._handle_signals = handle_signals
         self._burst = burst
-        self._scheduler = Scheduler(registry, self.backend, settings.queue_name)
+        self._scheduler = Scheduler(registry, self.backend, settings)
         self._plugins = Plugins()
         # Jobs queue follow-up jobs (emails) through a producer, inline while Redis is down. It
         # shares the worker's runtime: one connection pool of each kind, one set of metrics.
@@ -73,12 +73,14 @@ class WorkerService:
                 metrics=self.metrics,
                 ready=lambda: self.backend.usable,
                 queue_depth=self._queue_depth,
-                queue_name=settings.queue_name,
             )
 
-    async def _queue_depth(self) -> int:
-        counts = await self.backend.counts(self.settings.queue_name)
-        return counts.queued + counts.deferred
+    async def _queue_depth(self) -> dict[str, int]:
+        depth = {}
+        for name, key in zip(self.worker.plan.names, self.worker.plan.keys, strict=True):
+            counts = await self.backend.counts(key)
+            depth[name] = counts.queued + counts.deferred
+        return depth
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """What SIGTERM does: stop taking jobs, give running ones the grace period, then exit."""
@@ -120,11 +122,12 @@ class WorkerService:
                     self.backend,
                     self.metrics.recent,
                     self.worker.token,
-                    self.settings.queue_name,
-                    lambda: list(self.worker.tasks),
+                    self.worker.queue,
+                    self.worker.snapshot_fields,
                 ),
                 "durability": self._durability,
                 "lock extension": self.worker.extend_locks_forever,
+                "cancel requests": self.worker.cancels.run_forever,
             }
             if not self._burst:  # a burst run drains the queue and exits; schedules would refill it
                 loops["schedules"] = self._scheduler.run_forever
@@ -163,7 +166,7 @@ class WorkerService:
         if self.backend.usable:
             with contextlib.suppress(BackendError, TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await self.backend.forget_worker(self.settings.queue_name, self.worker.token)
+                    await self.backend.forget_worker(self.worker.queue, self.worker.token)
         if self.http is not None:
             await self.http.stop()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from core.errors import BackendError
 from worker.backend import QueueBackend
@@ -23,14 +24,22 @@ SNAPSHOT_TTL_MS = 600_000
 
 
 async def publish_once(
-    backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str, running: Callable[[], list[str]]
+    backend: QueueBackend,
+    counts: RecentCounts,
+    worker_id: str,
+    queue: str,
+    fields: Callable[[], dict[str, Any]],
 ) -> None:
-    snapshot = counts.snapshot(worker_id, queue, running_ids=running())
+    snapshot = counts.snapshot(worker_id, queue, **fields())
     await backend.publish_snapshot(worker_id, snapshot, SNAPSHOT_TTL_MS)
 
 
 async def publish_forever(
-    backend: QueueBackend, counts: RecentCounts, worker_id: str, queue: str, running: Callable[[], list[str]]
+    backend: QueueBackend,
+    counts: RecentCounts,
+    worker_id: str,
+    queue: str,
+    fields: Callable[[], dict[str, Any]],
 ) -> None:
     last = 0.0
     while True:
@@ -41,7 +50,7 @@ async def publish_forever(
         ):
             continue
         try:
-            await publish_once(backend, counts, worker_id, queue, running)
+            await publish_once(backend, counts, worker_id, queue, fields)
             last = time.monotonic()
         except BackendError:
             continue  # the claim loop reports outages; stats just wait for the next round

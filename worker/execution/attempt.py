@@ -21,8 +21,9 @@ import structlog
 
 from core.codec import json_value
 from core.context import JobContext, Mode
+from core.control import JobControl
 from core.deps import Deps
-from core.errors import JobFailed, JobTimeout, PermanentError, TransientError, classify, scrub
+from core.errors import JobCancelled, JobFailed, JobTimeout, PermanentError, TransientError, classify, scrub
 from core.registry import JobDefinition
 from settings import Settings
 from worker.execution.outcomes import AttemptEnd, Outcomes
@@ -34,7 +35,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    outcome: Literal["complete", "retry", "failed"]
+    outcome: Literal["complete", "retry", "failed", "cancelled"]
     result: Any = None
     error: JobFailed | None = None
     retry_in: float | None = None
@@ -76,6 +77,7 @@ class AttemptRunner:
         enqueue_time: datetime | None = None,
         traceparent: str | None = None,
         start_number: int | None = None,
+        control: JobControl | None = None,
     ) -> Attempt:
         fields: dict[str, Any] = {"job_id": job_id, "job": job.name, "mode": mode, "job_try": job_try}
         if traceparent is not None:  # every line of the job joins the request that enqueued it
@@ -92,6 +94,7 @@ class AttemptRunner:
             log=log.bind(),
             traceparent=traceparent,
             attempt=start_number or job_try,
+            control=control,
         )
         started = time.perf_counter()
         self.outcomes.started(job.name, mode)
@@ -105,7 +108,7 @@ class AttemptRunner:
                 job_id=job_id,
                 mode=mode,
                 job_try=job_try,
-                outcome=attempt.outcome if attempt is not None else "cancelled",
+                outcome=attempt.outcome if attempt is not None else "interrupted",
                 duration_s=time.perf_counter() - started,
                 kwargs=kwargs,
                 result=attempt.result if attempt is not None else None,
@@ -169,6 +172,9 @@ class AttemptRunner:
             result = json_value(raw_result)
         except asyncio.CancelledError:
             raise
+        except JobCancelled as exc:
+            message = scrub(str(exc) or "cancelled on request", self._secrets)
+            return Attempt("cancelled", error=JobFailed(ctx.job_id, "JobCancelled", message, "permanent"))
         except Exception as exc:
             error: Exception = exc
             if isinstance(exc, TimeoutError) and deadline.expired():

@@ -30,8 +30,16 @@ __all__ = ["AttemptEnd", "Outcome", "Outcomes"]
 
 log = structlog.get_logger(__name__)
 
-Outcome = Literal["complete", "retry", "failed", "cancelled"]
-_LEVELS: dict[str, str] = {"complete": "info", "retry": "warning", "failed": "error", "cancelled": "warning"}
+# `interrupted`: stopped at shutdown past the grace (it runs again); `cancelled`: the job gave up
+# on a cancel request (`ctx.raise_if_cancelled()`).
+Outcome = Literal["complete", "retry", "failed", "cancelled", "interrupted"]
+_LEVELS: dict[str, str] = {
+    "complete": "info",
+    "retry": "warning",
+    "failed": "error",
+    "cancelled": "warning",
+    "interrupted": "warning",
+}
 
 
 @dataclass(slots=True)  # not frozen: made per job, and frozen init costs ~0.3 µs a field
@@ -80,6 +88,8 @@ class Outcomes:
     def needs_record(end: AttemptEnd) -> bool:
         """Whether the ledger records this end: an inline run's final outcome, a failure for
         good, a durable job's end. A queued success of a plain job needs nothing."""
+        if end.outcome == "cancelled":
+            return end.mode == "inline" or end.durable
         if end.outcome not in ("complete", "failed"):
             return False
         return end.mode == "inline" or end.error is not None or end.durable
@@ -116,10 +126,11 @@ class Outcomes:
                     tries=end.job_try,
                     kwargs=dict(end.kwargs),
                     durable=end.durable,
+                    dead_letter=end.outcome == "failed",
                 )
             )
             return
-        if error is not None:
+        if error is not None and end.outcome == "failed":
             await self.ledger.dead_letter(
                 job_id=end.job_id,
                 name=end.job,

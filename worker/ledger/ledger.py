@@ -248,9 +248,10 @@ class Ledger:
         tries: int,
         kwargs: dict[str, Any],
         durable: bool,
+        dead_letter: bool = True,
     ) -> bool:
-        """An inline run's final outcome: kept for `status`, dead-lettered when it failed, and a
-        durable job's row settled, all in one transaction."""
+        """An inline run's final outcome: kept for `status`, dead-lettered when it failed (not
+        when it was cancelled), and a durable job's row settled, all in one transaction."""
 
         async def write(pool: asyncpg.Pool) -> None:
             async with pool.acquire() as conn, conn.transaction():
@@ -261,7 +262,7 @@ class Ledger:
                     " tries = EXCLUDED.tries, finished_at = now()",
                     job_id, name, error is None, _json(result), _json(error) if error else None, tries,
                 )  # fmt: skip
-                if error is not None:
+                if error is not None and dead_letter:
                     await conn.execute(
                         "INSERT INTO dead_letters (job_id, job_name, payload, error, tries, mode)"
                         " VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, 'inline')"
@@ -311,6 +312,22 @@ class Ledger:
             await pool.execute("DELETE FROM durable_jobs WHERE job_id = $1", job_id)
 
         return await self._record("durable completion", job_id, write)
+
+    async def cancel_spooled(self, job_id: str, error: dict[str, Any]) -> bool:
+        """Take a job out of the spool, cancelled: kept as an outcome for `status`, its durable
+        row settled. False if the spool does not hold it. Raises `PG_DOWN_ERRORS`."""
+        async with (await self.pool()).acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("DELETE FROM job_spool WHERE job_id = $1 RETURNING job_name", job_id)
+            if row is None:
+                return False
+            await conn.execute(
+                "INSERT INTO inline_outcomes (job_id, job_name, success, result, error, tries)"
+                " VALUES ($1, $2, false, NULL, $3::jsonb, 0) ON CONFLICT (job_id) DO UPDATE SET"
+                " success = false, result = NULL, error = EXCLUDED.error, finished_at = now()",
+                job_id, row["job_name"], _json(error),
+            )  # fmt: skip
+            await conn.execute("DELETE FROM durable_jobs WHERE job_id = $1", job_id)
+        return True
 
     # -- the spool ---------------------------------------------------------------------------
 

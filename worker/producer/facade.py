@@ -42,14 +42,16 @@ from core.codec import check_job_id, encode_job, valid_traceparent
 from core.context import JobContext
 from core.enqueue import ENQUEUE, EnqueueOutcome
 from core.errors import BackendRefused, EnqueueError, JobValidationError, NotSent, ReplyLost
+from core.flow import check_queue_name, queue_key
 from core.plugin import EventSink, Plugin, TrackResult
 from core.registry import JobDefinition, Registry
 from jobs import REGISTRY
 from settings import Settings, load_settings
-from worker.backend import EnqueueReply, LinkState, NewJob, QueueBackend
+from worker.backend import CancelOutcome, EnqueueReply, LinkState, NewJob, QueueBackend
 from worker.ledger import PG_DOWN_ERRORS, Ledger, SpoolRelay
 from worker.plugins import Plugins
 from worker.producer.ambiguous import AmbiguousReplies
+from worker.producer.control import QueueControl
 from worker.producer.handle import JobHandle
 from worker.producer.inline import InlineExecutor
 from worker.producer.routing import Route, decide
@@ -121,6 +123,7 @@ class _Submission:
     definition: JobDefinition[Any, Any]
     payload: dict[str, Any]
     job_id: str
+    queue: str  # the Redis key of the queue it goes to
     defer_by: float | None = None
     background: bool = False
     traceparent: str | None = None
@@ -143,6 +146,8 @@ class Producer:
         self._owns_runtime = runtime is None
         self.runtime = runtime or Runtime.build(self.settings, registry, role="producer")
         self._inline = InlineExecutor(self.settings, self.runtime.attempts)
+        # The queues, their pause flags and cancellation (`cancel`, `pause_queue`, ...).
+        self.queues = QueueControl(self.settings, registry, self.runtime.backend, self.runtime.ledger)
         self._ambiguous = AmbiguousReplies(self.runtime.backend)
         self._plugins = Plugins()
         self._relay: SpoolRelay | None = None
@@ -243,6 +248,7 @@ class Producer:
         defer_by: float | None = None,
         background: bool = False,
         traceparent: str | None = None,
+        queue: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue by function, definition or registered name.
 
@@ -251,7 +257,7 @@ class Producer:
         the start; a deferred job is never run early, so it is spooled or refused while Redis is
         down. With `background=True` an inline run returns at once and runs as a tracked task.
         `traceparent` (W3C Trace Context) travels with the job, so its log lines join the trace
-        of the request that enqueued it.
+        of the request that enqueued it. `queue` overrides the queue the job's definition names.
         """
         definition = self.registry.get(job)
         payload = definition.payload(
@@ -259,12 +265,24 @@ class Producer:
         )
         definition.check_settings(self.settings)
         sub = _Submission(
-            definition, payload, _job_id(job_id), _defer(defer_by), background, _trace(traceparent)
+            definition,
+            payload,
+            _job_id(job_id),
+            self._queue_for(definition, payload, queue),
+            _defer(defer_by),
+            background,
+            _trace(traceparent),
         )
         return await self._submit(sub)
 
     async def enqueue_json(
-        self, job: JobRef, raw_args: str | bytes, *, job_id: str | None = None, inline: bool = False
+        self,
+        job: JobRef,
+        raw_args: str | bytes,
+        *,
+        job_id: str | None = None,
+        inline: bool = False,
+        queue: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue with arguments given as JSON text (the CLI); `inline=True` skips Redis."""
         definition = self.registry.get(job)
@@ -272,7 +290,7 @@ class Producer:
             raw_args, max_bytes=self.settings.max_payload_bytes, settings=self.settings
         )
         definition.check_settings(self.settings)
-        sub = _Submission(definition, payload, _job_id(job_id))
+        sub = _Submission(definition, payload, _job_id(job_id), self._queue_for(definition, payload, queue))
         if inline:
             return await self._run_inline(sub)
         return await self._submit(sub)
@@ -286,6 +304,7 @@ class Producer:
         job_id: str | None = None,
         defer_by: float | None = None,
         traceparent: str | None = None,
+        queue: str | None = None,
     ) -> JobHandle[Any]:
         """Enqueue as part of the caller's open transaction on `conn` (the outbox pattern).
 
@@ -307,7 +326,7 @@ class Producer:
             job_id=job_id,
             name=definition.name,
             kwargs=payload,
-            queue=self.settings.queue_name,
+            queue=self._queue_for(definition, payload, queue),
             run_at=_run_at(defer_by),
             durable=definition.durable,
             traceparent=_trace(traceparent),
@@ -323,6 +342,7 @@ class Producer:
         defer_by: float | None = None,
         background: bool = False,
         traceparent: str | None = None,
+        queue: str | None = None,
     ) -> list[JobHandle[Any]]:
         """Enqueue many jobs of one kind; one handle per job, in order.
 
@@ -345,48 +365,89 @@ class Producer:
             raise JobValidationError(
                 f"{definition.name}: {len(ids)} job ids for {len(payloads)} jobs; give one id per job"
             )
-        queue = self.settings.queue_name
+        queues = [self._queue_for(definition, payload, queue) for payload in payloads]
         trace = _trace(traceparent)
         if definition.durable and self.backend.usable:
-            for job_id, payload in zip(ids, payloads, strict=True):
+            for job_id, payload, key in zip(ids, payloads, queues, strict=True):
                 await self.ledger.durable_recorded(
                     job_id=job_id,
                     name=definition.name,
                     kwargs=payload,
-                    queue=queue,
+                    queue=key,
                     run_at=_run_at(defer_by),
                     traceparent=trace,
                 )
+        replies = [EnqueueReply.NOT_SENT] * len(ids)
+        by_queue: dict[str, list[int]] = {}
+        for i, key in enumerate(queues):
+            by_queue.setdefault(key, []).append(i)
         try:
-            replies = await self._send_many(definition.name, ids, payloads, defer_by, trace)
+            for key, indexes in by_queue.items():
+                sent = await self._send_many(
+                    definition.name,
+                    [ids[i] for i in indexes],
+                    [payloads[i] for i in indexes],
+                    defer_by,
+                    trace,
+                    key,
+                )
+                for i, reply in zip(indexes, sent, strict=True):
+                    replies[i] = reply
         except BackendRefused as exc:
             self._refused(exc)
-            replies = [EnqueueReply.NOT_SENT] * len(ids)
         handles: list[JobHandle[Any] | None] = [None] * len(ids)
         left = []
         for i, reply in enumerate(replies):
             if reply in (EnqueueReply.QUEUED, EnqueueReply.DUPLICATE):
                 duplicate = reply is EnqueueReply.DUPLICATE
                 handles[i] = JobHandle(
-                    ids[i], definition.name, "queued", duplicate=duplicate, backend=self.backend
+                    ids[i],
+                    definition.name,
+                    "queued",
+                    duplicate=duplicate,
+                    backend=self.backend,
+                    queue=queues[i],
                 )
             else:
                 left.append(i)
                 if reply is EnqueueReply.UNKNOWN:
-                    self._ambiguous.add(queue, ids[i])
+                    self._ambiguous.add(queues[i], ids[i])
         if left:
             log.warning("bulk enqueue falling back", job=definition.name, count=len(left))
         try:
             for i in left:
-                sub = _Submission(definition, payloads[i], ids[i], defer_by, background, trace)
+                sub = _Submission(definition, payloads[i], ids[i], queues[i], defer_by, background, trace)
                 handles[i] = await self._fall_back(sub)
         except EnqueueError as exc:
             raise EnqueueError(str(exc), queued=[h for h in handles if h is not None]) from None
         return [h for h in handles if h is not None]
 
     async def status(self, job_id: str) -> dict[str, Any]:
-        """Where the job is: spooled, queued, deferred, in_progress, complete, failed or dead."""
-        return await job_status(self.backend, self.ledger, job_id, self.settings.queue_name)
+        """Where the job is: spooled, queued, deferred, in_progress (with its latest
+        `progress`), complete, failed, cancelled or dead."""
+        control = self._inline.controls.get(job_id)
+        if control is not None:  # running inline in this process
+            report: dict[str, Any] = {"job_id": job_id, "status": "in_progress", "mode": "inline"}
+            if control.latest is not None:
+                report["progress"] = control.latest.to_dict()
+            return report
+        return await job_status(self.backend, self.ledger, job_id, self.queues.by_key)
+
+    async def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a job: a queued, deferred or spooled one is removed and reports `cancelled`; a
+        running one is asked to stop (`ctx.cancel_requested`) and ends `cancelled` if it does.
+        Returns what happened: cancelled, requested, finished (already over) or not_found."""
+        check_job_id(job_id)
+        return await self.queues.cancel(job_id, self._inline.controls)
+
+    async def pause_queue(self, name: str) -> bool:
+        """Workers stop claiming from queue `name`; jobs keep arriving and wait. False if it
+        was paused already."""
+        return await self.queues.pause(name)
+
+    async def resume_queue(self, name: str) -> bool:
+        """Workers claim from queue `name` again at once. False if it was not paused."""
+        return await self.queues.resume(name)
 
     async def enqueue_by_name(self, job: str, kwargs: Mapping[str, Any], *, job_id: str) -> EnqueueOutcome:
         """The `Enqueue` seam jobs and plug-ins reach through `ENQUEUE`: queue (or run inline) by name."""
@@ -414,6 +475,13 @@ class Producer:
             self._refusal_logged_at = time.monotonic()
             log.error("redis refused an enqueue; jobs fall back as if it were down", error=str(exc))
 
+    def _queue_for(
+        self, definition: JobDefinition[Any, Any], payload: Mapping[str, Any], queue: str | None
+    ) -> str:
+        """The Redis key of the queue a job goes to: the caller's choice, else its definition's."""
+        name = check_queue_name(queue) if queue is not None else definition.queue_for(payload)
+        return queue_key(self.settings, name)
+
     def _event_sink(self) -> EventSink:
         sink = self._plugins.event_sink()
         if sink is None:
@@ -427,6 +495,7 @@ class Producer:
         payloads: list[dict[str, Any]],
         defer_by: float | None,
         traceparent: str | None,
+        queue: str,
     ) -> list[EnqueueReply]:
         if not self.backend.usable:
             return [EnqueueReply.NOT_SENT] * len(ids)
@@ -436,14 +505,12 @@ class Producer:
             NewJob(job_id, encode_job(name, payload, enqueue_ms=now_ms, traceparent=traceparent), score)
             for job_id, payload in zip(ids, payloads, strict=True)
         ]
-        return await self.backend.enqueue_many(
-            self.settings.queue_name, jobs, batch_size=self.settings.worker_batch_size
-        )
+        return await self.backend.enqueue_many(queue, jobs, batch_size=self.settings.worker_batch_size)
 
     async def _submit(self, sub: _Submission) -> JobHandle[Any]:
         if not self.backend.usable:
             return await self._fall_back(sub)
-        queue, name = self.settings.queue_name, sub.definition.name
+        queue, name = sub.queue, sub.definition.name
         if sub.definition.durable:
             await self.ledger.durable_recorded(
                 job_id=sub.job_id,
@@ -478,7 +545,7 @@ class Producer:
             self._refused(exc)
             return await self._fall_back(sub)
         duplicate = reply is EnqueueReply.DUPLICATE
-        return JobHandle(sub.job_id, name, "queued", duplicate=duplicate, backend=self.backend)
+        return JobHandle(sub.job_id, name, "queued", duplicate=duplicate, backend=self.backend, queue=queue)
 
     async def _fall_back(self, sub: _Submission) -> JobHandle[Any]:
         """Redis is unusable: spool, run inline or refuse, as `routing.decide` says."""
@@ -519,7 +586,7 @@ class Producer:
                     job_id=sub.job_id,
                     name=sub.definition.name,
                     kwargs=sub.payload,
-                    queue=self.settings.queue_name,
+                    queue=sub.queue,
                     run_at=_run_at(sub.defer_by),
                     durable=sub.definition.durable,
                     traceparent=sub.traceparent,
@@ -549,4 +616,11 @@ class Producer:
             background=sub.background,
             traceparent=sub.traceparent,
         )
-        return JobHandle(sub.job_id, sub.definition.name, "inline", task=task)
+        controls = self._inline.controls
+        return JobHandle(
+            sub.job_id,
+            sub.definition.name,
+            "inline",
+            task=task,
+            progress=lambda: c.latest if (c := controls.get(sub.job_id)) is not None else None,
+        )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from core.codec import CodecError
+from core.control import Progress
 from core.enqueue import Placement
 from core.errors import BackendError, JobFailed
 from worker.backend import QueueBackend
@@ -32,13 +34,17 @@ class JobHandle(Generic[R]):
         duplicate: bool = False,
         backend: QueueBackend | None = None,
         task: asyncio.Future[Any] | None = None,
+        queue: str | None = None,
+        progress: Callable[[], Progress | None] | None = None,
     ) -> None:
         self.job_id = job_id
         self.name = name
         self.mode = mode
         self.duplicate = duplicate
+        self.queue = queue  # the Redis key of the queue a queued job went to
         self._backend = backend
         self._task = task
+        self._inline_progress = progress
 
     def __repr__(self) -> str:
         dup = " duplicate" if self.duplicate else ""
@@ -47,6 +53,19 @@ class JobHandle(Generic[R]):
     @property
     def done(self) -> bool:
         return self._task is not None and self._task.done()
+
+    async def progress(self) -> dict[str, Any] | None:
+        """The latest progress the running job reported (`fraction`, `message`, `at_ms`), or
+        None (not started, finished, or it reports none)."""
+        if self._inline_progress is not None:
+            latest = self._inline_progress()
+            return latest.to_dict() if latest is not None else None
+        if self._backend is None or self.queue is None or not self._backend.usable:
+            return None
+        try:
+            return (await self._backend.job([self.queue], self.job_id)).progress
+        except BackendError:
+            return None
 
     async def result(self, timeout: float | None = None) -> R:
         """The job's result; raises `JobFailed` if it failed and `TimeoutError` after `timeout` s."""

@@ -7,7 +7,8 @@ caller that finds every slot taken waits for one up to `INLINE_WAIT_TIMEOUT` sec
 an `EnqueueError` (backpressure with a clear answer, never a silent drop). With
 `background=True` the call returns at once and the job runs as a tracked task; at most
 `INLINE_MAX_BACKGROUND` are accepted at a time (a caller beyond that waits for room), and
-`close()` waits for them.
+`close()` waits for them. Rate limits apply per process (a run waits for its turn), and
+progress and cancel requests work as in a worker, within this process.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.context import Mode
+from core.control import JobControl
 from core.errors import EnqueueError, JobFailed
 from core.registry import JobDefinition
 from settings import Settings
 from worker.execution import AttemptRunner
+from worker.flow import LocalLimiter, RateLimits
 
 __all__ = ["InlineExecutor"]
 
@@ -30,6 +33,11 @@ class InlineExecutor:
     def __init__(self, settings: Settings, attempts: AttemptRunner) -> None:
         self._settings = settings
         self._attempts = attempts
+        # Rate limits apply inline too, per process: a run waits for its turn.
+        self._limits = RateLimits(settings)
+        self._limiter = LocalLimiter(self._limits)
+        # Progress and cancel requests of the jobs running inline in this process.
+        self.controls: dict[str, JobControl] = {}
         self._background: set[asyncio.Future[Any]] = set()
         self._slots = asyncio.Semaphore(settings.inline_max_background)
         self._running = asyncio.Semaphore(settings.inline_max_concurrent)
@@ -43,25 +51,34 @@ class InlineExecutor:
         mode: Mode = "inline",
         traceparent: str | None = None,
     ) -> Any:
-        """Run every try here and now; return the result or raise `JobFailed`."""
+        """Run every try here and now; return the result or raise `JobFailed` (a job that
+        stopped on a cancel request raises it with `error_type` "JobCancelled")."""
         enqueue_time = datetime.now(UTC)
         job_try = 1
-        while True:
-            attempt = await self._attempts.attempt(
-                job,
-                job_id=job_id,
-                kwargs=kwargs,
-                job_try=job_try,
-                mode=mode,
-                enqueue_time=enqueue_time,
-                traceparent=traceparent,
-            )
-            if attempt.outcome == "complete":
-                return attempt.result
-            if attempt.outcome == "failed":
-                raise attempt.error or JobFailed(job_id, "Error", "the job failed", "permanent")
-            await asyncio.sleep(attempt.retry_in or 0)
-            job_try += 1
+        control = self.controls[job_id] = JobControl(job_id)
+        costs = self._limits.costs(job, kwargs)
+        try:
+            while True:
+                await self._limiter.wait_turn(costs)
+                attempt = await self._attempts.attempt(
+                    job,
+                    job_id=job_id,
+                    kwargs=kwargs,
+                    job_try=job_try,
+                    mode=mode,
+                    enqueue_time=enqueue_time,
+                    traceparent=traceparent,
+                    control=control,
+                )
+                if attempt.outcome == "complete":
+                    return attempt.result
+                if attempt.outcome in ("failed", "cancelled"):
+                    raise attempt.error or JobFailed(job_id, "Error", "the job failed", "permanent")
+                await asyncio.sleep(attempt.retry_in or 0)
+                job_try += 1
+        finally:
+            if self.controls.get(job_id) is control:
+                del self.controls[job_id]
 
     async def start(
         self,

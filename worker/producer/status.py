@@ -1,12 +1,14 @@
 """Where a job is, from the queue backend and the ledger: `Producer.status()` and
 `python -m worker status`.
 
-One of: spooled, queued, deferred, in_progress, complete, failed, dead (failed and kept in the
-dead letters for ops), not_found, or unknown (Redis unreachable and nothing in Postgres).
+One of: spooled, queued, deferred, in_progress (with the job's latest `progress`, if it
+reports any), complete, failed, cancelled, dead (failed and kept in the dead letters for ops),
+not_found, or unknown (Redis unreachable and nothing in Postgres).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +27,18 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-async def job_status(backend: QueueBackend, ledger: Ledger | None, job_id: str, queue: str) -> dict[str, Any]:
+# The error type of a job cancelled on request (its result, or its inline outcome).
+_CANCELLED = "JobCancelled"
+
+
+def _failed_or_cancelled(error: Any) -> str:
+    return "cancelled" if isinstance(error, dict) and error.get("type") == _CANCELLED else "failed"
+
+
+async def job_status(
+    backend: QueueBackend, ledger: Ledger | None, job_id: str, queues: Mapping[str, str]
+) -> dict[str, Any]:
+    """`queues`: the Redis key of each queue the job may be in -> the queue's name."""
     spooled, dead, inline = await _ledger_rows(ledger, job_id) if ledger is not None else (None, None, None)
     if spooled is not None:
         return {
@@ -37,7 +50,7 @@ async def job_status(backend: QueueBackend, ledger: Ledger | None, job_id: str, 
     report: dict[str, Any] = {"job_id": job_id, "status": "unknown"}
     if backend.usable:
         try:
-            report = await _backend_status(backend, job_id, queue)
+            report = await _backend_status(backend, job_id, queues)
         except BackendError as exc:
             log.warning(
                 "could not read job status from Redis", job_id=job_id, error=f"{type(exc).__name__}: {exc}"
@@ -56,7 +69,7 @@ async def job_status(backend: QueueBackend, ledger: Ledger | None, job_id: str, 
         outcome = {"result": inline.result} if inline.success else {"error": inline.error}
         return {
             "job_id": job_id,
-            "status": "complete" if inline.success else "failed",
+            "status": "complete" if inline.success else _failed_or_cancelled(inline.error),
             "job": inline.name,
             "mode": "inline",
             "tries": inline.tries,
@@ -79,8 +92,8 @@ async def _ledger_rows(
         return None, None, None
 
 
-async def _backend_status(backend: QueueBackend, job_id: str, queue: str) -> dict[str, Any]:
-    view = await backend.job(queue, job_id)
+async def _backend_status(backend: QueueBackend, job_id: str, queues: Mapping[str, str]) -> dict[str, Any]:
+    view = await backend.job(list(queues), job_id)
     report: dict[str, Any] = {"job_id": job_id, "status": view.state.value}
     if view.result is not None:
         result = view.result
@@ -96,10 +109,15 @@ async def _backend_status(backend: QueueBackend, job_id: str, queue: str) -> dic
             report["result"] = result.value
         else:
             report["error"] = result.error
+            report["status"] = _failed_or_cancelled(result.error)
     elif view.state is not JobState.NOT_FOUND and view.record is not None:
         report.update(job=view.record.name, enqueued_at=_iso(view.record.enqueue_ms))
         if view.score_ms:
             report["scheduled_for_ms"] = view.score_ms
+    if view.state is not JobState.NOT_FOUND:
+        report["queue"] = queues.get(view.queue, view.queue)
+    if view.progress is not None:
+        report["progress"] = view.progress
     if view.problem is not None:
         report["problem"] = view.problem
     return report

@@ -47,14 +47,12 @@ class HealthServer:
         port: int,
         metrics: Metrics,
         ready: Callable[[], bool],
-        queue_depth: Callable[[], Coroutine[Any, Any, int]],
-        queue_name: str,
+        queue_depth: Callable[[], Coroutine[Any, Any, dict[str, int]]],
     ) -> None:
         self._address = (host, port)
         self._metrics = metrics
         self._is_ready = ready
-        self._queue_depth = queue_depth
-        self._queue_name = queue_name
+        self._queue_depth = queue_depth  # jobs waiting, per queue name
         self._last_beat = time.monotonic()
         self._main_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,5 +197,6 @@ class HealthServer:
             except Exception:  # a stuck loop or a Redis error: the gauge keeps its last value
                 future.cancel()
             else:
-                self._metrics.queue_depth.labels(self._queue_name).set(depth)
+                for name, waiting in depth.items():
+                    self._metrics.queue_depth.labels(name).set(waiting)
         return self._metrics.render()

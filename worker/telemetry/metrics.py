@@ -60,6 +60,12 @@ class Metrics:
             ["job"],
             registry=self.registry,
         )
+        self.rate_limited_jobs = Counter(
+            "maxbooster_rate_limited",
+            "Claimed jobs sent back to their queue to wait for their turn under a rate limit.",
+            ["job"],
+            registry=self.registry,
+        )
         self.breaker_open = Gauge(
             "maxbooster_redis_breaker_open", "1 while Redis is considered unusable.", registry=self.registry
         )
@@ -79,7 +85,7 @@ class Metrics:
         if started:
             self.jobs_in_progress.labels(job, mode).dec()
             self.recent.running -= 1
-        if outcome != "cancelled":
+        if outcome != "interrupted":
             self.recent.add(job, outcome)
         if outcome in ("complete", "failed", "retry"):
             self.totals[outcome] += 1
@@ -87,6 +93,9 @@ class Metrics:
         self.job_duration.labels(job, mode).observe(duration_s)
         if outcome == "retry":
             self.retries.labels(job, mode).inc()
+
+    def rate_limited(self, job: str) -> None:
+        self.rate_limited_jobs.labels(job).inc()
 
     def inline_fallback(self, job: str) -> None:
         self.inline_fallbacks.labels(job).inc()
