@@ -14,6 +14,7 @@ from typing import Any
 
 from core.registry import JobDefinition, Registry, Schedule, define
 from jobs.ai import ai_email_variants, ai_not_configured, ai_social_captions, ai_track_tags, ai_week_narrative
+from jobs.ai import costs as ai_costs
 from jobs.analytics import (
     detect_analytics_anomalies,
     flush_analytics_events,
@@ -22,7 +23,14 @@ from jobs.analytics import (
     send_weekly_insights,
 )
 from jobs.analytics.ingest import AnalyticsIngest
-from jobs.email import bulk_too_big_inline, send_bulk_email, send_email
+from jobs.email import (
+    BULK_EMAIL_COSTS,
+    EMAIL_COSTS,
+    bulk_too_big_inline,
+    email_queue,
+    send_bulk_email,
+    send_email,
+)
 from jobs.ops import ping
 
 __all__ = [
@@ -40,16 +48,39 @@ __all__ = [
 ]
 
 # The producer also runs this one inline, to empty its in-process buffer while Redis is down.
-FLUSH_ANALYTICS_EVENTS = define(flush_analytics_events, timeout=60, max_tries=3)
+FLUSH_ANALYTICS_EVENTS = define(flush_analytics_events, timeout=60, max_tries=3, queue="bulk")
 
-# Batch analytics waits in the spool while Redis is down rather than running in a web request.
+# Batch analytics waits in the spool while Redis is down rather than running in a web request,
+# and in the `bulk` queue behind the mail people wait for.
 ANALYTICS_JOBS: list[JobDefinition[Any, Any]] = [
     FLUSH_ANALYTICS_EVENTS,
-    define(rollup_analytics, timeout=600, max_tries=3, fallback="spool"),
-    define(detect_analytics_anomalies, timeout=900, max_tries=3, fallback="spool"),
-    define(send_weekly_insights, timeout=1800, max_tries=3, fallback="spool"),
+    define(rollup_analytics, timeout=600, max_tries=3, fallback="spool", queue="bulk"),
+    define(detect_analytics_anomalies, timeout=900, max_tries=3, fallback="spool", queue="bulk"),
+    define(send_weekly_insights, timeout=1800, max_tries=3, fallback="spool", queue="bulk"),
     # Historical streams from a CSV report (`python -m worker import-streams FILE.csv`).
-    define(import_streams, timeout=600, max_tries=3, fallback="spool"),
+    define(import_streams, timeout=600, max_tries=3, fallback="spool", queue="bulk"),
+]
+# AI work is heavy: spooled while Redis is down, inline only if Postgres is down too. Re-asks
+# after unusable output (AI_MAX_OUTPUT_RETRIES) happen within one try, hence the long timeout;
+# tries are for outages, 429s and 5xx, spaced by backoff or Retry-After. Its own queue, capped
+# per worker (WORKER_QUEUE_CONCURRENCY=ai=4), so slow AI calls never hold the slots mail needs;
+# the provider's limits are shared by every worker (ai_requests, ai_tokens in RATE_LIMITS).
+AI_JOBS: list[JobDefinition[Any, Any]] = [
+    define(
+        job,
+        timeout=300,
+        max_tries=5,
+        precheck=ai_not_configured,
+        fallback="spool",
+        queue="ai",
+        rate_limits=costs,
+    )
+    for job, costs in (
+        (ai_social_captions, ai_costs.SOCIAL_CAPTIONS),
+        (ai_email_variants, ai_costs.EMAIL_VARIANTS),
+        (ai_week_narrative, ai_costs.WEEK_NARRATIVE),
+        (ai_track_tags, ai_costs.TRACK_TAGS),
+    )
 ]
 EVERY_2H = frozenset(range(0, 24, 2))
 ANALYTICS_SCHEDULES = [
@@ -78,17 +109,20 @@ REGISTRY = Registry(
         # Transactional mail runs inline when Redis is down (the user is waiting for it) and is
         # durable: recorded in Postgres until sent, so a Redis that loses its data loses no mail.
         # 60 s covers an SMTP conversation at SMTP_TIMEOUT=10 s per step; EMAIL_CLAIM_LEASE outlasts it.
-        define(send_email, timeout=60, max_tries=6, durable=True),
+        # Password resets, verification and payment mail go to `critical`, the rest to `default`.
+        define(send_email, timeout=60, max_tries=6, durable=True, queue=email_queue, rate_limits=EMAIL_COSTS),
         # Up to 5,000 copies: five SendGrid requests, or one SMTP transaction each. A big one is
         # never sent from a web request while Redis is down: it waits in the spool.
-        define(send_bulk_email, timeout=900, max_tries=6, durable=True, inline_limit=bulk_too_big_inline),
-        # AI work is heavy: spooled while Redis is down, inline only if Postgres is down too.
-        # Re-asks after unusable output (AI_MAX_OUTPUT_RETRIES) happen within one try, hence the
-        # long timeout; tries are for outages, 429s and 5xx, spaced by backoff or Retry-After.
-        define(ai_social_captions, timeout=300, max_tries=5, precheck=ai_not_configured, fallback="spool"),
-        define(ai_email_variants, timeout=300, max_tries=5, precheck=ai_not_configured, fallback="spool"),
-        define(ai_week_narrative, timeout=300, max_tries=5, precheck=ai_not_configured, fallback="spool"),
-        define(ai_track_tags, timeout=300, max_tries=5, precheck=ai_not_configured, fallback="spool"),
+        define(
+            send_bulk_email,
+            timeout=900,
+            max_tries=6,
+            durable=True,
+            inline_limit=bulk_too_big_inline,
+            queue="bulk",
+            rate_limits=BULK_EMAIL_COSTS,
+        ),
+        *AI_JOBS,
         *ANALYTICS_JOBS,
     ],
     schedules=ANALYTICS_SCHEDULES,

@@ -11,6 +11,7 @@ from typing import Any
 from core import JobContext, Registry, define
 from core.enqueue import ENQUEUE
 from core.errors import PermanentError, TransientError
+from core.flow import RateCost
 from jobs import ping
 
 __all__ = ["RUNS", "TEST_REGISTRY", "TRIES"]
@@ -78,6 +79,22 @@ async def sleepy_marked(ctx: JobContext, *, seconds: float) -> dict[str, Any]:
     return {"started": started, "job_try": ctx.job_try, "start": ctx.start_number}
 
 
+async def stamp(ctx: JobContext, *, key: str, seconds: float = 0.0) -> dict[str, Any]:
+    """Sleep `seconds`; say when it started and ended, in which process, on which try."""
+    started = time.time()
+    await asyncio.sleep(seconds)
+    return {"key": key, "start": started, "end": time.time(), "pid": os.getpid(), "job_try": ctx.job_try}
+
+
+async def patient(ctx: JobContext, *, steps: int, step_s: float = 0.05) -> dict[str, Any]:
+    """Work in steps, reporting progress after each and stopping when asked to."""
+    for done in range(steps):
+        ctx.raise_if_cancelled()
+        await asyncio.sleep(step_s)
+        ctx.progress((done + 1) / steps, f"{done + 1} of {steps} steps")
+    return {"steps": steps}
+
+
 async def kills_its_worker(ctx: JobContext) -> None:
     """Take the whole worker process down, as a poison job can (segfaulting C code, say)."""
     RUNS.append(("kills", ctx.mode, ctx.job_try))
@@ -107,5 +124,9 @@ TEST_REGISTRY = Registry(
         define(sleepy, name="sleepy_long", timeout=60, max_tries=5),
         define(sleepy_marked, timeout=60, max_tries=2),
         define(kills_its_worker, max_tries=5),
+        define(stamp, timeout=30),
+        define(stamp, name="stamp_ai", queue="ai", timeout=30),
+        define(stamp, name="stamp_limited", rate_limits=[RateCost("test_rate")], timeout=30),
+        define(patient, timeout=60, max_tries=2),
     ]
 )

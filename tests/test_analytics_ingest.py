@@ -17,6 +17,7 @@ import pytest
 
 from core import Registry
 from core.errors import JobValidationError
+from core.flow import queue_key
 from devservices.redis import RedisServer
 from jobs.analytics.events import WIRE_VERSION
 from jobs.analytics.ingest import EventBufferFull, EventsNotDelivered, InvalidEvent
@@ -124,7 +125,7 @@ async def test_a_large_backlog_queues_a_flush_without_waiting_for_the_schedule(
         for i in range(5):
             await producer.track_events(make_events(1000, prefix=f"trigger-{i}"))
         assert time.monotonic() - started < 1.0  # all inside one trigger second
-        queued = await raw_redis(settings).zrange(settings.queue_name, 0, -1)
+        queued = await raw_redis(settings).zrange(queue_key(settings, "bulk"), 0, -1)  # batch work
         flushes = [job_id for job_id in queued if job_id.startswith(b"analytics-flush:")]
         # One for the first push; one at once when the fifth push made the backlog 5,000 events.
         # Without the backlog trigger the second would wait for the end of the second (trailing).

@@ -69,6 +69,20 @@ class Prompt:
     context: dict[str, Any] = field(default_factory=dict)  # for the schema's own checks
 
 
+# Output tokens asked for (max_tokens), per prompt; also what a job declares it will spend of
+# the AI token rate limit, with its input.
+WEEK_NARRATIVE_BUDGET = 600
+TRACK_TAGS_BUDGET = 200
+
+
+def social_captions_budget(networks: int) -> int:
+    return 400 * networks + 200
+
+
+def email_variants_budget(count: int) -> int:
+    return 700 * count
+
+
 def data_block(data: Mapping[str, Any]) -> str:
     text = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
     # '<' and '>' only occur inside JSON strings, where these escapes mean the same characters.
@@ -108,7 +122,7 @@ def social_captions(
         messages=_messages(task, shape, data),
         schema=SocialCaptions,
         temperature=0.8,
-        max_tokens=400 * len(networks) + 200,
+        max_tokens=social_captions_budget(len(networks)),
         context={"networks": list(networks)},
     )
 
@@ -135,7 +149,7 @@ def email_variants(*, artist_name: str, purpose: EmailPurpose, brief: str, count
         messages=_messages(task, shape, data),
         schema=EmailVariants,
         temperature=0.9,
-        max_tokens=700 * count,
+        max_tokens=email_variants_budget(count),
         context={"count": count},
     )
 
@@ -160,7 +174,7 @@ def week_narrative(
         messages=_messages(task, shape, data),
         schema=WeekNarrative,
         temperature=0.5,
-        max_tokens=600,
+        max_tokens=WEEK_NARRATIVE_BUDGET,
     )
 
 
@@ -176,5 +190,5 @@ def track_tags(*, title: str, description: str, artist_name: str) -> Prompt:
         messages=_messages(task, shape, data),
         schema=TrackTags,
         temperature=0.2,
-        max_tokens=200,
+        max_tokens=TRACK_TAGS_BUDGET,
     )

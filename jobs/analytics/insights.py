@@ -43,6 +43,13 @@ WHERE c.weekly_insights AND c.artist_id > $1
   AND EXISTS (SELECT 1 FROM analytics_daily d WHERE d.artist_id = c.artist_id AND d.day BETWEEN $3 AND $4)
 ORDER BY c.artist_id LIMIT $5
 """
+# How many artists are still due this week (the same rule as _DUE), for progress reports.
+_DUE_COUNT = """
+SELECT count(*) FROM analytics_contacts c
+WHERE c.weekly_insights
+  AND NOT EXISTS (SELECT 1 FROM analytics_digests g WHERE g.artist_id = c.artist_id AND g.iso_week = $1)
+  AND EXISTS (SELECT 1 FROM analytics_daily d WHERE d.artist_id = c.artist_id AND d.day BETWEEN $2 AND $3)
+"""
 # $2 is the Monday of the week reported on; days before it are the previous week.
 _TOTALS = """
 SELECT artist_id, event_type,
@@ -262,6 +269,7 @@ async def send_weekly_insights(ctx: JobContext, *, week: str | None = None) -> d
     enqueue = await ctx.deps.get(ENQUEUE)
     await rollup_days(pool)
     counts = {"queued": 0, "refused": 0}
+    due = int(await pool.fetchval(_DUE_COUNT, week, monday - timedelta(days=7), sunday) or 0)
     cursor = ""
     while rows := await pool.fetch(
         _DUE, cursor, week, monday - timedelta(days=7), sunday, _ARTISTS_PER_BATCH
@@ -291,4 +299,7 @@ async def send_weekly_insights(ctx: JobContext, *, week: str | None = None) -> d
             await pool.execute(
                 _RECORD, contact.artist_id, week, job_id if outcome else None, orjson.dumps(summary).decode()
             )
+        handled = counts["queued"] + counts["refused"]
+        ctx.progress(handled / max(due, handled), f"{handled} of {max(due, handled)} artists")
+        ctx.raise_if_cancelled()  # between batches: the artists done so far are recorded
     return {"week": week, **counts}

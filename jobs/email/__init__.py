@@ -13,17 +13,27 @@ ledger of idempotency keys), `delivery` (claim, send, record) and `jobs`.
 from __future__ import annotations
 
 from jobs.email.addresses import Mailbox
-from jobs.email.jobs import bulk_too_big_inline, send_bulk_email, send_email
+from jobs.email.jobs import (
+    BULK_EMAIL_COSTS,
+    EMAIL_COSTS,
+    bulk_too_big_inline,
+    email_queue,
+    send_bulk_email,
+    send_email,
+)
 from jobs.email.messages import BulkEmail, Email
 from jobs.email.templates import PLANS, TemplateName
 
 __all__ = [
+    "BULK_EMAIL_COSTS",
+    "EMAIL_COSTS",
     "PLANS",
     "BulkEmail",
     "Email",
     "Mailbox",
     "TemplateName",
     "bulk_too_big_inline",
+    "email_queue",
     "send_bulk_email",
     "send_email",
 ]

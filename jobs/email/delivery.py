@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
 
-from core.errors import PermanentError, TransientError, classify
+from core.errors import JobCancelled, PermanentError, TransientError, classify
 from jobs.email.addresses import Mailbox
 from jobs.email.mime import Outgoing
 from jobs.email.store import Claim, Claimant, Delivery, DeliveryStore
@@ -194,13 +194,21 @@ async def deliver_bulk(
     *,
     final_try: bool,
     log: structlog.typing.FilteringBoundLogger,
+    progress: Callable[[float, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """One copy per recipient. Retries (TransientError) while copies are deferred and tries
-    remain; on the last try, reports them as deferred instead."""
+    remain; on the last try, reports them as deferred instead. Reports `progress` after each
+    batch, and stops between batches when `cancelled()` (JobCancelled: the copies already sent
+    stay recorded, so sending the same key again sends only the rest)."""
     bulk_key = base.idempotency_key
     run = _BulkRun(recipients)
     stopped: str | None = None
+    done = 0
     for chunk in _chunks(recipients, transport.batch_size):
+        if cancelled is not None and cancelled():
+            raise JobCancelled(f"cancelled on request after {done} of {len(recipients)} recipients")
+        done += len(chunk)
         copies = [base.for_recipient(r, f"{bulk_key}/{r.email}") for r in chunk]
         if stopped is not None:
             for copy in copies:
@@ -224,6 +232,8 @@ async def deliver_bulk(
         if todo and await _send_chunk(store, transport, todo, claim, run):
             # The provider took none of this batch: later batches would fare no better now.
             stopped = run.first_error("deferred")
+        if progress is not None:
+            progress(done / len(recipients), f"{done} of {len(recipients)} recipients")
     counts = Counter(row["status"] for row in run.rows.values())
     delivered = counts["sent"] + counts["already_sent"]
     summary = f"{delivered} of {len(recipients)} recipients delivered"

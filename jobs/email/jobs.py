@@ -8,6 +8,7 @@ from typing import Any
 from core.context import JobContext
 from core.deps import POSTGRES
 from core.errors import PermanentError
+from core.flow import RateCost
 from jobs.email.addresses import Mailbox, parse_mailbox
 from jobs.email.delivery import deliver, deliver_bulk
 from jobs.email.messages import BulkEmail, Email, EmailContent, IdempotencyKey, sender_problem
@@ -16,7 +17,15 @@ from jobs.email.store import SENT_MEMO, Claimant, DeliveryStore
 from jobs.email.transports import EMAIL_TRANSPORT
 from settings import Settings
 
-__all__ = ["bulk_too_big_inline", "send_bulk_email", "send_email"]
+__all__ = [
+    "BULK_EMAIL_COSTS",
+    "CRITICAL_TEMPLATES",
+    "EMAIL_COSTS",
+    "bulk_too_big_inline",
+    "email_queue",
+    "send_bulk_email",
+    "send_email",
+]
 
 
 def _outgoing(ctx: JobContext, content: EmailContent, key: str, to: tuple[Mailbox, ...]) -> Outgoing:
@@ -76,6 +85,8 @@ async def send_bulk_email(
         _claimant(ctx),
         final_try=ctx.job_try >= ctx.max_tries,
         log=ctx.log,
+        progress=ctx.progress,
+        cancelled=lambda: ctx.cancel_requested,
     )
 
 
@@ -89,3 +100,29 @@ def bulk_too_big_inline(settings: Settings, kwargs: Mapping[str, Any]) -> str | 
     if count > limit:
         return f"{count} recipients, over EMAIL_INLINE_MAX_RECIPIENTS={limit}"
     return None
+
+
+# Mail the user waits for, or that concerns their money: ahead of everything else.
+CRITICAL_TEMPLATES = frozenset(
+    {"password_reset", "email_verification", "payment_receipt", "payment_failed", "subscription_confirmation"}
+)
+# The rate limit mail spends from (RATE_LIMITS=email=14/s): one unit per message sent.
+EMAIL_LIMIT = "email"
+
+
+def email_queue(kwargs: Mapping[str, Any]) -> str:
+    """`critical` for password resets, verification and payment mail; `default` otherwise."""
+    message = kwargs.get("message")
+    template = message.get("template") if isinstance(message, Mapping) else None
+    return "critical" if template in CRITICAL_TEMPLATES else "default"
+
+
+def recipient_count(kwargs: Mapping[str, Any]) -> int:
+    """How many messages a bulk send sends (its cost under the `email` limit)."""
+    message = kwargs.get("message")
+    recipients = message.get("recipients") if isinstance(message, Mapping) else None
+    return len(recipients) if isinstance(recipients, list) else 1
+
+
+EMAIL_COSTS = (RateCost(EMAIL_LIMIT, 1),)
+BULK_EMAIL_COSTS = (RateCost(EMAIL_LIMIT, recipient_count),)

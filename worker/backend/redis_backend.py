@@ -473,6 +473,8 @@ class RedisBackend:
             )
         if result is not None:
             view = self._finished_view(queue, job_id, result, score_ms)
+            if view.result is not None and view.result.queue:
+                queue = view.result.queue  # it left its queue: the result says which it was
             return JobView(
                 view.job_id, view.state, queue, view.record, view.result, score_ms, try_count, view.problem
             )

@@ -536,7 +536,7 @@ local step = nl + 1
 for i = 3 + 2 * nl, #ARGV, step do
   local id = ARGV[i]
   local reserved = tonumber(redis.call('GET', ARGV[2] .. id))
-  if reserved and reserved <= now + 50 then
+  if reserved and reserved <= now then
     redis.call('DEL', ARGV[2] .. id)
     out[#out + 1] = 0
   elseif reserved then

@@ -129,6 +129,7 @@ class JobEngine:
             await self._loop()
         finally:
             await self._finish_running()
+            await self._progress.close()
             await self._recorder.close(_RECORD_AT_STOP_S if self.stopping else 3600.0)
             if self._side_tasks:
                 await asyncio.gather(*self._side_tasks, return_exceptions=True)

@@ -9,6 +9,7 @@ does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import orjson
 
@@ -33,6 +34,15 @@ class ProgressWriter:
         self._dirty[control.job_id] = control
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_soon())
+
+    async def close(self) -> None:
+        """Drop reports not written yet (the jobs are over) and stop the pending write."""
+        self._dirty.clear()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
 
     async def _write_soon(self) -> None:
         try:

@@ -1,5 +1,5 @@
-"""`python -m worker run | serve | enqueue | status | jobs | dead | migrate | doctor | stats | demo`:
-the command line for ops and developers."""
+"""`python -m worker run | serve | enqueue | status | cancel | queues | pause | resume | jobs | dead
+| migrate | doctor | stats | demo`: the command line for ops and developers."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ import orjson
 
 from core.deps import connect_postgres
 from core.errors import BackendError, BackendRefused, EnqueueError, JobFailed, JobValidationError
+from core.flow import check_queue_name, ordered_union, queue_key
 from jobs import REGISTRY
 from settings import Settings, SettingsError, load_settings
 from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
 from worker.ledger.migrate import apply_migrations, postgres_problem
-from worker.ops import deadletters, demo
+from worker.ops import deadletters, demo, queuectl
 from worker.ops.doctor import diagnose, render_diagnosis
 from worker.ops.http import serve
 from worker.ops.schema import job_schemas
@@ -52,6 +53,8 @@ def _check_enqueue(settings: Settings, args: argparse.Namespace) -> None:
         ) from None
     definition.payload_from_json(args.args, max_bytes=settings.max_payload_bytes)
     definition.check_settings(settings)
+    if args.queue is not None:
+        check_queue_name(args.queue)
 
 
 async def _workers_alive(backend: QueueBackend, queue: str) -> str:
@@ -73,7 +76,9 @@ async def _workers_alive(backend: QueueBackend, queue: str) -> str:
 async def _enqueue(settings: Settings, args: argparse.Namespace) -> int:
     _check_enqueue(settings, args)
     async with Producer(settings) as producer:
-        handle = await producer.enqueue_json(args.job, args.args, job_id=args.job_id, inline=args.inline)
+        handle = await producer.enqueue_json(
+            args.job, args.args, job_id=args.job_id, inline=args.inline, queue=args.queue
+        )
         out: dict[str, Any] = {"job_id": handle.job_id, "job": handle.name, "mode": handle.mode}
         if handle.duplicate:
             out["duplicate"] = True
@@ -135,7 +140,11 @@ async def _stats(settings: Settings, as_json: bool) -> int:
         if not backend.usable:
             sys.stderr.write(f"error: Redis is {backend.state.value} ({settings.redis_url_redacted})\n")
             return 2
-        report = await collect_stats(backend, settings.queue_name)
+        queues = {
+            queue_key(settings, name): name
+            for name in ordered_union(settings.worker_queue_weights, REGISTRY.queues())
+        }
+        report = await collect_stats(backend, settings.queue_name, queues)
     finally:
         await backend.aclose()
     if as_json:
@@ -268,6 +277,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Subparser)
     run = sub.add_parser("run", help="run the worker until SIGTERM")
     run.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    run.add_argument(
+        "--queues",
+        default=None,
+        help="the queues to consume, in priority order or weighted (default WORKER_QUEUES): critical,default",
+    )
     enqueue = sub.add_parser("enqueue", help="enqueue a job (or run it inline when Redis is down)")
     enqueue.add_argument("job", help="registered job name (see `jobs`)")
     enqueue.add_argument("--args", default="{}", help="keyword arguments as a JSON object")
@@ -278,8 +292,18 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument(
         "--wait", type=float, default=None, metavar="SECONDS", help="wait for a queued result"
     )
-    status = sub.add_parser("status", help="show a job's state, result or error")
+    enqueue.add_argument("--queue", default=None, help="the queue, instead of the one the job names")
+    status = sub.add_parser("status", help="show a job's state, progress, result or error")
     status.add_argument("job_id")
+    sub.add_parser(
+        "cancel", help="cancel a queued, deferred or spooled job; ask a running one to stop"
+    ).add_argument("job_id")
+    queues = sub.add_parser("queues", help="each queue: jobs due, deferred and running, paused or not, caps")
+    queues.add_argument("--json", action="store_true", help="one JSON line per queue instead of a table")
+    sub.add_parser("pause", help="stop workers claiming from a queue (jobs keep arriving)").add_argument(
+        "queue"
+    )
+    sub.add_parser("resume", help="let workers claim from a paused queue again").add_argument("queue")
     serve_cmd = sub.add_parser("serve", help="serve the HTTP enqueue API (API_HOST:API_PORT)")
     serve_cmd.add_argument("--host", default=None, help="address to bind (default API_HOST)")
     serve_cmd.add_argument("--port", type=int, default=None, help="port (default API_PORT)")
@@ -351,7 +375,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings)
     try:
         if args.command == "run":
+            if args.queues is not None:
+                try:
+                    settings = load_settings(worker_queues=args.queues)
+                except SettingsError as exc:
+                    sys.stderr.write(f"{str(exc).replace('WORKER_QUEUES', '--queues')}\n")
+                    return 2
             return asyncio.run(run_worker(settings, burst=args.burst))
+        if args.command == "cancel":
+            return asyncio.run(queuectl.cancel(settings, args.job_id))
+        if args.command == "queues":
+            return asyncio.run(queuectl.list_queues(settings, args.json))
+        if args.command in ("pause", "resume"):
+            change = queuectl.pause if args.command == "pause" else queuectl.resume
+            return asyncio.run(change(settings, args.queue))
         if args.command == "enqueue":
             return asyncio.run(_enqueue(settings, args))
         if args.command == "status":

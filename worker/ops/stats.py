@@ -8,6 +8,7 @@ control characters escaped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -48,9 +49,29 @@ def _readable(snapshot: Any) -> bool:
     return True
 
 
-async def collect_stats(backend: QueueBackend, queue: str) -> dict[str, Any]:
-    """Queue depths, in-progress count and per-job throughput from every reporting worker."""
+async def collect_stats(
+    backend: QueueBackend, queue: str, queues: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Queue depths, in-progress count and per-job throughput from every reporting worker.
+
+    `queue` is the deployment's QUEUE_NAME (the `default` queue, reported at the top level as
+    before); `queues` (Redis key -> name) adds a row per named queue, paused ones marked."""
     counts = await backend.counts(queue)
+    named = dict(queues or {queue: "default"})
+    rows = []
+    paused = await backend.paused(list(named))
+    for key, name in named.items():
+        row = counts if key == queue else await backend.counts(key)
+        rows.append(
+            {
+                "name": name,
+                "key": key,
+                "due": row.queued,
+                "deferred": row.deferred,
+                "in_progress": row.in_progress,
+                "paused": key in paused,
+            }
+        )
     snapshots, malformed = [], 0
     for raw in await backend.worker_snapshots():
         try:
@@ -60,16 +81,23 @@ async def collect_stats(backend: QueueBackend, queue: str) -> dict[str, Any]:
             continue
         if not _readable(snapshot):
             malformed += 1
-        # Workers of other queues share the snapshot index; count only this queue's.
-        elif snapshot["queue"] == queue:
+        # Workers of other deployments share the snapshot index; count only those of ours.
+        elif snapshot["queue"] == queue or set(_keys(snapshot)) & set(named):
             snapshots.append(snapshot)
     return {
         "queue": queue,
         "due": counts.queued,
         "deferred": counts.deferred,
         "in_progress": counts.in_progress,
+        "queues": rows,
         "workers": [
-            {"worker": s["worker"], "host": s["host"], "pid": s["pid"], "running": s["running"]}
+            {
+                "worker": s["worker"],
+                "host": s["host"],
+                "pid": s["pid"],
+                "running": s["running"],
+                "queues": [named.get(k, k) for k in _keys(s)] or [named.get(s["queue"], s["queue"])],
+            }
             for s in snapshots
         ],
         "malformed_snapshots": malformed,
@@ -77,12 +105,20 @@ async def collect_stats(backend: QueueBackend, queue: str) -> dict[str, Any]:
     }
 
 
+def _keys(snapshot: dict[str, Any]) -> list[str]:
+    """The queues a worker's snapshot says it consumes (older workers name only one)."""
+    found = snapshot.get("queues")
+    return [k for k in found if isinstance(k, str)] if isinstance(found, list) else []
+
+
 def render_stats(report: dict[str, Any]) -> str:
     """The `stats` report as a terminal table."""
-    lines = [
-        f"queue {printable(report['queue'])}: {report['due']} due, {report['deferred']} deferred, "
-        f"{report['in_progress']} in progress; workers reporting: {len(report['workers'])}",
-    ]
+    lines = [f"workers reporting: {len(report['workers'])}", ""]
+    lines.append(f"{'queue':<16}{'due':>9}{'deferred':>10}{'running':>9}  state")
+    for row in report.get("queues") or []:
+        state = "paused" if row["paused"] else "active"
+        counts = f"{row['due']:>9}{row['deferred']:>10}{row['in_progress']:>9}"
+        lines.append(f"{printable(row['name'], 16):<16}{counts}  {state}")
     if report.get("malformed_snapshots"):
         lines.append(f"malformed: {report['malformed_snapshots']} worker snapshot(s) in Redis are not ours")
     lines += [

@@ -27,7 +27,8 @@ from starlette.routing import BaseRoute, Route
 from core.codec import valid_traceparent
 from core.errors import BackendError, EnqueueError, JobFailed, JobValidationError, UnknownJobError
 from core.registry import JobDefinition, Registry
-from settings import Settings
+from settings import QUEUE_NAME_RULE, Settings
+from worker.backend import CancelOutcome
 from worker.ops.http.auth import EVENTS_SCOPE, Principal, TokenAuth
 from worker.ops.http.openapi import MAX_WAIT_S
 from worker.ops.http.responses import ApiError, json_response, json_type, read_json_object
@@ -40,9 +41,10 @@ log = structlog.get_logger(__name__)
 _JOB_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 _MAX_DEFER_S = 365 * 86400.0
 _WAIT_TRUE_S = 30.0
-_ENQUEUE_FIELDS = ("args", "job_id", "defer_by", "wait", "background")
-_BATCH_FIELDS = ("jobs", "defer_by", "background")
+_ENQUEUE_FIELDS = ("args", "job_id", "defer_by", "wait", "background", "queue")
+_BATCH_FIELDS = ("jobs", "defer_by", "background", "queue")
 _BATCH_JOB_FIELDS = ("args", "job_id")
+_QUEUE_RULE = "must be a queue name: 1-40 lowercase letters, digits, _ and -"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -173,6 +175,14 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
+def _queue(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not QUEUE_NAME_RULE.fullmatch(value):
+        raise _invalid("queue", f"{_QUEUE_RULE} (got {value!r})")
+    return value
+
+
 def _traceparent(request: Request) -> str | None:
     # W3C Trace Context: a receiver ignores a traceparent it cannot parse (a new trace starts).
     value = request.headers.get("traceparent")
@@ -247,6 +257,7 @@ async def enqueue(request: Request) -> Response:
             defer_by=defer_by,
             background=background,
             traceparent=_traceparent(request),
+            queue=_queue(body.get("queue")),
         )
     except JobValidationError as exc:
         raise _refused(exc) from None
@@ -313,6 +324,7 @@ async def enqueue_batch(request: Request) -> Response:
             defer_by=defer_by,
             background=background,
             traceparent=_traceparent(request),
+            queue=_queue(body.get("queue")),
         )
     except JobValidationError as exc:
         raise _refused(exc) from None
@@ -364,6 +376,48 @@ async def job_status(request: Request) -> Response:
 
 
 @endpoint
+async def cancel_job(request: Request) -> Response:
+    """Cancel a job: a waiting one is removed (its status becomes cancelled), a running one is
+    asked to stop. 200 with the outcome; 404 when there is no such job."""
+    api = _state(request)
+    caller = _caller(request)
+    job_id = _job_id(request.path_params["job_id"], "job_id") or ""
+    producer = api.ready_producer()
+    report = await producer.status(job_id)
+    if isinstance(report.get("job"), str):
+        caller.require(report["job"])
+    elif caller.jobs is not None:  # a scoped token may cancel only jobs it can see are its own
+        raise ApiError(404, "not_found", f"no job {job_id!r} this token may cancel")
+    try:
+        outcome = await producer.cancel(job_id)
+    except EnqueueError as exc:
+        raise ApiError(503, "cancel_unavailable", str(exc)) from None
+    status = 404 if outcome is CancelOutcome.NOT_FOUND else 200
+    return json_response({"job_id": job_id, "outcome": outcome.value}, status)
+
+
+@endpoint
+async def change_queue(request: Request) -> Response:
+    """Pause or resume a queue (a token limited to some jobs may not)."""
+    api = _state(request)
+    caller = _caller(request)
+    if caller.jobs is not None:
+        raise ApiError(403, "forbidden", "pausing and resuming queues needs a token without a job scope")
+    name = request.path_params["name"]
+    if not QUEUE_NAME_RULE.fullmatch(name):
+        raise _invalid("name", f"{_QUEUE_RULE} (got {name!r})")
+    action = request.path_params["action"]
+    if action not in ("pause", "resume"):
+        raise ApiError(404, "not_found", f"no action {action!r} on queues; use pause or resume")
+    producer = api.ready_producer()
+    if action == "pause":
+        changed = await producer.pause_queue(name)
+        return json_response({"queue": name, "paused": True, "was_paused": not changed})
+    changed = await producer.resume_queue(name)
+    return json_response({"queue": name, "paused": False, "was_paused": changed})
+
+
+@endpoint
 async def track_events(request: Request) -> Response:
     api = _state(request)
     _caller(request).require(EVENTS_SCOPE)
@@ -409,5 +463,7 @@ def api_routes() -> list[BaseRoute]:
         Route("/v1/jobs/{name}", enqueue, methods=["POST"]),
         Route("/v1/jobs/{name}/batch", enqueue_batch, methods=["POST"]),
         Route("/v1/jobs/{name}/validate", validate, methods=["POST"]),
+        Route("/v1/queues/{name}/{action:str}", change_queue, methods=["POST"]),
         Route("/v1/jobs/{job_id:path}", job_status, methods=["GET"]),
+        Route("/v1/jobs/{job_id:path}", cancel_job, methods=["DELETE"]),
     ]

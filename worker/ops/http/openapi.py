@@ -73,6 +73,12 @@ _WAIT = {
     "anyOf": [{"type": "boolean"}, {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S}],
     "description": "wait for the result and return it: seconds (true = 30)",
 }
+_QUEUE = {
+    "type": "string",
+    "pattern": "^[a-z0-9][a-z0-9_-]{0,39}$",
+    "description": "the queue to put the job on instead of the one its definition names (critical, "
+    "default, bulk, ai, or your own; a worker consumes the queues WORKER_QUEUES lists)",
+}
 _BACKGROUND = {
     "type": "boolean",
     "default": False,
@@ -143,9 +149,19 @@ _COMMON: dict[str, Any] = {
             "status": {
                 "type": "string",
                 "enum": [
-                    *("spooled", "queued", "deferred", "in_progress", "complete", "failed", "dead"),
-                    *("not_found", "unknown"),
+                    *("spooled", "queued", "deferred", "in_progress", "complete", "failed", "cancelled"),
+                    *("dead", "not_found", "unknown"),
                 ],
+            },
+            "queue": {"type": "string", "description": "the queue it is in, or was run from"},
+            "progress": {
+                "type": "object",
+                "description": "a running job's latest progress report",
+                "properties": {
+                    "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+                    "message": {"type": ["string", "null"]},
+                    "at_ms": {"type": ["integer", "null"]},
+                },
             },
             "job": {"type": "string", "description": "the job's name"},
             "mode": {"type": "string"},
@@ -155,6 +171,23 @@ _COMMON: dict[str, Any] = {
             "enqueued_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": "string", "format": "date-time"},
             "finished_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "CancelResult": {
+        "type": "object",
+        "required": ["job_id", "outcome"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "outcome": {"type": "string", "enum": ["cancelled", "requested", "finished", "not_found"]},
+        },
+    },
+    "QueueState": {
+        "type": "object",
+        "required": ["queue", "paused", "was_paused"],
+        "properties": {
+            "queue": {"type": "string"},
+            "paused": {"type": "boolean"},
+            "was_paused": {"type": "boolean"},
         },
     },
     "EventsRequest": {
@@ -292,6 +325,7 @@ def _request_schemas(name: str, job: dict[str, Any]) -> dict[str, Any]:
                 "defer_by": _DEFER_BY,
                 "wait": _WAIT,
                 "background": _BACKGROUND,
+                "queue": _QUEUE,
             },
         },
         f"{name}_batch": {
@@ -310,6 +344,7 @@ def _request_schemas(name: str, job: dict[str, Any]) -> dict[str, Any]:
                 },
                 "defer_by": _DEFER_BY,
                 "background": _BACKGROUND,
+                "queue": _QUEUE,
             },
         },
     }
@@ -346,8 +381,44 @@ def openapi_document(registry: Registry, *, version: str) -> dict[str, Any]:
                 "401": _ERRORS["401"],
                 "403": _ERRORS["403"],
             },
-        }
+        },
+        "delete": {
+            "operationId": "cancel_job",
+            "tags": ["jobs"],
+            "summary": "Cancel a job: a queued, deferred or spooled one is removed (status cancelled); "
+            "a running one is asked to stop",
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "cancelled, requested or finished",
+                    "content": _json(_ref("CancelResult")),
+                },
+                "404": {"description": "no such job", "content": _json(_ref("CancelResult"))},
+                "503": {
+                    "description": "Redis unreachable and the job not spooled",
+                    "content": _json(_ref("Error")),
+                },
+                "401": _ERRORS["401"],
+                "403": _ERRORS["403"],
+            },
+        },
     }
+    for action in ("pause", "resume"):
+        paths[f"/v1/queues/{{name}}/{action}"] = {
+            "post": {
+                "operationId": f"{action}_queue",
+                "tags": ["queues"],
+                "summary": "Stop workers claiming from a queue (jobs keep arriving)"
+                if action == "pause"
+                else "Let workers claim from a paused queue again",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": _QUEUE}],
+                "responses": {
+                    "200": {"description": "done", "content": _json(_ref("QueueState"))},
+                    "401": _ERRORS["401"],
+                    "403": _ERRORS["403"],
+                },
+            }
+        }
     paths["/v1/events"] = {
         "post": {
             "operationId": "track_events",
