@@ -9,6 +9,7 @@ from worker.backend.link import LinkState
 from worker.backend.protocol import (
     ClaimBatch,
     ClaimedJob,
+    CommandStats,
     EnqueueReply,
     Finished,
     JobState,
@@ -26,6 +27,7 @@ from worker.backend.redis_backend import RedisBackend
 __all__ = [
     "ClaimBatch",
     "ClaimedJob",
+    "CommandStats",
     "EnqueueReply",
     "Finished",
     "HybridCache",
