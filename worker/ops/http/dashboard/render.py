@@ -30,7 +30,9 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on form posts,
+    # and the same-origin check of every form needs the real one.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
