@@ -364,6 +364,8 @@ async def test_jobs_lists_page_and_filter_by_name(ui: tuple[Browserless, Setting
     second = (await browser.page("/ui/jobs?state=deferred&page=2")).text
     assert second.count("state-deferred") == 8
     assert 'rel="next"' not in second
+    deep = (await browser.page("/ui/jobs?state=deferred&page=2001")).text
+    assert "Pages past 2,000 are not shown" in deep
     pings = (await browser.page("/ui/jobs?state=deferred&name=ping")).text
     assert pings.count("state-deferred") == 3
     overview = (await browser.page("/ui/")).text
