@@ -9,6 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+BROWSER_STAMP := $(VENV)/.browser-installed
 # Exports REDIS_URL and DATABASE_URL; fails the target if provisioning fails.
 SERVICES = envs=$$($(PY) -m devservices env) && eval "$$envs"
 # After a target that may have started throwaway servers: say that they keep running.
@@ -16,7 +17,7 @@ NOTE_SERVICES = $(PY) -m devservices note
 # devservices needs only the standard library: stopping works before (or without) an install.
 ANY_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: install run demo worker serve ts-client test lint format bench services stop-services clean
+.PHONY: install run demo worker serve ts-client test test-browser lint format bench services stop-services clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -49,6 +50,16 @@ ts-client: install
 
 test: install
 	@$(SERVICES) && $(PY) -m pytest; status=$$?; $(NOTE_SERVICES); exit $$status
+
+# The dashboard in a real browser: Playwright (the `browser` extra) driving the distribution's
+# Chromium, installed with apt-get when missing and run as root (else it says what to install).
+$(BROWSER_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,browser]'
+	@touch $@
+
+test-browser: $(BROWSER_STAMP)
+	@$(PY) -m devservices.chromium ensure >/dev/null
+	@$(SERVICES) && $(PY) -m pytest --browser tests/browser; status=$$?; $(NOTE_SERVICES); exit $$status
 
 lint: install
 	$(PY) -m ruff check .

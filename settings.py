@@ -24,6 +24,7 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "parse_api_tokens",
+    "parse_dashboard_tokens",
     "redact_url",
 ]
 
@@ -37,6 +38,8 @@ _SECRET_FIELDS = {
     "ai_api_key",
     "job_signing_keys",
     "api_tokens",
+    "dashboard_tokens",
+    "dashboard_session_secret",
 }
 
 # A fix hint per field, used when pydantic's own message is all we have.
@@ -70,6 +73,11 @@ _FIX_HINTS: dict[str, str] = {
     "worker_queue_concurrency": "use queue=count pairs separated by commas (ai=4,bulk=20)",
     "queue_global_concurrency": "use queue=count pairs separated by commas (ai=8)",
     "rate_limits": "use name=count/unit pairs separated by commas (ai_requests=500/min,email=14/s)",
+    "dashboard_tokens": "use tokens separated by spaces: TOKEN, TOKEN:viewer, TOKEN:operator:NAME",
+    "dashboard_session_secret": "use at least 32 random characters, e.g. from "
+    "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+    "dashboard_session_hours": "use more than 0 and at most 720 hours",
+    "dashboard_refresh_s": "use 1 to 3600 seconds",
 }
 
 # An API token: at least 16 characters, none of them whitespace, ':' or ','.
@@ -98,6 +106,34 @@ def parse_api_tokens(raw: str) -> list[tuple[str, frozenset[str] | None]]:
             raise ValueError(f"token {n} has no valid job names after ':'; use TOKEN:send_email,ping")
         entries.append((token, jobs))
     if len({token for token, _ in entries}) != len(entries):
+        raise ValueError("a token is listed twice; use each token once")
+    return entries
+
+
+DASHBOARD_ROLES = ("operator", "viewer")
+_PERSON = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def parse_dashboard_tokens(raw: str) -> list[tuple[str, str, str | None]]:
+    """`DASHBOARD_TOKENS` as (token, role, name or None): entries separated by whitespace, each
+    `TOKEN`, `TOKEN:ROLE` or `TOKEN:ROLE:NAME` (role `operator`, the default, or `viewer`; the
+    name is who the audit log says acted). Raises ValueError without ever showing a token."""
+    entries: list[tuple[str, str, str | None]] = []
+    for n, entry in enumerate(raw.split(), start=1):
+        token, _, rest = entry.partition(":")
+        role, _, name = rest.partition(":")
+        if not _API_TOKEN.match(token):
+            raise ValueError(
+                f"token {n} is too short or holds ':' or ','; use 16 to 512 characters, e.g. from "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        role = role or "operator"
+        if role not in DASHBOARD_ROLES:
+            raise ValueError(f"token {n} has the role {role[:20]!r}; use operator or viewer")
+        if name and not _PERSON.match(name):
+            raise ValueError(f"token {n}: the name after the role must be 1 to 64 letters, digits or _ . @ -")
+        entries.append((token, role, name or None))
+    if len({token for token, _, _ in entries}) != len(entries):
         raise ValueError("a token is listed twice; use each token once")
     return entries
 
@@ -285,6 +321,17 @@ class Settings(BaseSettings):
     api_dev_no_auth: bool = False
     api_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     api_max_batch_jobs: int = Field(10_000, ge=1, le=100_000)
+
+    # The ops dashboard, served by `serve` at /ui.
+    dashboard_enabled: bool = True
+    # Who may log in (see `parse_dashboard_tokens`); unset: the API_TOKENS, where a token
+    # limited to some jobs is a viewer.
+    dashboard_tokens: SecretStr | None = None
+    # Signs session cookies; unset: a random key per process (sessions end when it restarts).
+    dashboard_session_secret: SecretStr | None = None
+    dashboard_session_hours: float = Field(12.0, gt=0, le=720)
+    # How often an open page refreshes itself (each refresh costs a few Redis commands).
+    dashboard_refresh_s: float = Field(5.0, ge=1, le=3600)
 
     # Email. `auto` picks sendgrid if SENDGRID_API_KEY is set, else smtp if SMTP_URL is, else file.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"
@@ -546,6 +593,23 @@ class Settings(BaseSettings):
         parse_api_tokens(v.get_secret_value())
         return SecretStr(v.get_secret_value().strip())
 
+    @field_validator("dashboard_tokens")
+    @classmethod
+    def _dashboard_tokens(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        parse_dashboard_tokens(v.get_secret_value())
+        return SecretStr(v.get_secret_value().strip())
+
+    @field_validator("dashboard_session_secret")
+    @classmethod
+    def _session_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        if len(v.get_secret_value().strip()) < 32:
+            raise ValueError("is shorter than 32 characters")
+        return SecretStr(v.get_secret_value().strip())
+
     @field_validator("email_from")
     @classmethod
     def _email_from(cls, v: str) -> str:
@@ -601,6 +665,10 @@ class Settings(BaseSettings):
             found += self.job_signing_keys.get_secret_value().split(",")
         if self.api_tokens is not None:
             found += [token for token, _ in parse_api_tokens(self.api_tokens.get_secret_value())]
+        if self.dashboard_tokens is not None:
+            found += [t for t, _, _ in parse_dashboard_tokens(self.dashboard_tokens.get_secret_value())]
+        if self.dashboard_session_secret is not None:
+            found.append(self.dashboard_session_secret.get_secret_value())
         for url in (self.redis_url, self.database_url, self.smtp_url):
             if url is not None:
                 found += _url_secrets(url.get_secret_value())

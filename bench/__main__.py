@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MODULES = ["bench_fallback", "bench_worker", "bench_queues", "bench_email", "bench_analytics", "bench_http"]
+MODULES = [
+    "bench_fallback",
+    "bench_worker",
+    "bench_queues",
+    "bench_email",
+    "bench_analytics",
+    "bench_http",
+    "bench_dashboard",
+]
 PACKAGES = ["arq", "redis", "hiredis", "asyncpg", "orjson", "pydantic", "structlog", "aiosmtplib", "sendgrid"]
 PACKAGES += ["starlette", "uvicorn", "httptools", "uvloop"]  # the HTTP API (bench_http)
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -114,6 +115,20 @@ def _postgres_reachable(dsn: str) -> str | None:
         except ValueError:
             return f"DATABASE_URL: {type(exc).__name__}: {exc}"
         return postgres_problem(settings, exc)
+    return None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--browser", action="store_true", help="run the browser suite in tests/browser (make test-browser)"
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # The browser suite needs Playwright and Chromium: it is its own target, `make test-browser`,
+    # so `make test` passes on a machine with no browser.
+    if collection_path == Path(__file__).parent / "browser" and not config.getoption("--browser"):
+        return True
     return None
 
 

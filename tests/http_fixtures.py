@@ -15,6 +15,7 @@ from settings import Settings
 from tests.conftest import eventually
 from tests.sample_jobs import TEST_REGISTRY
 from worker.ops.http import build_server, create_app
+from worker.ops.http.dashboard import dashboard_routes
 
 __all__ = ["TOKEN", "TOKENS", "TOKEN_2", "TOKEN_EVENTS", "TOKEN_RECORD_ONLY", "serving"]
 
@@ -26,12 +27,16 @@ TOKENS = f"{TOKEN} {TOKEN_2} {TOKEN_RECORD_ONLY}:record,record_spooled {TOKEN_EV
 
 
 @asynccontextmanager
-async def serving(settings: Settings, *, registry: Registry = TEST_REGISTRY) -> AsyncIterator[str]:
-    """The service's base URL while it runs; it is stopped (its producer closed) on exit."""
+async def serving(
+    settings: Settings, *, registry: Registry = TEST_REGISTRY, dashboard: bool = False
+) -> AsyncIterator[str]:
+    """The service's base URL while it runs (with the /ui dashboard when `dashboard`); it is
+    stopped (its producer closed) on exit."""
     if settings.api_tokens is None and not settings.api_dev_no_auth:
         tokens = TOKENS if "record" in registry.names() else f"{TOKEN} {TOKEN_2} {TOKEN_EVENTS}:events"
         settings = settings.model_copy(update={"api_tokens": SecretStr(tokens)})
-    server = build_server(settings, create_app(settings, registry=registry))
+    extra = dashboard_routes(settings, registry) if dashboard else []
+    server = build_server(settings, create_app(settings, registry=registry, extra_routes=extra))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -25,6 +25,7 @@ __all__ = [
     "ClaimBatch",
     "ClaimQueue",
     "ClaimedJob",
+    "CommandStats",
     "EnqueueReply",
     "Finished",
     "JobState",
@@ -177,6 +178,14 @@ class ServerInfo:
     save_schedule: str | None  # None when the server will not say (managed Redis, ACLs)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandStats:
+    """The server's command counter (all clients, commands inside scripts included) and uptime."""
+
+    total_commands: int
+    uptime_s: int
+
+
 class QueueBackend(Protocol):
     # -- lifecycle and health --------------------------------------------------------------
     @property
@@ -273,6 +282,8 @@ class QueueBackend(Protocol):
     async def worker_snapshots(self) -> list[bytes]: ...
 
     async def server_info(self) -> ServerInfo: ...
+
+    async def command_stats(self) -> CommandStats: ...
 
     # -- the runner's own bookkeeping --------------------------------------------------------
     async def publish_snapshot(self, worker_id: str, snapshot: bytes, ttl_ms: int) -> None: ...

@@ -37,6 +37,7 @@ from worker.backend.protocol import (
     ClaimBatch,
     ClaimedJob,
     ClaimQueue,
+    CommandStats,
     EnqueueReply,
     Finished,
     JobState,
@@ -555,6 +556,14 @@ class RedisBackend:
             aof_enabled=fields.get("aof_enabled", "0").strip() == "1",
             save_schedule=schedule,
         )
+
+    async def command_stats(self) -> CommandStats:
+        """Commands the server has processed and its uptime, from one INFO through the breaker
+        (the ops dashboard turns two readings into commands per day)."""
+        (info_text,) = await self._replies(("INFO",))
+        fields = dict(line.split(":", 1) for line in _text(info_text).splitlines() if ":" in line)
+        numbers = {k: int(v) for k, v in fields.items() if v.strip().isdigit()}
+        return CommandStats(numbers.get("total_commands_processed", 0), numbers.get("uptime_in_seconds", 0))
 
     # -- the runner's own bookkeeping --------------------------------------------------------
 

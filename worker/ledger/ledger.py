@@ -504,13 +504,15 @@ class Ledger:
     async def forget_dead_letter(self, job_id: str) -> None:
         await (await self.pool()).execute("DELETE FROM dead_letters WHERE job_id = $1", job_id)
 
-    async def purge_dead_letters(self, *, older_than_days: float | None = None) -> int:
-        pool = await self.pool()
-        if older_than_days is None:
-            status = await pool.execute("DELETE FROM dead_letters")
-        else:
-            status = await pool.execute(
-                "DELETE FROM dead_letters WHERE failed_at < now() - make_interval(secs => $1)",
-                older_than_days * 86400,
-            )
+    async def purge_dead_letters(
+        self, *, older_than_days: float | None = None, job_name: str | None = None
+    ) -> int:
+        """Delete dead letters (all, or those older than `older_than_days` and/or of one job)."""
+        status = await (await self.pool()).execute(
+            "DELETE FROM dead_letters"
+            " WHERE ($1::float8 IS NULL OR failed_at < now() - make_interval(secs => $1))"
+            " AND ($2::text IS NULL OR job_name = $2)",
+            None if older_than_days is None else older_than_days * 86400,
+            job_name,
+        )
         return int(str(status).split()[-1])

@@ -16,7 +16,7 @@ import orjson
 from worker.backend import QueueBackend
 from worker.telemetry.recent import summarize_snapshots
 
-__all__ = ["collect_stats", "printable", "render_stats"]
+__all__ = ["collect_stats", "printable", "readable_snapshot", "render_stats"]
 
 
 def printable(text: Any, limit: int = 60) -> str:
@@ -29,7 +29,7 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**12
 
 
-def _readable(snapshot: Any) -> bool:
+def readable_snapshot(snapshot: Any) -> bool:
     """Whether a snapshot has the shape our workers write (and numbers that add up)."""
     if not isinstance(snapshot, dict):
         return False
@@ -79,7 +79,7 @@ async def collect_stats(
         except orjson.JSONDecodeError:
             malformed += 1
             continue
-        if not _readable(snapshot):
+        if not readable_snapshot(snapshot):
             malformed += 1
         # Workers of other deployments share the snapshot index; count only those of ours.
         elif snapshot["queue"] == queue or set(_keys(snapshot)) & set(named):

@@ -1,11 +1,13 @@
-"""Recent throughput per job: per-minute counts of finished attempts for the last 15 minutes.
+"""Recent throughput per job: per-minute counts of finished attempts for the last hour.
 
 Each worker keeps one and publishes a snapshot to the backend (see `worker.engine.snapshots`);
-`python -m worker stats` sums the snapshots of every live worker.
+`python -m worker stats` sums the last 15 minutes of every live worker's snapshot, the ops
+dashboard charts the hour.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import socket
 import time
@@ -14,9 +16,21 @@ from typing import Any
 
 import orjson
 
-__all__ = ["WINDOW_MINUTES", "RecentCounts", "summarize_snapshots"]
+__all__ = ["STATS_MINUTES", "WINDOW_MINUTES", "RecentCounts", "summarize_snapshots"]
 
-WINDOW_MINUTES = 15
+# Minutes kept in a snapshot (the dashboard's hour), and the span `stats` sums.
+WINDOW_MINUTES = 60
+STATS_MINUTES = 15
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("maxbooster-jobs")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+_VERSION = _version()
 
 
 class RecentCounts:
@@ -27,6 +41,7 @@ class RecentCounts:
         self._minutes: dict[int, dict[str, dict[str, int]]] = {}
         self.changed = False
         self.running = 0
+        self.started = time.time()
 
     def add(self, job: str, outcome: str) -> None:
         minute = int(time.time() // 60)
@@ -47,6 +62,8 @@ class RecentCounts:
                 "pid": os.getpid(),
                 "queue": queue,
                 "at": time.time(),
+                "started": self.started,
+                "version": _VERSION,
                 "running": self.running,
                 "minutes": {str(m): jobs for m, jobs in self._minutes.items()},
                 **extra,
@@ -55,7 +72,8 @@ class RecentCounts:
 
 
 def summarize_snapshots(snapshots: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
-    """Throughput (per minute) over the last 1, 5 and 15 minutes and failure rate, per job."""
+    """Throughput (per minute) over the last 1, 5 and 15 minutes, and the last 15 minutes'
+    counts and failure rate, per job."""
     now_minute = int((now or time.time()) // 60)
     per_job: dict[str, dict[str, Any]] = defaultdict(
         lambda: {
@@ -70,7 +88,7 @@ def summarize_snapshots(snapshots: list[dict[str, Any]], now: float | None = Non
     for snap in snapshots:
         for minute_text, jobs in snap.get("minutes", {}).items():
             age = now_minute - int(minute_text)
-            if age < 0 or age >= WINDOW_MINUTES:
+            if age < 0 or age >= STATS_MINUTES:
                 continue
             for job, outcomes in jobs.items():
                 row = per_job[job]

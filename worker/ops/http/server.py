@@ -25,6 +25,7 @@ from core.registry import Registry
 from jobs import REGISTRY
 from settings import Settings
 from worker.ops.http.app import create_app
+from worker.ops.http.dashboard import dashboard_routes
 
 __all__ = ["build_server", "serve", "startup_problem"]
 
@@ -92,7 +93,8 @@ def serve(settings: Settings, *, registry: Registry = REGISTRY) -> int:
         sys.stderr.write(f"error: {problem}\n")
         return 2
     try:
-        app = create_app(settings, registry=registry)
+        dashboard = dashboard_routes(settings, registry) if settings.dashboard_enabled else []
+        app = create_app(settings, registry=registry, extra_routes=dashboard)
     except ValueError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
