@@ -43,18 +43,21 @@ def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
     return most
 
 
-@asynccontextmanager
-async def _worker_processes(settings: Settings, count: int, **env: str) -> AsyncIterator[None]:
-    """`count` worker processes on the test registry, stopped (SIGTERM) on exit."""
-    environment = {
+def _env(settings: Settings) -> dict[str, str]:
+    """The environment of a process (worker or CLI) on the test's Redis, queue and database."""
+    return {
         **os.environ,
         "REDIS_URL": settings.redis_url.get_secret_value(),
         "DATABASE_URL": settings.database_url.get_secret_value(),
         "QUEUE_NAME": settings.queue_name,
         "LOG_LEVEL": "WARNING",
-        "WORKER_HTTP_PORT": "0",
-        **env,
     }
+
+
+@asynccontextmanager
+async def _worker_processes(settings: Settings, count: int, **env: str) -> AsyncIterator[None]:
+    """`count` worker processes on the test registry, stopped (SIGTERM) on exit."""
+    environment = {**_env(settings), "WORKER_HTTP_PORT": "0", **env}
     procs = []
     for _ in range(count):
         proc = await asyncio.create_subprocess_exec(
@@ -281,13 +284,7 @@ async def test_a_paused_queue_keeps_its_jobs_until_resumed(settings: Settings) -
 
 
 async def test_queues_pause_and_cancel_from_the_command_line(settings: Settings) -> None:
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url.get_secret_value(),
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "QUEUE_NAME": settings.queue_name,
-        "LOG_LEVEL": "WARNING",
-    }
+    env = _env(settings)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -322,13 +319,7 @@ async def test_queues_pause_and_cancel_from_the_command_line(settings: Settings)
 
 async def test_progress_is_visible_from_another_process(own_redis: RedisServer, database_url: str) -> None:
     settings = make_settings(own_redis.url, database_url=database_url)  # a Redis to count commands on
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url.get_secret_value(),
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "QUEUE_NAME": settings.queue_name,
-        "LOG_LEVEL": "WARNING",
-    }
+    env = _env(settings)
     worker = await start_worker(settings)
     try:
         async with Producer(settings, registry=TEST_REGISTRY) as producer:

@@ -79,6 +79,12 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
+def _seconds_until(run_at: datetime) -> float | None:
+    """How long until `run_at`, or None when it is due."""
+    delay = (run_at - datetime.now(UTC)) / timedelta(seconds=1)
+    return delay if delay > 0 else None
+
+
 @dataclass(frozen=True, slots=True)
 class SpooledJob:
     seq: int
@@ -92,8 +98,7 @@ class SpooledJob:
 
     @property
     def defer_by_s(self) -> float | None:
-        delay = (self.run_at - datetime.now(UTC)) / timedelta(seconds=1)
-        return delay if delay > 0 else None
+        return _seconds_until(self.run_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +112,7 @@ class DurableRecord:
 
     @property
     def defer_by_s(self) -> float | None:
-        delay = (self.run_at - datetime.now(UTC)) / timedelta(seconds=1)
-        return delay if delay > 0 else None
+        return _seconds_until(self.run_at)
 
 
 @dataclass(frozen=True, slots=True)
