@@ -13,7 +13,15 @@ from worker.ops.typescript import typescript_types
 def _export(args: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "version": 1,
-        "jobs": {"j": {"description": "A job.", "fallback": "spool", "durable": True, "args": args}},
+        "jobs": {
+            "j": {
+                "description": "A job.",
+                "fallback": "spool",
+                "durable": True,
+                "queue": "bulk",
+                "args": args,
+            }
+        },
         "$defs": defs or {},
     }
 
@@ -50,7 +58,7 @@ def test_schema_shapes_become_typescript() -> None:
     assert '  choice?: boolean | 1 | "two";' in ts
     assert "  /** default: 2 */\n  x?: number;" in ts
     assert "  j: JArgs;" in ts
-    assert '  j: { fallback: "spool", durable: true },' in ts
+    assert '  j: { fallback: "spool", durable: true, queue: "bulk" },' in ts
 
 
 def test_unsupported_references_and_name_clashes_are_refused() -> None:

@@ -6,7 +6,7 @@
 model that validates arguments at enqueue, so a schema and a check can never disagree.
 
 Shape (`SCHEMA_VERSION` 1): `{"$schema", "title", "version", "jobs": {name: {"description",
-"fallback", "durable", "timeout_s", "max_tries", "args": {"$ref": "#/$defs/<name>_args"}}},
+"fallback", "durable", "queue", "timeout_s", "max_tries", "args": {"$ref": "#/$defs/<name>_args"}}},
 "$defs": {...}}`. Models shared by several jobs (an email message) appear once in `$defs`.
 """
 
@@ -36,6 +36,7 @@ def job_schemas(registry: Registry, *, ref_prefix: str = "#/$defs/") -> dict[str
             "description": d.description,
             "fallback": d.fallback,
             "durable": d.durable,
+            "queue": d.default_queue,
             "timeout_s": d.timeout,
             "max_tries": d.max_tries,
             "args": refs[(d.args_model, "validation")],

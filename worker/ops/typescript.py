@@ -186,16 +186,19 @@ def typescript_types(export: dict[str, Any]) -> str:
         out.append(f"  {_key(name)}: {emit.type_of(job['args'], '  ')};")
     out += ["}", "", "export type JobName = keyof JobArgs;", ""]
     out += [
-        "/** What the runner does with a job while Redis is unusable, and whether it is durable. */",
+        "/** What the runner does with a job while Redis is unusable, whether it is durable, and the",
+        " * queue it goes to by default (null: the runner picks it from the arguments). */",
         "export interface JobInfo {",
         '  readonly fallback: "inline" | "spool" | "reject";',
         "  readonly durable: boolean;",
+        "  readonly queue: string | null;",
         "}",
         "",
         "export const JOBS: { readonly [N in JobName]: JobInfo } = {",
     ]
     for name, job in jobs.items():
         fallback, durable = json.dumps(job["fallback"]), "true" if job["durable"] else "false"
-        out.append(f"  {_key(name)}: {{ fallback: {fallback}, durable: {durable} }},")
+        queue = json.dumps(job["queue"])
+        out.append(f"  {_key(name)}: {{ fallback: {fallback}, durable: {durable}, queue: {queue} }},")
     out += ["};", ""]
     return "\n".join(out)

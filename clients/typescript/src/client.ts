@@ -39,7 +39,8 @@ export interface ClientOptions {
   /** The runner's spool table (default `jobrunner.job_spool`: the runner's tables live in the
    * schema `DATABASE_SCHEMA` names; give `<schema>.job_spool` if it is not `jobrunner`). */
   spoolTable?: string;
-  /** The runner's `QUEUE_NAME` (default `arq:queue`), for jobs written to the outbox. */
+  /** The runner's `QUEUE_NAME` (default `arq:queue`), for jobs written to the outbox: the
+   * `default` queue's key; the others are `<QUEUE_NAME>:<name>`. */
   queue?: string;
   /** A `fetch` implementation (default: the global one). */
   fetch?: typeof fetch;
@@ -65,12 +66,18 @@ export interface EnqueueOptions extends CallOptions {
   background?: boolean;
   /** The W3C `traceparent` of the request enqueuing the job; the job's log lines carry its trace id. */
   traceparent?: string;
+  /** The queue (`critical`, `default`, `bulk`, `ai`...) instead of the one the job names. Jobs
+   * whose queue depends on their arguments (`send_email`: password resets are `critical`) get it
+   * from the API; written to the outbox they go to `default` unless given here. */
+  queue?: string;
 }
 
 export interface EnqueueInTransactionOptions {
   jobId?: string;
   deferBy?: number;
   traceparent?: string;
+  /** As `EnqueueOptions.queue`. */
+  queue?: string;
   /** Check the arguments with the API first (`POST /v1/jobs/{name}/validate`); by default the
    * TypeScript types are the only check, and a job with bad arguments fails in the worker. */
   validate?: boolean;
@@ -105,6 +112,26 @@ export interface BatchJob<A> {
 export interface EnqueueManyOptions extends CallOptions {
   deferBy?: number;
   traceparent?: string;
+  /** As `EnqueueOptions.queue`. */
+  queue?: string;
+}
+
+/** What a cancel did: removed a waiting job, asked a running one to stop, found it already
+ * over, or found no such job. */
+export type CancelOutcome = "cancelled" | "requested" | "finished" | "not_found";
+
+export interface QueueState {
+  queue: string;
+  paused: boolean;
+  /** Whether it was paused before this call. */
+  wasPaused: boolean;
+}
+
+/** A running job's latest progress report. */
+export interface Progress {
+  fraction: number;
+  message: string | null;
+  atMs: number | null;
 }
 
 export interface EnqueueManyResult {
@@ -123,6 +150,7 @@ export type JobState =
   | "in_progress"
   | "complete"
   | "failed"
+  | "cancelled"
   | "dead"
   | "not_found"
   | "unknown";
@@ -139,6 +167,10 @@ export interface JobStatus {
   enqueuedAt?: string;
   startedAt?: string;
   finishedAt?: string;
+  /** The queue it is in, or was run from. */
+  queue?: string;
+  /** While it runs, its latest progress report (if it reports any). */
+  progress?: Progress;
   /** The status as the API sent it. */
   raw: Record<string, unknown>;
 }
@@ -265,6 +297,16 @@ function jobStatus(raw: Record<string, unknown>): JobStatus {
     const value = text(key);
     if (value !== undefined) out[field] = value;
   }
+  const queue = text("queue");
+  if (queue !== undefined) out.queue = queue;
+  const progress = raw["progress"] as Record<string, unknown> | undefined;
+  if (progress && typeof progress === "object" && typeof progress["fraction"] === "number") {
+    out.progress = {
+      fraction: progress["fraction"],
+      message: typeof progress["message"] === "string" ? progress["message"] : null,
+      atMs: typeof progress["at_ms"] === "number" ? progress["at_ms"] : null,
+    };
+  }
   return out;
 }
 
@@ -316,6 +358,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
     if (options.deferBy !== undefined) body["defer_by"] = options.deferBy;
     if (options.wait !== undefined && options.wait !== false) body["wait"] = options.wait;
     if (options.background) body["background"] = true;
+    if (options.queue !== undefined) body["queue"] = options.queue;
     const headers: Record<string, string> = { "idempotency-key": jobId };
     if (options.traceparent !== undefined) headers["traceparent"] = options.traceparent;
     let answer: Answer;
@@ -323,7 +366,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
       answer = await this.request("POST", `/v1/jobs/${encodeURIComponent(name)}`, body, this.httpPhase(deadline), headers);
     } catch (error) {
       if (!(error instanceof ApiUnavailableError) || this.outbox === undefined) throw error;
-      const row = { jobId, name, args: args as object, deferBy: options.deferBy, durable: this.durable(name), traceparent: options.traceparent };
+      const row = { jobId, name, args: args as object, deferBy: options.deferBy, durable: this.durable(name), traceparent: options.traceparent, queue: this.queueKey(name, options.queue) };
       const inserted = await this.writeOutbox(this.outbox, [row], deadline, error);
       const out: EnqueueResult<R> = { jobId, name, mode: "spooled", duplicate: !inserted.has(jobId), via: "outbox" };
       if (body["wait"] !== undefined) out.status = "pending";
@@ -356,6 +399,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
     const deadline = this.deadline(options);
     const body: Record<string, unknown> = { jobs: withIds.map((j) => ({ args: j.args, job_id: j.jobId })) };
     if (options.deferBy !== undefined) body["defer_by"] = options.deferBy;
+    if (options.queue !== undefined) body["queue"] = options.queue;
     const headers: Record<string, string> = {};
     if (options.traceparent !== undefined) headers["traceparent"] = options.traceparent;
     let answer: Answer;
@@ -364,7 +408,8 @@ export class JobsClient<Jobs extends object = JobArgs> {
     } catch (error) {
       if (!(error instanceof ApiUnavailableError) || this.outbox === undefined) throw error;
       const durable = this.durable(name);
-      const rows = withIds.map((j) => ({ jobId: j.jobId, name, args: j.args as object, deferBy: options.deferBy, durable, traceparent: options.traceparent }));
+      const queue = this.queueKey(name, options.queue);
+      const rows = withIds.map((j) => ({ jobId: j.jobId, name, args: j.args as object, deferBy: options.deferBy, durable, traceparent: options.traceparent, queue }));
       const inserted = await this.writeOutbox(this.outbox, rows, deadline, error);
       const out = rows.map((r) => ({ jobId: r.jobId, mode: "spooled" as const, duplicate: !inserted.has(r.jobId) }));
       return { name, jobs: out, counts: { spooled: out.length, duplicate: out.filter((j) => j.duplicate).length }, via: "outbox" };
@@ -399,8 +444,8 @@ export class JobsClient<Jobs extends object = JobArgs> {
     const jobId = checkJobId(options.jobId ?? newJobId());
     let payload = args as object;
     if (options.validate) payload = await this.validate(name, args);
-    const row: SpoolRow = { jobId, name, args: payload, deferBy: options.deferBy, durable: this.durable(name), traceparent: options.traceparent };
-    const inserted = await spoolJobs(tx, [row], { table: this.spoolTable, queue: this.queue });
+    const row: SpoolRow = { jobId, name, args: payload, deferBy: options.deferBy, durable: this.durable(name), traceparent: options.traceparent, queue: this.queueKey(name, options.queue) };
+    const inserted = await spoolJobs(tx, [row], { table: this.spoolTable });
     return { jobId, name, mode: "spooled", duplicate: !inserted.has(jobId), via: "outbox" };
   }
 
@@ -424,6 +469,25 @@ export class JobsClient<Jobs extends object = JobArgs> {
     throw apiError(answer);
   }
 
+  /** Cancel a job: a queued, deferred or spooled one is removed (its status becomes
+   * `cancelled`), a running one is asked to stop. Returns what happened. */
+  async cancel(jobId: string, options: CallOptions = {}): Promise<CancelOutcome> {
+    const answer = await this.request("DELETE", `/v1/jobs/${encodeURIComponent(jobId)}`, undefined, this.deadline(options));
+    const outcome = (answer.body as Record<string, unknown> | null)?.["outcome"];
+    if ((answer.status < 300 || answer.status === 404) && typeof outcome === "string") return outcome as CancelOutcome;
+    throw apiError(answer);
+  }
+
+  /** Stop workers claiming from queue `name` (jobs keep arriving and wait). */
+  async pauseQueue(name: string, options: CallOptions = {}): Promise<QueueState> {
+    return this.changeQueue(name, "pause", options);
+  }
+
+  /** Let workers claim from a paused queue again. */
+  async resumeQueue(name: string, options: CallOptions = {}): Promise<QueueState> {
+    return this.changeQueue(name, "resume", options);
+  }
+
   /** Poll until the job completes (its result) or fails (`JobFailedError`); `WaitTimeoutError`
    * after `timeoutMs` (default 30 s). A spooled job waits for Redis and a worker. */
   async waitForResult<R = unknown>(jobId: string, options: WaitOptions = {}): Promise<R> {
@@ -438,7 +502,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
         const report = await this.status(jobId, { timeoutMs: left, ...(options.signal ? { signal: options.signal } : {}) });
         last = report.status;
         if (report.status === "complete") return report.result as R;
-        if (report.status === "failed" || report.status === "dead") {
+        if (report.status === "failed" || report.status === "dead" || report.status === "cancelled") {
           throw new JobFailedError(jobId, report.error ?? { type: "Error", message: "failed", kind: "permanent" });
         }
       } catch (error) {
@@ -478,6 +542,23 @@ export class JobsClient<Jobs extends object = JobArgs> {
     return (JOBS as Record<string, { durable: boolean } | undefined>)[name]?.durable ?? false;
   }
 
+  /** The Redis key of the queue an outbox row goes to: the caller's queue, else the job's own
+   * (when it names one), else `default` (the key `QUEUE_NAME` itself). */
+  private queueKey(name: string, queue: string | undefined): string {
+    const chosen = queue ?? (JOBS as Record<string, { queue: string | null } | undefined>)[name]?.queue ?? "default";
+    if (!/^[a-z0-9][a-z0-9_-]{0,39}$/.test(chosen)) {
+      throw new TypeError(`queue ${JSON.stringify(chosen)} is not a queue name; use 1-40 lowercase letters, digits, _ and -`);
+    }
+    return chosen === "default" ? this.queue : `${this.queue}:${chosen}`;
+  }
+
+  private async changeQueue(name: string, action: "pause" | "resume", options: CallOptions): Promise<QueueState> {
+    const answer = await this.request("POST", `/v1/queues/${encodeURIComponent(name)}/${action}`, undefined, this.deadline(options));
+    if (answer.status >= 300) throw apiError(answer);
+    const data = answer.body as { queue: string; paused: boolean; was_paused: boolean };
+    return { queue: data.queue, paused: data.paused, wasPaused: data.was_paused };
+  }
+
   private deadline(options: CallOptions): Deadline {
     return { at: Date.now() + (options.timeoutMs ?? this.timeoutMs), signal: options.signal };
   }
@@ -492,7 +573,7 @@ export class JobsClient<Jobs extends object = JobArgs> {
 
   private async writeOutbox(db: SqlExecutor, rows: SpoolRow[], deadline: Deadline, apiDown: ApiUnavailableError): Promise<Set<string>> {
     const left = deadline.at - Date.now();
-    const write = spoolJobs(db, rows, { table: this.spoolTable, queue: this.queue });
+    const write = spoolJobs(db, rows, { table: this.spoolTable });
     try {
       return await within(write, left, () => new JobsError(`the outbox write did not finish within ${Math.round(left)} ms`));
     } catch (error) {

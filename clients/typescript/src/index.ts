@@ -2,6 +2,7 @@ export {
   type AnalyticsEvent,
   type BatchJob,
   type CallOptions,
+  type CancelOutcome,
   CLIENT_VERSION,
   type ClientOptions,
   type EnqueueInTransactionOptions,
@@ -14,6 +15,8 @@ export {
   type JobState,
   type JobStatus,
   type Mode,
+  type Progress,
+  type QueueState,
   type TrackResult,
   type WaitOptions,
 } from "./client.ts";

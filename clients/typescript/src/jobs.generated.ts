@@ -236,23 +236,25 @@ export interface JobArgs {
 
 export type JobName = keyof JobArgs;
 
-/** What the runner does with a job while Redis is unusable, and whether it is durable. */
+/** What the runner does with a job while Redis is unusable, whether it is durable, and the
+ * queue it goes to by default (null: the runner picks it from the arguments). */
 export interface JobInfo {
   readonly fallback: "inline" | "spool" | "reject";
   readonly durable: boolean;
+  readonly queue: string | null;
 }
 
 export const JOBS: { readonly [N in JobName]: JobInfo } = {
-  ai_email_variants: { fallback: "spool", durable: false },
-  ai_social_captions: { fallback: "spool", durable: false },
-  ai_track_tags: { fallback: "spool", durable: false },
-  ai_week_narrative: { fallback: "spool", durable: false },
-  detect_analytics_anomalies: { fallback: "spool", durable: false },
-  flush_analytics_events: { fallback: "inline", durable: false },
-  import_streams: { fallback: "spool", durable: false },
-  ping: { fallback: "inline", durable: false },
-  rollup_analytics: { fallback: "spool", durable: false },
-  send_bulk_email: { fallback: "inline", durable: true },
-  send_email: { fallback: "inline", durable: true },
-  send_weekly_insights: { fallback: "spool", durable: false },
+  ai_email_variants: { fallback: "spool", durable: false, queue: "ai" },
+  ai_social_captions: { fallback: "spool", durable: false, queue: "ai" },
+  ai_track_tags: { fallback: "spool", durable: false, queue: "ai" },
+  ai_week_narrative: { fallback: "spool", durable: false, queue: "ai" },
+  detect_analytics_anomalies: { fallback: "spool", durable: false, queue: "bulk" },
+  flush_analytics_events: { fallback: "inline", durable: false, queue: "bulk" },
+  import_streams: { fallback: "spool", durable: false, queue: "bulk" },
+  ping: { fallback: "inline", durable: false, queue: "default" },
+  rollup_analytics: { fallback: "spool", durable: false, queue: "bulk" },
+  send_bulk_email: { fallback: "inline", durable: true, queue: "bulk" },
+  send_email: { fallback: "inline", durable: true, queue: null },
+  send_weekly_insights: { fallback: "spool", durable: false, queue: "bulk" },
 };

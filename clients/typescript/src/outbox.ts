@@ -36,6 +36,8 @@ export interface SpoolRow {
   deferBy?: number | undefined;
   durable: boolean;
   traceparent?: string | undefined;
+  /** The Redis key of the queue to deliver it to (`QUEUE_NAME`, or `QUEUE_NAME:<queue>`). */
+  queue: string;
 }
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
@@ -104,7 +106,7 @@ const MAX_ROWS_PER_STATEMENT = 1000;
 export async function spoolJobs(
   db: SqlExecutor,
   rows: SpoolRow[],
-  options: { table: string; queue: string },
+  options: { table: string },
 ): Promise<Set<string>> {
   const table = quoteTable(options.table);
   const inserted = new Set<string>();
@@ -117,7 +119,7 @@ export async function spoolJobs(
         row.jobId,
         row.name,
         JSON.stringify(row.args),
-        options.queue,
+        row.queue,
         row.deferBy ?? 0,
         row.durable,
         row.traceparent ?? null,

@@ -137,6 +137,22 @@ describe("through the API", { timeout: 30_000 }, () => {
     await api.waitForResult(handle.jobId);
   });
 
+  test("cancel: a deferred job is removed and reports cancelled; a second cancel finds it over", async () => {
+    const handle = await api.enqueue("record", { key: key("cancel") }, { deferBy: 3600, queue: "bulk" });
+    assert.equal(await api.cancel(handle.jobId), "cancelled");
+    const status = await api.status(handle.jobId);
+    assert.equal(status.status, "cancelled");
+    assert.equal(status.queue, "bulk");
+    assert.equal(await api.cancel(handle.jobId), "finished");
+    assert.equal(await api.cancel("no-such-job-" + key("x")), "not_found");
+    await assert.rejects(api.waitForResult(handle.jobId), JobFailedError);
+  });
+
+  test("pause and resume a queue", async () => {
+    assert.deepEqual(await api.pauseQueue("bulk"), { queue: "bulk", paused: true, wasPaused: false });
+    assert.deepEqual(await api.resumeQueue("bulk"), { queue: "bulk", paused: false, wasPaused: true });
+  });
+
   test("validate answers the arguments as the job will see them", async () => {
     assert.deepEqual(await api.validate("record", { key: "v" }), { key: "v" });
   });
@@ -200,6 +216,16 @@ describe("when the API is unreachable", { timeout: 30_000 }, () => {
     await api.waitForResult(handle.jobId); // "spooled" until the relay has taken the second copy
     const status = await api.status(handle.jobId);
     assert.deepEqual([status.status, status.tries], ["complete", 1]); // and pytest checks it ran once
+  });
+
+  test("the outbox delivers to the queue asked for", async () => {
+    const client = outboxClient(env.apiDown);
+    const k = key("outbox-queue");
+    const handle = await client.enqueue("record", { key: k }, { queue: "critical" });
+    assert.equal(handle.via, "outbox");
+    assert.deepEqual(await api.waitForResult(handle.jobId), { key: k, mode: "queued" });
+    assert.equal((await api.status(handle.jobId)).queue, "critical");
+    await assert.rejects(client.enqueue("record", { key: k }, { queue: "Not A Queue" }), TypeError);
   });
 
   test("enqueueMany falls back to the outbox as one write", async () => {
