@@ -867,7 +867,9 @@ def _describe(error: dict[str, Any]) -> str:
     value = error.get("input")
     shown: Any
     if field in _SECRET_FIELDS:
-        shown = redact_url(value) if isinstance(value, str) and "://" in value else "<redacted>"
+        # A DSN's key sits where a URL's user does, which redact_url shows: hide it whole.
+        readable = isinstance(value, str) and "://" in value and field != "sentry_dsn"
+        shown = redact_url(str(value)) if readable else "<redacted>"
     else:
         shown = value
     message = str(error["msg"]).removeprefix("Value error, ")

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from core import JobContext, Registry, define
 from core.errors import PermanentError, TransientError
-from settings import Settings
+from settings import Settings, SettingsError, load_settings
 from tests.conftest import RunningWorker
 from tests.http_fixtures import TOKEN, serving
 from tests.observability_fixtures import OtlpReceiver, SentryReceiver, otlp, sentry
@@ -315,3 +315,30 @@ async def test_nothing_is_loaded_or_sent_unless_configured_and_missing_extras_ch
     assert "maxbooster-jobs[" not in plain.stderr + not_installed.stderr
     assert otlp.requests == []
     assert sentry.requests == []
+
+
+def test_settings_name_the_bad_variable_and_keep_secrets_out() -> None:
+    bad = {
+        "otel_exporter_otlp_protocol": ("grpc", "use http/protobuf"),
+        "sentry_dsn": ("https://k3y-in-dsn@sentry.example.com/not-a-project", "no project id"),
+        "otel_exporter_otlp_headers": ("api-key", "is not key=value"),
+        "otel_exporter_otlp_endpoint": ("ftp://collector", "use http:// or https://"),
+    }
+    for field, (value, fix) in bad.items():
+        with pytest.raises(SettingsError, match=f"{field.upper()}: .*{fix}") as caught:
+            load_settings(_env_file=None, redis_url="", **{field: value})
+        assert "k3y-in-dsn" not in str(caught.value)
+    good = load_settings(
+        _env_file=None,
+        sentry_dsn="https://k3y-in-dsn@sentry.example.com/42",
+        otel_exporter_otlp_headers="api-key=h3ader-S3cret%21",
+        otel_traces_exporter="OTLP",
+    )
+    assert good.tracing_configured
+    assert good.otlp_url("traces") == "http://localhost:4318/v1/traces"
+    assert good.otlp_headers == {"api-key": "h3ader-S3cret!"}
+    assert good.sentry_dsn_redacted == "https://***@sentry.example.com/42"
+    assert {"k3y-in-dsn", "h3ader-S3cret!"} <= set(good.secret_values())
+    assert not load_settings(
+        _env_file=None, otel_exporter_otlp_endpoint="http://c:4318", otel_sdk_disabled=True
+    ).tracing_configured
