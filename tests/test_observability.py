@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from pydantic import SecretStr
 from core import JobContext, Registry, define
 from core.errors import PermanentError, TransientError
 from settings import Settings, SettingsError, load_settings
-from tests.conftest import RunningWorker
+from tests.conftest import RunningWorker, eventually
 from tests.http_fixtures import TOKEN, serving
 from tests.observability_fixtures import OtlpReceiver, SentryReceiver, otlp, sentry
 from tests.sample_jobs import follow_up, record
@@ -57,6 +58,13 @@ def _traced(settings: Settings, otlp: OtlpReceiver, **more: Any) -> Settings:
 async def _worker(settings: Settings) -> RunningWorker:
     service = WorkerService(settings, registry=REGISTRY, handle_signals=False)
     return RunningWorker(service, asyncio.create_task(service.run()))
+
+
+def _ran(client: httpx.AsyncClient, job_id: str) -> Callable[[], Awaitable[bool]]:
+    async def complete() -> bool:
+        return bool((await client.get(f"/v1/jobs/{job_id}")).json()["status"] == "complete")
+
+    return complete
 
 
 def _lines(log_output: io.StringIO) -> list[dict[str, Any]]:
@@ -149,12 +157,25 @@ async def test_a_job_enqueued_over_http_continues_the_callers_trace(
                 headers={"traceparent": TRACEPARENT},
             )
             assert reply.json()["status"] == "complete", reply.text
+            batch = {"jobs": [{"args": {"key": "b1"}}, {"args": {"key": "b2"}}]}
+            other = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+            reply = await client.post("/v1/jobs/record/batch", json=batch, headers={"traceparent": other})
+            assert reply.status_code == 202, reply.text
+            ids = [job["job_id"] for job in reply.json()["jobs"]]
+            for job_id in ids:
+                await eventually(_ran(client, job_id), what="the batch's jobs to run")
     finally:
         await worker.stop()
-    [enqueue] = otlp.named("enqueue record")
-    [run] = otlp.named("run record")
+    [enqueue, batched] = sorted(otlp.named("enqueue record"), key=lambda s: "job.count" in s.attributes)
+    runs = {s.attributes["job.id"]: s for s in otlp.named("run record")}
+    run = runs[enqueue.attributes["job.id"]]
     assert (enqueue.trace_id, enqueue.parent_id) == (TRACE_ID, "00f067aa0ba902b7")
     assert (run.trace_id, run.parent_id) == (TRACE_ID, enqueue.span_id)
+    # A batch is one enqueue span, the parent of each of its jobs' runs.
+    assert (batched.trace_id, batched.parent_id) == ("a" * 32, "b" * 16)
+    assert batched.attributes["job.count"] == 2
+    assert batched.attributes["job.mode"] == "queued"
+    assert {runs[i].parent_id for i in ids} == {batched.span_id}
 
 
 async def test_a_final_failure_reaches_sentry_once_scrubbed(
