@@ -25,6 +25,7 @@ __all__ = [
     "load_settings",
     "parse_api_tokens",
     "parse_dashboard_tokens",
+    "parse_otlp_headers",
     "redact_url",
 ]
 
@@ -40,6 +41,8 @@ _SECRET_FIELDS = {
     "api_tokens",
     "dashboard_tokens",
     "dashboard_session_secret",
+    "otel_exporter_otlp_headers",
+    "sentry_dsn",
 }
 
 # A fix hint per field, used when pydantic's own message is all we have.
@@ -78,6 +81,11 @@ _FIX_HINTS: dict[str, str] = {
     "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
     "dashboard_session_hours": "use more than 0 and at most 720 hours",
     "dashboard_refresh_s": "use 1 to 3600 seconds",
+    "otel_traces_exporter": "use otlp, console or none",
+    "otel_metrics_exporter": "use otlp, console or none",
+    "otel_exporter_otlp_protocol": "use http/protobuf (a collector takes it on port 4318)",
+    "otel_exporter_otlp_headers": "use key=value pairs separated by commas (api-key=abc,team=jobs)",
+    "sentry_dsn": "use the DSN of your Sentry project: https://PUBLIC_KEY@HOST/PROJECT_ID",
 }
 
 # An API token: at least 16 characters, none of them whitespace, ':' or ','.
@@ -108,6 +116,20 @@ def parse_api_tokens(raw: str) -> list[tuple[str, frozenset[str] | None]]:
     if len({token for token, _ in entries}) != len(entries):
         raise ValueError("a token is listed twice; use each token once")
     return entries
+
+
+def parse_otlp_headers(raw: str) -> dict[str, str]:
+    """OTEL_EXPORTER_OTLP_HEADERS (`key=value,key2=value2`, values percent-encoded) as a dict.
+    Raises ValueError without showing a value."""
+    headers: dict[str, str] = {}
+    for n, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
+        if not entry:
+            continue
+        key, eq, value = entry.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"entry {n} is not key=value")
+        headers[key.strip().lower()] = unquote(value.strip())
+    return headers
 
 
 DASHBOARD_ROLES = ("operator", "viewer")
@@ -361,6 +383,26 @@ class Settings(BaseSettings):
     smtp_tls_verify: bool = True
     smtp_ca_file: str | None = None
 
+    # Observability (README "Observability"). OpenTelemetry, read from the standard OTEL_*
+    # variables: traces are on once an OTLP endpoint or OTEL_TRACES_EXPORTER is set (and the
+    # `otel` extra is installed); OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none turn them off.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = None
+    # OTel metrics mirroring the Prometheus ones: off unless OTEL_METRICS_EXPORTER=otlp or console.
+    otel_metrics_exporter: Literal["otlp", "console", "none"] | None = None
+    otel_exporter_otlp_endpoint: str | None = None  # the base URL; /v1/traces and /v1/metrics are added
+    otel_exporter_otlp_traces_endpoint: str | None = None  # the full URL, when traces go elsewhere
+    otel_exporter_otlp_metrics_endpoint: str | None = None
+    otel_exporter_otlp_headers: SecretStr | None = None  # key=value,key2=value2 (an API key, often)
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"
+    otel_service_name: str = "maxbooster-jobs"
+    # Sentry: failed attempts and the worker's crashes are reported when SENTRY_DSN is set (and the
+    # `sentry` extra is installed). Final failures only, unless SENTRY_REPORT_RETRIES.
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str | None = None
+    sentry_release: str | None = None
+    sentry_report_retries: bool = False
+
     # AI (OpenAI-compatible).
     ai_base_url: str | None = None
     ai_api_key: SecretStr | None = None
@@ -456,6 +498,54 @@ class Settings(BaseSettings):
             # A common mistake: the endpoint instead of the root the client appends it to.
             raise ValueError("give the API root, not the endpoint: drop the trailing /chat/completions")
         return url
+
+    @field_validator(
+        "otel_traces_exporter", "otel_metrics_exporter", "otel_exporter_otlp_protocol", mode="before"
+    )
+    @classmethod
+    def _lower_or_unset(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        return v.strip().lower() or None
+
+    @field_validator(
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
+        "otel_exporter_otlp_metrics_endpoint",
+    )
+    @classmethod
+    def _otlp_endpoint(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        _check_url(v.strip(), ("http", "https"), "OTLP")
+        return v.strip().rstrip("/")
+
+    @field_validator("otel_exporter_otlp_headers")
+    @classmethod
+    def _otlp_headers(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        parse_otlp_headers(v.get_secret_value())
+        return SecretStr(v.get_secret_value().strip())
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _sentry_dsn(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        raw = v.get_secret_value().strip()
+        _check_url(raw, ("https", "http"), "Sentry DSN")
+        parts = urlsplit(raw)
+        if not parts.username or not parts.path.rstrip("/").rpartition("/")[2].isdigit():
+            raise ValueError(
+                "is not a Sentry DSN (no public key before the host, or no project id at the end)"
+            )
+        return SecretStr(raw)
+
+    @field_validator("sentry_environment", "sentry_release")
+    @classmethod
+    def _blank_is_none(cls, v: str | None) -> str | None:
+        return v.strip() if v is not None and v.strip() else None
 
     @field_validator("ai_api_key", "ai_model", "job_signing_keys")
     @classmethod
@@ -672,7 +762,50 @@ class Settings(BaseSettings):
         for url in (self.redis_url, self.database_url, self.smtp_url):
             if url is not None:
                 found += _url_secrets(url.get_secret_value())
+        if self.otel_exporter_otlp_headers is not None:
+            found += list(parse_otlp_headers(self.otel_exporter_otlp_headers.get_secret_value()).values())
+        if self.sentry_dsn is not None:
+            found.append(urlsplit(self.sentry_dsn.get_secret_value()).username or "")
         return sorted({f for f in found if len(f) >= 4}, key=len, reverse=True)
+
+    @property
+    def tracing_configured(self) -> bool:
+        """OTEL_* asks for traces: an OTLP endpoint or a traces exporter set, and not disabled."""
+        if self.otel_sdk_disabled or self.otel_traces_exporter == "none":
+            return False
+        return self.otel_traces_exporter is not None or bool(
+            self.otel_exporter_otlp_endpoint or self.otel_exporter_otlp_traces_endpoint
+        )
+
+    @property
+    def otel_metrics_configured(self) -> bool:
+        """OTEL_METRICS_EXPORTER asks for OTel metrics (off by default: Prometheus serves them)."""
+        return not self.otel_sdk_disabled and self.otel_metrics_exporter in ("otlp", "console")
+
+    def otlp_url(self, signal: Literal["traces", "metrics"]) -> str:
+        """Where OTLP/HTTP sends `signal`: its own endpoint, else the base one plus /v1/<signal>,
+        else a collector on this machine (the OTLP default)."""
+        own = (
+            self.otel_exporter_otlp_traces_endpoint
+            if signal == "traces"
+            else self.otel_exporter_otlp_metrics_endpoint
+        )
+        if own:
+            return own
+        return f"{self.otel_exporter_otlp_endpoint or 'http://localhost:4318'}/v1/{signal}"
+
+    @property
+    def otlp_headers(self) -> dict[str, str]:
+        raw = self.otel_exporter_otlp_headers
+        return parse_otlp_headers(raw.get_secret_value()) if raw is not None else {}
+
+    @property
+    def sentry_dsn_redacted(self) -> str:
+        """The DSN with its key hidden, for logs and `doctor`."""
+        if self.sentry_dsn is None:
+            return "(not configured)"
+        parts = urlsplit(self.sentry_dsn.get_secret_value())
+        return f"{parts.scheme}://***@{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
     @property
     def signing_keys(self) -> list[bytes]:
@@ -734,7 +867,9 @@ def _describe(error: dict[str, Any]) -> str:
     value = error.get("input")
     shown: Any
     if field in _SECRET_FIELDS:
-        shown = redact_url(value) if isinstance(value, str) and "://" in value else "<redacted>"
+        # A DSN's key sits where a URL's user does, which redact_url shows: hide it whole.
+        readable = isinstance(value, str) and "://" in value and field != "sentry_dsn"
+        shown = redact_url(str(value)) if readable else "<redacted>"
     else:
         shown = value
     message = str(error["msg"]).removeprefix("Value error, ")

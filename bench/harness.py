@@ -161,7 +161,9 @@ class ArqClient(Client):
         await self.redis.aclose()
 
 
-async def client_for(kind: str, url: str, queue: str, *, signing_key: str | None = None) -> Client:
+async def client_for(
+    kind: str, url: str, queue: str, *, signing_key: str | None = None, otel_endpoint: str | None = None
+) -> Client:
     if kind in OURS:
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
@@ -169,6 +171,7 @@ async def client_for(kind: str, url: str, queue: str, *, signing_key: str | None
             queue_name=queue,
             log_format="json",
             job_signing_keys=SecretStr(signing_key) if signing_key else None,
+            otel_exporter_otlp_endpoint=otel_endpoint,
         )
         producer = Producer(settings, registry=BENCH_REGISTRY)
         await producer.start()

@@ -39,6 +39,7 @@ class Env:
     url: str
     logs: Path = LOGS
     signing_key: str | None = None  # JOB_SIGNING_KEYS for our worker and producer
+    otel_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT for our worker and producer
 
 
 @asynccontextmanager
@@ -50,8 +51,12 @@ async def running(
     env.logs.mkdir(parents=True, exist_ok=True)
     if env.signing_key is not None:
         worker_env = {**(worker_env or {}), "JOB_SIGNING_KEYS": env.signing_key}
+    if env.otel_endpoint is not None:
+        worker_env = {**(worker_env or {}), "OTEL_EXPORTER_OTLP_ENDPOINT": env.otel_endpoint}
     async with WorkerProcess(kind, env.url, queue, env.logs, worker_env) as worker:
-        client = await client_for(kind, env.url, queue, signing_key=env.signing_key)
+        client = await client_for(
+            kind, env.url, queue, signing_key=env.signing_key, otel_endpoint=env.otel_endpoint
+        )
         try:
             await client.result(await client.enqueue("noop"), timeout=60)
             yield worker, client, Counters(client.redis)

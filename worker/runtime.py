@@ -1,5 +1,6 @@
 """The shared resources of one process, built once: the queue backend, the job dependencies,
-the ledger, the metrics, and the attempt runner with its outcome path.
+the ledger, the metrics, the observability exports (traces, OTel metrics, error reports, each
+only when configured), and the attempt runner with its outcome path.
 
 A standalone `Producer` builds its own; a worker builds one and hands it to the producer it
 embeds (for jobs that queue follow-up jobs), so a worker has one connection pool of each kind
@@ -17,6 +18,7 @@ from worker.backend import QueueBackend, RedisBackend, make_cache
 from worker.execution import AttemptRunner, Outcomes
 from worker.ledger import Ledger
 from worker.telemetry import Metrics
+from worker.telemetry.observe import Observability
 
 __all__ = ["Runtime"]
 
@@ -30,6 +32,7 @@ class Runtime:
     ledger: Ledger
     metrics: Metrics
     attempts: AttemptRunner
+    observability: Observability
 
     @classmethod
     def build(
@@ -38,13 +41,18 @@ class Runtime:
         backend = RedisBackend(settings, role=role, socket_timeout=socket_timeout)
         deps = Deps(settings, cache=make_cache(settings))
         ledger = Ledger(deps)
-        metrics = Metrics()
+        observability = Observability.build(settings)
+        metrics = Metrics(mirror=observability.metrics)
         metrics.watch_breaker(lambda: not backend.usable)
-        attempts = AttemptRunner(settings, deps, Outcomes(metrics, ledger))
-        return cls(settings, registry, backend, deps, ledger, metrics, attempts)
+        outcomes = Outcomes(metrics, ledger, errors=observability.errors)
+        attempts = AttemptRunner(settings, deps, outcomes, tracing=observability.tracing)
+        return cls(settings, registry, backend, deps, ledger, metrics, attempts, observability)
 
     async def aclose(self) -> None:
         """Wait for background bookkeeping, then close the dependencies and the backend."""
-        await self.ledger.drain()
-        await self.deps.aclose()
-        await self.backend.aclose()
+        try:
+            await self.ledger.drain()
+            await self.deps.aclose()
+            await self.backend.aclose()
+        finally:
+            await self.observability.aclose()  # the last spans and error reports

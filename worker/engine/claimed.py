@@ -84,7 +84,7 @@ class ClaimedJobs:
             refused = _Refused(
                 "InternalError", f"the worker could not finish the job: {type(exc).__name__}: {exc}"
             )
-            return await self._refused(job, None, refused, epoch_ms(), 0.0)
+            return await self._refused(job, None, refused, epoch_ms(), 0.0, exception=exc)
 
     async def quarantined(self, entry: PoisonEntry) -> None:
         """A queue entry the claim set aside: one log line, the counters, a dead letter."""
@@ -123,6 +123,7 @@ class ClaimedJobs:
             traceparent=record.traceparent,
             start_number=job_try + job.interruptions,
             control=control,
+            queue=job.queue,
         )
         if attempt.outcome == "retry":
             again = epoch_ms() + int((attempt.retry_in or 0) * 1000)
@@ -178,7 +179,13 @@ class ClaimedJobs:
             )
 
     async def _refused(
-        self, job: ClaimedJob, record: JobRecord | None, refused: _Refused, start_ms: int, duration_s: float
+        self,
+        job: ClaimedJob,
+        record: JobRecord | None,
+        refused: _Refused,
+        start_ms: int,
+        duration_s: float,
+        exception: Exception | None = None,
     ) -> Finished:
         name = record.name if record is not None else "<unknown>"
         kwargs: Mapping[str, Any] = record.kwargs if record is not None else {}
@@ -191,6 +198,8 @@ class ClaimedJobs:
             error_type=refused.error_type,
             message=refused.message,
             duration_s=duration_s,
+            queue=job.queue,
+            exception=exception,  # a fault of ours: its stack goes to the error report
         )
         result = self._result(job, record, job.job_try, False, failure_value(error), start_ms)
         return Finished(job.job_id, result=result, queue=job.queue)

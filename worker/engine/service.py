@@ -131,13 +131,22 @@ class WorkerService:
             }
             if not self._burst:  # a burst run drains the queue and exits; schedules would refill it
                 loops["schedules"] = self._scheduler.run_forever
-            background = [asyncio.create_task(_supervised(name, loop)) for name, loop in loops.items()]
+            crashed = self.report_crash
+            background = [
+                asyncio.create_task(_supervised(name, loop, crashed)) for name, loop in loops.items()
+            ]
             await self.worker.run()
         finally:
             for task in background:
                 task.cancel()
             await self._shutdown()
         return 2 if self.worker.fatal is not None else 0
+
+    def report_crash(self, exc: BaseException, where: str) -> None:
+        """A fault of the worker itself: to Sentry when SENTRY_DSN is set (the log has it anyway)."""
+        errors = self.runtime.observability.errors
+        if errors is not None:
+            errors.crash(exc, where=where)
 
     async def _durability(self) -> None:
         """Relay the spool and reconcile durable jobs, once Postgres answers."""
@@ -183,9 +192,13 @@ class WorkerService:
             )
 
 
-async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop for the worker's life: a failure is logged and the loop restarted
-    (after 1 s, doubling to 60 s while it keeps failing), never left unread."""
+async def _supervised(
+    name: str,
+    loop: Callable[[], Awaitable[None]],
+    crashed: Callable[[BaseException, str], None] | None = None,
+) -> None:
+    """Run a background loop for the worker's life: a failure is logged (and reported) and the
+    loop restarted (after 1 s, doubling to 60 s while it keeps failing), never left unread."""
     delay = 1.0
     while True:
         started = time.monotonic()
@@ -203,6 +216,8 @@ async def _supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
                 error=f"{type(exc).__name__}: {exc}",
                 restart_in_s=delay,
             )
+            if crashed is not None:
+                crashed(exc, f"worker: {name}")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 60.0)
 
@@ -211,4 +226,12 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> int:
     if not settings.redis_enabled:
         log.error("REDIS_URL is empty: the worker needs Redis; set REDIS_URL=redis://host:6379/0")
         return 2
-    return await WorkerService(settings, burst=burst).run()
+    service = WorkerService(settings, burst=burst)
+    try:
+        return await service.run()
+    except Exception as exc:  # the process is going down: report it, then let it raise
+        service.report_crash(exc, "worker")
+        errors = service.runtime.observability.errors
+        if errors is not None:
+            await errors.flush()
+        raise

@@ -27,6 +27,7 @@ from core.errors import JobCancelled, JobFailed, JobTimeout, PermanentError, Tra
 from core.registry import JobDefinition
 from settings import Settings
 from worker.execution.outcomes import AttemptEnd, Outcomes
+from worker.telemetry.tracing import Tracing
 
 __all__ = ["Attempt", "AttemptRunner", "backoff_delay"]
 
@@ -39,6 +40,7 @@ class Attempt:
     result: Any = None
     error: JobFailed | None = None
     retry_in: float | None = None
+    exception: Exception | None = None  # what the job raised, for traces and error reports
 
 
 def backoff_delay(job_try: int, settings: Settings, retry_after: float | None = None) -> float:
@@ -53,10 +55,13 @@ def backoff_delay(job_try: int, settings: Settings, retry_after: float | None = 
 class AttemptRunner:
     """Runs job attempts with shared dependencies; one per process (worker or producer)."""
 
-    def __init__(self, settings: Settings, deps: Deps, outcomes: Outcomes) -> None:
+    def __init__(
+        self, settings: Settings, deps: Deps, outcomes: Outcomes, *, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
         self.deps = deps
         self.outcomes = outcomes
+        self.tracing = tracing  # None unless OTEL_* turns tracing on
         # Scrubbed from every error message before it is logged, stored or returned.
         self._secrets = settings.secret_values()
 
@@ -78,10 +83,15 @@ class AttemptRunner:
         traceparent: str | None = None,
         start_number: int | None = None,
         control: JobControl | None = None,
+        queue: str | None = None,
     ) -> Attempt:
         fields: dict[str, Any] = {"job_id": job_id, "job": job.name, "mode": mode, "job_try": job_try}
-        if traceparent is not None:  # every line of the job joins the request that enqueued it
-            fields["trace_id"] = traceparent[3:35]
+        span = None
+        if self.tracing is not None:  # the attempt's span, a child of the enqueue's
+            span = self.tracing.attempt(job.name, job_id, job_try, mode, queue, traceparent)
+            fields["trace_id"], fields["span_id"] = span.trace_id, span.span_id
+        elif traceparent is not None:  # every line of the job joins the request that enqueued it
+            fields["trace_id"], fields["span_id"] = traceparent[3:35], traceparent[36:52]
         bound = structlog.contextvars.bind_contextvars(**fields)
         ctx = JobContext(
             job_id=job_id,
@@ -120,9 +130,17 @@ class AttemptRunner:
                 enqueue_time=ctx.enqueue_time,
                 durable=job.durable,
                 reported=ctx.report,
+                queue=queue,
+                trace_id=fields.get("trace_id"),
+                span_id=fields.get("span_id"),
+                exception=attempt.exception if attempt is not None else None,
             )
             try:
-                self.outcomes.account(end)
+                try:
+                    self.outcomes.account(end)
+                finally:
+                    if span is not None:  # before the ledger's write: the span times the job
+                        span.end(end.outcome, end.error, end.exception)
                 if self.outcomes.needs_record(end):
                     await self.outcomes.record(end)
             finally:
@@ -140,6 +158,8 @@ class AttemptRunner:
         message: str,
         duration_s: float = 0.0,
         enqueue_time: datetime | None = None,
+        queue: str | None = None,
+        exception: Exception | None = None,
     ) -> JobFailed:
         """Account for an attempt that could not run at all (an undecodable record, an unknown
         job, tries used up): the same log line, counters and dead letter as a failed attempt."""
@@ -155,6 +175,8 @@ class AttemptRunner:
             error=error,
             enqueue_time=enqueue_time,
             started=False,
+            queue=queue,
+            exception=exception,
         )
         await self.outcomes.finished(end)
         return error
@@ -185,6 +207,6 @@ class AttemptRunner:
             if kind == "transient" and ctx.job_try < ctx.max_tries:
                 retry_after = error.retry_after if isinstance(error, TransientError) else None
                 delay = backoff_delay(ctx.job_try, self.settings, retry_after)
-                return Attempt("retry", error=failure, retry_in=delay)
-            return Attempt("failed", error=failure)
+                return Attempt("retry", error=failure, retry_in=delay, exception=exc)
+            return Attempt("failed", error=failure, exception=exc)
         return Attempt("complete", result=result)

@@ -9,7 +9,9 @@ synchronous part, `account`, on the hot path; `record` only when the ledger has 
 - the Prometheus counters and histogram, the recent counts `stats` shows, and the totals the
   worker's health key carries;
 - the ledger: a failure for good is dead-lettered; an inline run's final outcome is kept for
-  `status`; a durable job's row is settled.
+  `status`; a durable job's row is settled;
+- with SENTRY_DSN, a failure for good (and with SENTRY_REPORT_RETRIES every failed try) is
+  reported to Sentry, once (`worker.telemetry.errors_report`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import structlog
 from core.context import Mode
 from core.errors import JobFailed
 from worker.ledger import Ledger
+from worker.telemetry.errors_report import ErrorReports
 from worker.telemetry.metrics import Metrics
 
 __all__ = ["AttemptEnd", "Outcome", "Outcomes"]
@@ -62,14 +65,21 @@ class AttemptEnd:
     # False for an attempt refused before the job ran (it was never counted as running).
     started: bool = True
     reported: Mapping[str, Any] = field(default_factory=dict)
+    # For traces and error reports: the queue's key, the attempt's trace and span (its own span
+    # when tracing, else the enqueuer's from the record), and what the job raised.
+    queue: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    exception: BaseException | None = None
 
 
 class Outcomes:
     """Counts, logs and records finished attempts for one process."""
 
-    def __init__(self, metrics: Metrics, ledger: Ledger) -> None:
+    def __init__(self, metrics: Metrics, ledger: Ledger, *, errors: ErrorReports | None = None) -> None:
         self.metrics = metrics
         self.ledger = ledger
+        self.errors = errors
 
     def started(self, job: str, mode: Mode) -> None:
         self.metrics.attempt_started(job, mode)
@@ -83,6 +93,8 @@ class Outcomes:
         """The log line and the counters."""
         self._log(end)
         self.metrics.attempt_finished(end.job, end.mode, end.outcome, end.duration_s, started=end.started)
+        if self.errors is not None and end.error is not None and self.errors.wants(end.outcome):
+            self.errors.attempt_failed(end)
 
     @staticmethod
     def needs_record(end: AttemptEnd) -> bool:

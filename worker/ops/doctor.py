@@ -8,7 +8,9 @@ problem comes with a one-line fix. Then the doctor says what the runner will do 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 import asyncpg
 import httpx
+import orjson
 
 from core.deps import connect_postgres
 from core.errors import BackendError, CredentialsRefused, scrub
@@ -296,6 +299,139 @@ async def check_signing(settings: Settings) -> Check:
     return Check("signing", "ok", detail)
 
 
+def _installed(*modules: str) -> bool:
+    """Whether the packages are installed, without importing them."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in modules)
+    except ModuleNotFoundError:
+        return False
+
+
+async def check_tracing(settings: Settings) -> Check:
+    """OpenTelemetry: configured by OTEL_*, installed, and the collector takes OTLP/HTTP."""
+    if not settings.tracing_configured:
+        return Check(
+            "tracing",
+            "not configured",
+            "no traces: neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_TRACES_EXPORTER is set",
+            "set OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318 (with the otel extra installed)",
+        )
+    if not _installed("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+        return Check(
+            "tracing",
+            "not working",
+            "OTEL_* asks for traces but the OpenTelemetry packages are not installed",
+            "pip install 'maxbooster-jobs[otel]'",
+        )
+    metrics = "; OTel metrics on" if settings.otel_metrics_configured else ""
+    if settings.otel_traces_exporter == "console":
+        return Check(
+            "tracing", "ok", f"spans are printed to standard output (OTEL_TRACES_EXPORTER=console){metrics}"
+        )
+    url = settings.otlp_url("traces")
+    where = redact_url(url)
+    headers = {**settings.otlp_headers, "Content-Type": "application/x-protobuf"}
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+            # An export with no spans: a collector answers it as it would a real one, and stores nothing.
+            response = await http.post(url, content=b"", headers=headers)
+    except httpx.HTTPError as exc:
+        return Check(
+            "tracing",
+            "not working",
+            f"{where}: {scrub(_error(exc), settings.secret_values())}",
+            "start the collector or fix OTEL_EXPORTER_OTLP_ENDPOINT (OTLP/HTTP, usually port 4318)",
+        )
+    if response.status_code in (401, 403):
+        return Check(
+            "tracing",
+            "not working",
+            f"{where} refused the export ({response.status_code})",
+            "check the key in OTEL_EXPORTER_OTLP_HEADERS",
+        )
+    if response.status_code != 200:
+        return Check(
+            "tracing",
+            "not working",
+            f"{where} answered {response.status_code} to an OTLP/HTTP export",
+            "point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's OTLP/HTTP receiver (port 4318)",
+        )
+    return Check("tracing", "ok", f"spans go to {where} (OTLP/HTTP), which accepts them{metrics}")
+
+
+def _sentry_envelope_url(dsn: str) -> tuple[str, str]:
+    """The envelope endpoint of a DSN and its public key."""
+    parts = urlsplit(dsn)
+    prefix, _, project = parts.path.rstrip("/").rpartition("/")
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{prefix}/api/{project}/envelope/", parts.username or ""
+
+
+async def check_error_reports(settings: Settings) -> Check:
+    """Sentry: SENTRY_DSN set, the SDK installed, and the project takes events with that key."""
+    if settings.sentry_dsn is None:
+        return Check(
+            "errors",
+            "not configured",
+            "no error reports: SENTRY_DSN is not set",
+            "set SENTRY_DSN to your Sentry project's DSN (with the sentry extra installed)",
+        )
+    if not _installed("sentry_sdk"):
+        return Check(
+            "errors",
+            "not working",
+            "SENTRY_DSN is set but the Sentry SDK is not installed",
+            "pip install 'maxbooster-jobs[sentry]'",
+        )
+    url, key = _sentry_envelope_url(settings.sentry_dsn.get_secret_value())
+    where = settings.sentry_dsn_redacted
+    # A client report that discards nothing: accepted like any envelope, it creates no issue.
+    now = time.time()
+    envelope = b"\n".join(
+        [
+            orjson.dumps({"sent_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}),
+            orjson.dumps({"type": "client_report"}),
+            orjson.dumps({"timestamp": now, "discarded_events": []}),
+        ]
+    )
+    auth = f"Sentry sentry_version=7, sentry_key={key}, sentry_client=maxbooster-jobs-doctor/1"
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as http:
+            response = await http.post(
+                url,
+                content=envelope,
+                headers={"X-Sentry-Auth": auth, "Content-Type": "application/x-sentry-envelope"},
+            )
+    except httpx.HTTPError as exc:
+        return Check(
+            "errors",
+            "not working",
+            f"{where}: {scrub(_error(exc), settings.secret_values())}",
+            "check SENTRY_DSN's host, and that this machine can reach it",
+        )
+    if response.status_code in (401, 403):
+        return Check(
+            "errors",
+            "not working",
+            f"{where} refused the DSN's key ({response.status_code})",
+            "check SENTRY_DSN",
+        )
+    if response.status_code == 404:
+        return Check(
+            "errors", "not working", f"{where}: no such project", "check the project id in SENTRY_DSN"
+        )
+    if response.status_code == 429:
+        return Check(
+            "errors", "degraded", f"{where} is rate-limiting this project", "check the project's quota"
+        )
+    if response.status_code != 200:
+        return Check("errors", "degraded", f"{where} answered {response.status_code}", "check SENTRY_DSN")
+    retries = "every failed try" if settings.sentry_report_retries else "final failures"
+    return Check(
+        "errors", "ok", f"Sentry at {where} accepts events; {retries} and worker crashes are reported"
+    )
+
+
 async def diagnose(settings: Settings) -> Diagnosis:
     probes: list[Callable[[Settings], Awaitable[Check]]] = [
         check_redis,
@@ -303,6 +439,8 @@ async def diagnose(settings: Settings) -> Diagnosis:
         check_email,
         check_ai,
         check_signing,
+        check_tracing,
+        check_error_reports,
     ]
     checks = list(await asyncio.gather(*(probe(settings) for probe in probes)))
     return Diagnosis(checks, _behaviour({c.component: c for c in checks}))

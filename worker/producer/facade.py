@@ -19,6 +19,9 @@ when it finishes, so the reconciler never queues it again.
 
 Job families may attach a plug-in (analytics ingestion does); `track_event(s)` delegates to the
 one that takes events.
+
+With tracing on (OTEL_*), each enqueue is a span (`worker.telemetry.tracing`) whose context the
+job record carries, so the attempts' spans join the trace of the request that enqueued it.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import math
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -58,6 +62,7 @@ from worker.producer.routing import Route, decide
 from worker.producer.status import job_status
 from worker.runtime import Runtime
 from worker.telemetry import Metrics
+from worker.telemetry.tracing import Tracing
 
 __all__ = ["JobRef", "Producer"]
 
@@ -146,6 +151,7 @@ class Producer:
         self._owns_runtime = runtime is None
         self.runtime = runtime or Runtime.build(self.settings, registry, role="producer")
         self._inline = InlineExecutor(self.settings, self.runtime.attempts)
+        self._tracing = self.runtime.attempts.tracing  # None unless OTEL_* turns tracing on
         # The queues, their pause flags and cancellation (`cancel`, `pause_queue`, ...).
         self.queues = QueueControl(self.settings, registry, self.runtime.backend, self.runtime.ledger)
         self._ambiguous = AmbiguousReplies(self.runtime.backend)
@@ -273,7 +279,9 @@ class Producer:
             background,
             _trace(traceparent),
         )
-        return await self._submit(sub)
+        if self._tracing is None:
+            return await self._submit(sub)
+        return await self._traced(self._tracing, sub, self._submit)
 
     async def enqueue_json(
         self,
@@ -291,9 +299,10 @@ class Producer:
         )
         definition.check_settings(self.settings)
         sub = _Submission(definition, payload, _job_id(job_id), self._queue_for(definition, payload, queue))
-        if inline:
-            return await self._run_inline(sub)
-        return await self._submit(sub)
+        submit = self._run_inline if inline else self._submit
+        if self._tracing is None:
+            return await submit(sub)
+        return await self._traced(self._tracing, sub, submit)
 
     async def enqueue_in_transaction(
         self,
@@ -321,16 +330,25 @@ class Producer:
             kwargs or {}, max_bytes=self.settings.max_payload_bytes, settings=self.settings
         )
         job_id, defer_by = _job_id(job_id), _defer(defer_by)
-        await self.ledger.spool(
-            conn,
-            job_id=job_id,
-            name=definition.name,
-            kwargs=payload,
-            queue=self._queue_for(definition, payload, queue),
-            run_at=_run_at(defer_by),
-            durable=definition.durable,
-            traceparent=_trace(traceparent),
-        )
+        key, trace = self._queue_for(definition, payload, queue), _trace(traceparent)
+        span = self._tracing.enqueue(definition.name, job_id, key, trace) if self._tracing else None
+        try:
+            await self.ledger.spool(
+                conn,
+                job_id=job_id,
+                name=definition.name,
+                kwargs=payload,
+                queue=key,
+                run_at=_run_at(defer_by),
+                durable=definition.durable,
+                traceparent=span.traceparent if span is not None else trace,
+            )
+        except BaseException as exc:
+            if span is not None:
+                span.failed(exc)
+            raise
+        if span is not None:
+            span.done("spooled")
         return JobHandle(job_id, definition.name, "spooled", backend=self.backend)
 
     async def enqueue_many(
@@ -351,8 +369,35 @@ class Producer:
         `WORKER_BATCH_SIZE` jobs, in one write. Jobs Redis did not take fall back by the same
         rules as `enqueue_job` (a refused one raises `EnqueueError`, whose `queued` lists the
         handles of those that did reach Redis). `job_ids` deduplicate as in `enqueue_job`, also
-        within the call.
+        within the call. With tracing on, the call is one span, whose context every job carries.
         """
+        if self._tracing is None:
+            return await self._enqueue_many(
+                job, kwargs_list, job_ids, defer_by, background, traceparent, queue
+            )
+        jobs = list(kwargs_list)
+        name = self.registry.get(job).name
+        span = self._tracing.enqueue(name, None, None, _trace(traceparent), count=len(jobs))
+        try:
+            handles = await self._enqueue_many(
+                job, jobs, job_ids, defer_by, background, span.traceparent, queue
+            )
+        except BaseException as exc:
+            span.failed(exc)
+            raise
+        span.done_many(Counter(h.mode for h in handles))
+        return handles
+
+    async def _enqueue_many(
+        self,
+        job: JobRef,
+        kwargs_list: Iterable[Mapping[str, Any]],
+        job_ids: Sequence[str] | None,
+        defer_by: float | None,
+        background: bool,
+        traceparent: str | None,
+        queue: str | None,
+    ) -> list[JobHandle[Any]]:
         definition = self.registry.get(job)
         definition.check_settings(self.settings)
         limit = self.settings.max_payload_bytes
@@ -507,6 +552,20 @@ class Producer:
         ]
         return await self.backend.enqueue_many(queue, jobs, batch_size=self.settings.worker_batch_size)
 
+    @staticmethod
+    async def _traced(
+        tracing: Tracing, sub: _Submission, submit: Callable[[_Submission], Awaitable[JobHandle[Any]]]
+    ) -> JobHandle[Any]:
+        """`submit(sub)` inside an enqueue span; the job carries the span's traceparent."""
+        span = tracing.enqueue(sub.definition.name, sub.job_id, sub.queue, sub.traceparent)
+        try:
+            handle = await submit(replace(sub, traceparent=span.traceparent))
+        except BaseException as exc:
+            span.failed(exc)
+            raise
+        span.done(handle.mode, duplicate=handle.duplicate)
+        return handle
+
     async def _submit(self, sub: _Submission) -> JobHandle[Any]:
         if not self.backend.usable:
             return await self._fall_back(sub)
@@ -615,6 +674,7 @@ class Producer:
             kwargs=sub.payload,
             background=sub.background,
             traceparent=sub.traceparent,
+            queue=sub.queue,
         )
         controls = self._inline.controls
         return JobHandle(

@@ -50,6 +50,7 @@ class InlineExecutor:
         kwargs: Mapping[str, Any],
         mode: Mode = "inline",
         traceparent: str | None = None,
+        queue: str | None = None,
     ) -> Any:
         """Run every try here and now; return the result or raise `JobFailed` (a job that
         stopped on a cancel request raises it with `error_type` "JobCancelled")."""
@@ -69,6 +70,7 @@ class InlineExecutor:
                     enqueue_time=enqueue_time,
                     traceparent=traceparent,
                     control=control,
+                    queue=queue,
                 )
                 if attempt.outcome == "complete":
                     return attempt.result
@@ -88,18 +90,19 @@ class InlineExecutor:
         kwargs: Mapping[str, Any],
         background: bool,
         traceparent: str | None = None,
+        queue: str | None = None,
     ) -> asyncio.Future[Any]:
         """Start the run; wait for it unless `background` (then hold one of the bounded slots).
 
         Raises `EnqueueError` when every inline slot stayed taken for `INLINE_WAIT_TIMEOUT`."""
         if background:
             await self._slots.acquire()
-            task = asyncio.ensure_future(self._bounded(job, job_id, kwargs, traceparent))
+            task = asyncio.ensure_future(self._bounded(job, job_id, kwargs, traceparent, queue))
             self._background.add(task)
             task.add_done_callback(self._background_done)
             return task
         await self._take_slot(job.name)
-        task = asyncio.ensure_future(self._run_holding_slot(job, job_id, kwargs, traceparent))
+        task = asyncio.ensure_future(self._run_holding_slot(job, job_id, kwargs, traceparent, queue))
         await asyncio.wait([task])
         return task
 
@@ -116,16 +119,26 @@ class InlineExecutor:
             ) from None
 
     async def _bounded(
-        self, job: JobDefinition[Any, Any], job_id: str, kwargs: Mapping[str, Any], traceparent: str | None
+        self,
+        job: JobDefinition[Any, Any],
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        traceparent: str | None,
+        queue: str | None = None,
     ) -> Any:
         await self._running.acquire()  # a background job waits for a slot; nobody waits on it
-        return await self._run_holding_slot(job, job_id, kwargs, traceparent)
+        return await self._run_holding_slot(job, job_id, kwargs, traceparent, queue)
 
     async def _run_holding_slot(
-        self, job: JobDefinition[Any, Any], job_id: str, kwargs: Mapping[str, Any], traceparent: str | None
+        self,
+        job: JobDefinition[Any, Any],
+        job_id: str,
+        kwargs: Mapping[str, Any],
+        traceparent: str | None,
+        queue: str | None = None,
     ) -> Any:
         try:
-            return await self.run(job, job_id=job_id, kwargs=kwargs, traceparent=traceparent)
+            return await self.run(job, job_id=job_id, kwargs=kwargs, traceparent=traceparent, queue=queue)
         finally:
             self._running.release()
 

@@ -4,26 +4,33 @@ The outcome path (`worker.execution.outcomes`) reports each attempt's start and 
 producer reports inline fallbacks; the breaker state and the queue depth are read when
 Prometheus scrapes, so an idle worker sends Redis nothing for its metrics. A worker's embedded
 producer shares the worker's `Metrics`, so its inline fallbacks show in the worker's /metrics.
+With OTEL_METRICS_EXPORTER set, each event is also forwarded to `mirror`, the OpenTelemetry
+instruments of `worker.telemetry.otel_metrics`.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from worker.telemetry.recent import RecentCounts
 
+if TYPE_CHECKING:
+    from worker.telemetry.otel_metrics import OtelMetrics
+
 __all__ = ["Metrics"]
 
-_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
     """Counters and histograms of job execution; `render()` gives the text exposition format."""
 
-    def __init__(self) -> None:
+    def __init__(self, mirror: OtelMetrics | None = None) -> None:
+        self.mirror = mirror
         self.registry = CollectorRegistry(auto_describe=True)
         self.recent = RecentCounts()  # what `python -m worker stats` shows
         self.totals: collections.Counter[str] = (
@@ -39,7 +46,7 @@ class Metrics:
             "maxbooster_job_duration_seconds",
             "Duration of job attempts.",
             ["job", "mode"],
-            buckets=_DURATION_BUCKETS,
+            buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
         self.jobs_in_progress = Gauge(
@@ -77,6 +84,8 @@ class Metrics:
     def attempt_started(self, job: str, mode: str) -> None:
         self.jobs_in_progress.labels(job, mode).inc()
         self.recent.running += 1
+        if self.mirror is not None:
+            self.mirror.attempt_started(job, mode)
 
     def attempt_finished(
         self, job: str, mode: str, outcome: str, duration_s: float, *, started: bool = True
@@ -93,15 +102,23 @@ class Metrics:
         self.job_duration.labels(job, mode).observe(duration_s)
         if outcome == "retry":
             self.retries.labels(job, mode).inc()
+        if self.mirror is not None:
+            self.mirror.attempt_finished(job, mode, outcome, duration_s, started)
 
     def rate_limited(self, job: str) -> None:
         self.rate_limited_jobs.labels(job).inc()
+        if self.mirror is not None:
+            self.mirror.rate_limited(job)
 
     def inline_fallback(self, job: str) -> None:
         self.inline_fallbacks.labels(job).inc()
+        if self.mirror is not None:
+            self.mirror.inline_fallback(job)
 
     def watch_breaker(self, is_open: Callable[[], bool]) -> None:
         self.breaker_open.set_function(lambda: 1.0 if is_open() else 0.0)
+        if self.mirror is not None:
+            self.mirror.watch_breaker(is_open)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -109,6 +109,9 @@ def endpoint(handler: Handler) -> Handler:
                 error=f"{type(exc).__name__}: {exc}",
                 traceback="".join(traceback.format_exception(exc)),
             )
+            producer = _state(request).producer
+            if producer is not None and (errors := producer.runtime.observability.errors) is not None:
+                errors.crash(exc, where=f"serve: {request.method} {request.url.path}")  # with SENTRY_DSN
             return ApiError(500, "internal_error", "the service failed; see its log").response()
 
     run.__name__ = handler.__name__
