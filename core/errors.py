@@ -14,6 +14,7 @@ importing the backend.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -146,11 +147,18 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
+# A password in a URL (`scheme://user:password@host`), whoever's it is.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by `***` (providers echo keys back in error messages)."""
+    """`text` with every secret replaced by `***` (providers echo keys back in error messages),
+    and any password in a URL too, configured or not."""
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, "***")
+    if "@" in text:
+        text = _URL_PASSWORD.sub(r"\1***@", text)
     return text
 
 

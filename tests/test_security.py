@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from arq.connections import RedisSettings, create_pool
 
+from core.errors import JobFailed
 from devservices.redis import RedisServer
 from settings import Settings, SettingsError, load_settings, redact_url
-from tests.conftest import make_settings, raw_redis
+from tests.conftest import make_settings, raw_redis, run_inline_job
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
 from worker.backend import keys
 from worker.engine import WorkerService
@@ -175,3 +176,15 @@ async def test_a_job_from_a_plain_arq_producer_fails_saying_why_and_how_to_separ
     )
     assert "QUEUE_NAME" in message
     assert "default_queue_name" in message
+
+
+async def test_a_url_password_in_a_jobs_error_is_never_logged_or_stored(
+    settings: Settings, log_output: io.StringIO
+) -> None:
+    reason = "could not reach https://user:hunter2-in-url@api.example.com/v1"
+    with pytest.raises(JobFailed) as failure:
+        await run_inline_job(
+            settings, TEST_REGISTRY, "refuse", job_id="url-secret", kwargs={"reason": reason}
+        )
+    assert "https://user:***@api.example.com/v1" in failure.value.message
+    assert "hunter2-in-url" not in log_output.getvalue()
