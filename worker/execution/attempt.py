@@ -101,7 +101,7 @@ class AttemptRunner:
             mode=mode,
             enqueue_time=enqueue_time or datetime.now(UTC),
             deps=self.deps,
-            log=log.bind(),
+            log=log,  # a lazy proxy: binds when the job first logs, not on every attempt
             traceparent=traceparent,
             attempt=start_number or job_try,
             control=control,

@@ -16,6 +16,7 @@ synchronous part, `account`, on the hot path; `record` only when the ledger has 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,7 @@ import structlog
 from core.context import Mode
 from core.errors import JobFailed
 from worker.ledger import Ledger
+from worker.telemetry import joblines
 from worker.telemetry.errors_report import ErrorReports
 from worker.telemetry.metrics import Metrics
 
@@ -36,12 +38,12 @@ log = structlog.get_logger(__name__)
 # `interrupted`: stopped at shutdown past the grace (it runs again); `cancelled`: the job gave up
 # on a cancel request (`ctx.raise_if_cancelled()`).
 Outcome = Literal["complete", "retry", "failed", "cancelled", "interrupted"]
-_LEVELS: dict[str, str] = {
-    "complete": "info",
-    "retry": "warning",
-    "failed": "error",
-    "cancelled": "warning",
-    "interrupted": "warning",
+_LEVELS: dict[str, tuple[str, int]] = {
+    "complete": ("info", logging.INFO),
+    "retry": ("warning", logging.WARNING),
+    "failed": ("error", logging.ERROR),
+    "cancelled": ("warning", logging.WARNING),
+    "interrupted": ("warning", logging.WARNING),
 }
 
 
@@ -107,6 +109,9 @@ class Outcomes:
         return end.mode == "inline" or end.error is not None or end.durable
 
     def _log(self, end: AttemptEnd) -> None:
+        level, levelno = _LEVELS[end.outcome]
+        if not joblines.enabled(levelno):  # decided before any field is built
+            return
         # What the job reported (e.g. token usage); the runner's own fields win a clash.
         fields: dict[str, Any] = {k: v for k, v in end.reported.items() if k != "event"}
         fields.update(
@@ -123,7 +128,10 @@ class Outcomes:
                 fields.update(kind=end.error.kind, retries_exhausted=end.retries_exhausted)
         if end.retry_in is not None:
             fields["retry_in_s"] = round(end.retry_in, 3)
-        getattr(log, _LEVELS[end.outcome])("job finished", **fields)
+        if end.trace_id is not None:
+            fields.update(trace_id=end.trace_id, span_id=end.span_id)
+        if not joblines.write(level, "job finished", fields):
+            getattr(log, level)("job finished", **fields)
 
     async def record(self, end: AttemptEnd) -> None:
         error = end.error.to_dict() if end.error is not None else None

@@ -15,6 +15,7 @@ import orjson
 import structlog
 
 from settings import Settings
+from worker.telemetry import joblines
 
 __all__ = ["configure_logging"]
 
@@ -54,7 +55,8 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
+    # JSON output also takes the `job finished` lines on their fast path (`joblines`).
+    handler = joblines.JobLineHandler(stream) if fmt == "json" else logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
@@ -63,6 +65,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    joblines.install(handler if isinstance(handler, joblines.JobLineHandler) else None)
     root.setLevel(settings.log_level)
     # The SendGrid SDK's HTTP client logs request headers (the API key) at DEBUG.
     logging.getLogger("python_http_client").setLevel(logging.WARNING)

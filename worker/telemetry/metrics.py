@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,6 +22,22 @@ if TYPE_CHECKING:
     from worker.telemetry.otel_metrics import OtelMetrics
 
 __all__ = ["Metrics"]
+
+
+def _children(metric: Any) -> Callable[..., Any]:
+    """`metric.labels(...)`, remembered per label tuple: the outcome path asks for the same few
+    children on every attempt, and prometheus_client validates and locks on each `labels` call
+    (about 3 µs; four per attempt). Children are never removed from these metrics."""
+    cache: dict[tuple[str, ...], Any] = {}
+
+    def child(*labels: str) -> Any:
+        found = cache.get(labels)
+        if found is None:
+            found = cache[labels] = metric.labels(*labels)
+        return found
+
+    return child
+
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -81,8 +97,13 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
 
+        self._in_progress = _children(self.jobs_in_progress)
+        self._finished = _children(self.jobs_finished)
+        self._duration = _children(self.job_duration)
+        self._retries = _children(self.retries)
+
     def attempt_started(self, job: str, mode: str) -> None:
-        self.jobs_in_progress.labels(job, mode).inc()
+        self._in_progress(job, mode).inc()
         self.recent.running += 1
         if self.mirror is not None:
             self.mirror.attempt_started(job, mode)
@@ -92,16 +113,16 @@ class Metrics:
     ) -> None:
         """`started=False` for an attempt refused before it ran (an undecodable record, say)."""
         if started:
-            self.jobs_in_progress.labels(job, mode).dec()
+            self._in_progress(job, mode).dec()
             self.recent.running -= 1
         if outcome != "interrupted":
             self.recent.add(job, outcome)
         if outcome in ("complete", "failed", "retry"):
             self.totals[outcome] += 1
-        self.jobs_finished.labels(job, outcome, mode).inc()
-        self.job_duration.labels(job, mode).observe(duration_s)
+        self._finished(job, outcome, mode).inc()
+        self._duration(job, mode).observe(duration_s)
         if outcome == "retry":
-            self.retries.labels(job, mode).inc()
+            self._retries(job, mode).inc()
         if self.mirror is not None:
             self.mirror.attempt_finished(job, mode, outcome, duration_s, started)
 

@@ -1,0 +1,98 @@
+"""The `job finished` line: one JSON object per attempt, in order with every other line, at the
+configured level, whether it takes the fast path or goes through a log capture."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import uuid
+
+import orjson
+import pytest
+import structlog
+
+from core.errors import JobFailed
+from settings import Settings
+from tests.conftest import make_settings, run_inline_job
+from tests.sample_jobs import TEST_REGISTRY
+from worker.telemetry import configure_logging
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def _two_jobs(settings: Settings) -> None:
+    log = structlog.get_logger("test.neighbour")
+    log.info("before")
+    await run_inline_job(settings, TEST_REGISTRY, "record", job_id="j-one", kwargs={"key": "a"})
+    log.info("between")
+    with pytest.raises(JobFailed):
+        await run_inline_job(settings, TEST_REGISTRY, "refuse", job_id="j-two", kwargs={"reason": "no"})
+    log.info("after")
+    await asyncio.sleep(0)  # the loop turn that writes the last pending line
+
+
+async def test_job_lines_keep_their_fields_and_their_place(settings: Settings) -> None:
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
+    inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
+    await _two_jobs(inline)
+
+    lines = _lines(stream)
+    events = [(line["event"], line.get("job_id")) for line in lines if line["event"] != "redis unavailable"]
+    order = [e for e in events if e[0] in ("before", "between", "after", "job finished")]
+    assert order == [
+        ("before", None),
+        ("job finished", "j-one"),
+        ("between", None),
+        ("job finished", "j-two"),
+        ("after", None),
+    ]
+    done, failed = (line for line in lines if line["event"] == "job finished")
+    assert {k: done[k] for k in ("job", "mode", "job_try", "outcome", "level", "logger")} == {
+        "job": "record",
+        "mode": "inline",
+        "job_try": 1,
+        "outcome": "complete",
+        "level": "info",
+        "logger": "worker.execution.outcomes",
+    }
+    assert isinstance(done["duration_ms"], float)
+    assert str(done["timestamp"]).endswith("Z")
+    assert failed["level"] == "error"
+    assert failed["outcome"] == "failed"
+    assert failed["error"] == "refused: no"
+
+
+async def test_level_above_info_drops_successes_and_keeps_failures(settings: Settings) -> None:
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0", log_level="WARNING"), stream=stream)
+    inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
+    try:
+        await _two_jobs(inline)
+    finally:
+        configure_logging(make_settings("redis://localhost:1/0"), stream=io.StringIO())
+    finished = [line for line in _lines(stream) if line["event"] == "job finished"]
+    assert [(line["job_id"], line["outcome"]) for line in finished] == [("j-two", "failed")]
+
+
+async def test_a_log_capture_still_receives_the_line(settings: Settings) -> None:
+    configure_logging(make_settings("redis://localhost:1/0"), stream=io.StringIO())
+    captured: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    capture = Capture()
+    logging.getLogger().addHandler(capture)  # as pytest's caplog or an app's own handler would
+    try:
+        job_id = f"j-{uuid.uuid4().hex[:6]}"
+        inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
+        await run_inline_job(inline, TEST_REGISTRY, "record", job_id=job_id, kwargs={"key": "c"})
+    finally:
+        logging.getLogger().removeHandler(capture)
+    finished = [r for r in captured if isinstance(r.msg, dict) and r.msg.get("event") == "job finished"]
+    assert [r.msg["job_id"] for r in finished] == [job_id]  # type: ignore[index]

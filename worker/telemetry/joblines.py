@@ -1,0 +1,93 @@
+"""The `job finished` line on a fast path: the same JSON object, without the logging machinery.
+
+One line per finished attempt is the worker's hottest log call. Through structlog's stdlib proxy,
+a `LogRecord` and a formatter's processor chain it cost about 29 µs a line (35-45% of a draining
+worker's CPU). With JSON output this module renders the same object (the job's bound context, its
+fields, `event`, `level`, `logger`, `timestamp`) with one orjson call, and writes the lines of one
+event-loop turn with one write to the stream.
+
+It takes a line only while the handler `configure_logging` installed is the root logger's only
+handler; when a test's log capture or an application's own handlers are in place, the line goes
+the ordinary way. A line written by the ordinary way first flushes the pending job lines, so the
+order of lines in the stream is the order they were logged. A process killed with SIGKILL loses
+at most the lines of the loop turn it was in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+__all__ = ["JobLineHandler", "enabled", "install", "write"]
+
+LOGGER_NAME = "worker.execution.outcomes"
+_logger = logging.getLogger(LOGGER_NAME)
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+_handler: JobLineHandler | None = None
+
+
+class JobLineHandler(logging.StreamHandler[TextIO]):
+    """The root handler for JSON output, holding the job lines of the current loop turn."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def add(self, line: str) -> None:
+        pending = self._pending
+        pending.append(line)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (an inline run from synchronous code): write now
+                self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self.acquire()
+            try:
+                lines, self._pending = self._pending, []
+                self.stream.write("".join(lines))
+            finally:
+                self.release()
+        super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:
+            self.flush()
+        super().emit(record)
+
+
+def install(handler: JobLineHandler | None) -> None:
+    """Called by `configure_logging`: the handler for JSON output, or None for console output."""
+    global _handler
+    if _handler is not None and _handler is not handler:
+        _handler.flush()
+    _handler = handler
+
+
+def enabled(levelno: int) -> bool:
+    """Whether a job line at this level would be written at all (LOG_LEVEL, or a level set on
+    the outcomes logger); checked before any field is built."""
+    return _logger.isEnabledFor(levelno)
+
+
+def write(level: str, event: str, fields: dict[str, Any]) -> bool:
+    """Write one line on the fast path; False when the ordinary logging path must take it."""
+    handler = _handler
+    handlers = logging.root.handlers
+    if handler is None or len(handlers) != 1 or handlers[0] is not handler or _logger.handlers:
+        return False
+    line = structlog.contextvars.get_contextvars()
+    line.update(fields)
+    line["event"] = event
+    line["level"] = level
+    line["logger"] = LOGGER_NAME
+    line["timestamp"] = datetime.now(UTC)
+    handler.add(orjson.dumps(line, default=str, option=_OPTIONS).decode())
+    return True
