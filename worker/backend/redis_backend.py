@@ -31,6 +31,7 @@ from core.errors import NotSent, ReplyLost
 from core.plugin import BatchList, ClaimedBatch
 from settings import Settings
 from worker.backend import keys, scripts
+from worker.backend.grouped import GroupedScript
 from worker.backend.link import LinkState, RedisLink, refused
 from worker.backend.protocol import (
     CancelOutcome,
@@ -114,6 +115,8 @@ class RedisBackend:
         # Job and result records are signed with the first key and checked against all of them.
         self._keys = settings.signing_keys
         self._accept_unsigned = settings.job_signing_accept_unsigned
+        # Concurrent single enqueues share one pipelined write (see `grouped`).
+        self._enqueues = GroupedScript(self.link, scripts.ENQUEUE)
 
     def _sign(self, record: bytes, job_id: str) -> bytes:
         return sign(record, job_id, self._keys[0]) if self._keys else record
@@ -143,6 +146,7 @@ class RedisBackend:
         return await self.link.start()
 
     async def aclose(self) -> None:
+        await self._enqueues.aclose()
         await self.link.aclose()
 
     def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -166,13 +170,14 @@ class RedisBackend:
         defer_by_s: float | None = None,
         traceparent: str | None = None,
     ) -> EnqueueReply:
-        """Queue one job atomically in one round trip (raises `NotSent` or `ReplyLost`)."""
+        """Queue one job atomically in one round trip, shared with concurrent enqueues (raises
+        `NotSent`, `ReplyLost` or `BackendRefused`)."""
         now_ms = epoch_ms()
         score = now_ms + int((defer_by_s or 0) * 1000)
         keys_ = (keys.job_key(job_id), keys.result_key(job_id), queue, keys.wake_key(queue))
         record = self._sign(encode_job(name, kwargs, enqueue_ms=now_ms, traceparent=traceparent), job_id)
         args = (record, score - now_ms + EXPIRES_EXTRA_MS, score, job_id)
-        reply = await self.link.script(scripts.ENQUEUE, keys_, args)
+        reply = await self._enqueues.call(keys_, args)
         return EnqueueReply.QUEUED if reply == 1 else EnqueueReply.DUPLICATE
 
     async def enqueue_many(
