@@ -48,18 +48,23 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
                 self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            self.acquire()
-            try:
-                lines, self._pending = self._pending, []
-                self.stream.write("".join(lines))
-            finally:
-                self.release()
+        self.write_pending()
         super().flush()
 
+    def write_pending(self) -> None:
+        if not self._pending:
+            return
+        self.acquire()
+        try:
+            lines, self._pending = self._pending, []
+            self.stream.write("".join(lines))
+        except (ValueError, OSError):  # a stream closed under us: like a handler's emit, go on
+            pass
+        finally:
+            self.release()
+
     def emit(self, record: logging.LogRecord) -> None:
-        if self._pending:
-            self.flush()
+        self.write_pending()
         super().emit(record)
 
 
@@ -67,7 +72,7 @@ def install(handler: JobLineHandler | None) -> None:
     """Called by `configure_logging`: the handler for JSON output, or None for console output."""
     global _handler
     if _handler is not None and _handler is not handler:
-        _handler.flush()
+        _handler.write_pending()
     _handler = handler
 
 
