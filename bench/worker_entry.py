@@ -7,7 +7,6 @@ Logs go to stderr at INFO, as in production (the caller points stderr at a file)
 
 from __future__ import annotations
 
-import asyncio
 import logging.config
 import sys
 from typing import Any
@@ -20,6 +19,7 @@ from pydantic import SecretStr
 from bench.jobs import ARQ_FUNCTIONS, BENCH_REGISTRY
 from settings import Settings
 from worker.engine import WorkerService
+from worker.engine.eventloop import run_until_done
 from worker.telemetry import configure_logging
 
 __all__ = ["ARQ_TUNED", "main"]
@@ -33,7 +33,7 @@ def _ours(url: str, queue: str) -> int:
         _env_file=None, redis_url=SecretStr(url), queue_name=queue, log_format="json"
     )
     configure_logging(settings)
-    return asyncio.run(WorkerService(settings, registry=BENCH_REGISTRY).run())
+    return run_until_done(WorkerService(settings, registry=BENCH_REGISTRY).run(), settings)
 
 
 def _arq(url: str, queue: str, tuned: bool) -> int:

@@ -152,3 +152,23 @@ async def test_wait_that_times_out_says_whether_a_worker_is_alive(
     finally:
         worker.terminate()
         worker.wait(20)
+
+
+async def test_the_worker_runs_jobs_on_uvloop_when_asked(redis_server: RedisServer, database_url: str) -> None:
+    env = _env(redis_server.url, database_url, f"cli:{uuid.uuid4().hex[:8]}")
+    queued = _cli(env, "enqueue", "ping", "--args", '{"message": "on uvloop"}', "--job-id", "uv-1")
+    assert queued.returncode == 0, queued.stderr
+    for loop in ("uvloop", "asyncio"):
+        worker = _cli({**env, "WORKER_EVENT_LOOP": loop}, "run", "--burst")
+        assert worker.returncode == 0, worker.stderr
+        lines = [orjson.loads(line) for line in worker.stderr.splitlines() if line.startswith("{")]
+        assert [line["event_loop"] for line in lines if line["event"] == "worker started"] == [loop]
+    status = _json(_cli(env, "status", "uv-1").stdout)
+    assert status["status"] == "complete"
+    assert status["result"]["message"] == "on uvloop"  # type: ignore[index]
+
+    bad = _cli({**env, "WORKER_EVENT_LOOP": "trio"}, "run", "--burst")
+    assert bad.returncode == 2
+    assert "WORKER_EVENT_LOOP" in bad.stderr
+    assert "trio" in bad.stderr
+    assert "use asyncio (the default) or uvloop" in bad.stderr

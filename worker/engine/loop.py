@@ -121,6 +121,7 @@ class JobEngine:
             batch_size=self.settings.worker_batch_size,
             idle_block_s=self.settings.worker_idle_block,
             burst=self.burst,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],  # asyncio or uvloop
         )
         self._recorder.start()
         try:

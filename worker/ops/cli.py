@@ -23,6 +23,7 @@ from jobs import REGISTRY
 from settings import Settings, SettingsError, load_settings
 from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
+from worker.engine.eventloop import run_until_done
 from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.ops import deadletters, demo, queuectl
 from worker.ops.doctor import diagnose, render_diagnosis
@@ -381,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except SettingsError as exc:
                     sys.stderr.write(f"{str(exc).replace('WORKER_QUEUES', '--queues')}\n")
                     return 2
-            return asyncio.run(run_worker(settings, burst=args.burst))
+            return run_until_done(run_worker(settings, burst=args.burst), settings)
         if args.command == "cancel":
             return asyncio.run(queuectl.cancel(settings, args.job_id))
         if args.command == "queues":
