@@ -154,7 +154,7 @@ async def test_wait_that_times_out_says_whether_a_worker_is_alive(
         worker.wait(20)
 
 
-async def test_the_worker_runs_jobs_on_uvloop_when_asked(redis_server: RedisServer, database_url: str) -> None:
+async def test_the_worker_runs_on_uvloop_when_asked(redis_server: RedisServer, database_url: str) -> None:
     env = _env(redis_server.url, database_url, f"cli:{uuid.uuid4().hex[:8]}")
     queued = _cli(env, "enqueue", "ping", "--args", '{"message": "on uvloop"}', "--job-id", "uv-1")
     assert queued.returncode == 0, queued.stderr
