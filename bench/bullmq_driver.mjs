@@ -1,0 +1,105 @@
+// BullMQ's side of bench/bench_bullmq.py, written for this project. The benchmark copies this
+// file into its scratch folder (where `npm install` put bullmq and ioredis) and runs it there,
+// so the bare imports below resolve; nothing of Node's is installed in the repository.
+//
+//   node bullmq_driver.mjs worker  REDIS_URL QUEUE CONCURRENCY
+//   node bullmq_driver.mjs fill    REDIS_URL QUEUE JOB COUNT
+//   node bullmq_driver.mjs enqueue REDIS_URL QUEUE CALLERS COUNT
+//
+// Every command prints "ready" once connected and warm, then (fill, enqueue) waits for one line
+// on stdin before the measured part, so the Python side can read Redis's counters in between.
+// Results are one JSON line on stdout. Jobs: "noop" does nothing, "sleep10" waits 10 ms, like
+// bench/jobs.py.
+
+import { Queue, Worker } from "bullmq";
+import IORedis from "ioredis";
+import { once } from "node:events";
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+
+const [command, url, queueName, ...rest] = process.argv.slice(2);
+
+// One ioredis connection per Queue or Worker, as an app would create it. BullMQ requires
+// maxRetriesPerRequest: null for connections that block (the worker's), and accepts it anywhere.
+function connect() {
+  return new IORedis(url, { maxRetriesPerRequest: null });
+}
+
+function say(value) {
+  process.stdout.write((typeof value === "string" ? value : JSON.stringify(value)) + "\n");
+}
+
+async function go() {
+  say("ready");
+  await once(process.stdin, "data");
+}
+
+async function processor(job) {
+  if (job.name === "sleep10") {
+    await sleep(10);
+  }
+}
+
+async function runWorker(concurrency) {
+  const worker = new Worker(queueName, processor, { connection: connect(), concurrency });
+  worker.on("error", (err) => process.stderr.write(`worker error: ${err}\n`));
+  await worker.waitUntilReady();
+  say("ready");
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await worker.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+async function fill(jobName, count) {
+  // addBulk is BullMQ's bulk enqueue (one MULTI of add scripts); chunks keep each one bounded.
+  const queue = new Queue(queueName, { connection: connect() });
+  await queue.waitUntilReady();
+  await go();
+  const started = performance.now();
+  for (let start = 0; start < count; start += 1000) {
+    const size = Math.min(1000, count - start);
+    await queue.addBulk(Array.from({ length: size }, () => ({ name: jobName, data: {} })));
+  }
+  const seconds = (performance.now() - started) / 1000;
+  await queue.close();
+  say({ jobs: count, seconds });
+}
+
+async function enqueue(callers, count) {
+  // `callers` async loops, each awaiting its own queue.add calls one after another; 1 caller is
+  // the one-at-a-time rate. The first add (connect, load scripts) is outside the timing.
+  const queue = new Queue(queueName, { connection: connect() });
+  await queue.add("noop", {});
+  await go();
+  const each = Math.floor(count / callers);
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: callers }, async () => {
+      for (let i = 0; i < each; i++) {
+        await queue.add("noop", {});
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  await queue.close();
+  say({ jobs: each * callers, seconds });
+}
+
+if (command === "worker") {
+  await runWorker(Number(rest[0]));
+} else if (command === "fill") {
+  await fill(rest[0], Number(rest[1]));
+  process.exit(0);
+} else if (command === "enqueue") {
+  await enqueue(Number(rest[0]), Number(rest[1]));
+  process.exit(0);
+} else {
+  process.stderr.write(`unknown command ${command}\n`);
+  process.exit(2);
+}
