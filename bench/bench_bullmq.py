@@ -438,6 +438,11 @@ def _markdown(r: dict[str, Any], versions: str) -> str:
             "",
             _throughput(r),
             "",
+            *(
+                ["*Quick mode (BENCH_QUICK=1): one run, small counts; a smoke test, not figures.*", ""]
+                if QUICK
+                else []
+            ),
             "The issue's target (point 6): drain and enqueue at least equal to BullMQ's, at equal "
             "concurrency, in the same run, read against the *INFO line* column. Costs:",
             "",

@@ -73,6 +73,10 @@ def install() -> BullMQ:
                 "--no-audit",
                 "--no-fund",
                 "--save-exact",
+                # An unreachable registry fails in seconds rather than after minutes of retries.
+                "--fetch-retries=1",
+                "--fetch-retry-mintimeout=2000",
+                "--fetch-retry-maxtimeout=5000",
                 f"bullmq@{BULLMQ_VERSION}",
                 f"ioredis@{IOREDIS_VERSION}",
                 cwd=folder,
@@ -81,8 +85,8 @@ def install() -> BullMQ:
         except OSError as exc:
             raise Unavailable(f"npm could not run: {exc}") from exc
         if done.returncode != 0:
-            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
-            raise Unavailable(f"npm install failed (exit {done.returncode}): " + " / ".join(tail))
+            head = (done.stderr or done.stdout).strip().splitlines()[:3]  # npm states the cause first
+            raise Unavailable(f"npm install failed (exit {done.returncode}): " + " / ".join(head))
         stamp.write_text(wanted)
     # The driver runs from the scratch folder so that its bare imports resolve there.
     shutil.copyfile(DRIVER, folder / DRIVER.name)
