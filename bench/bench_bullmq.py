@@ -21,14 +21,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
 from pydantic import SecretStr
 
-from bench import procstat
+from bench import procstat, scenarios
 from bench.bullmq_node import BullMQ, Driven, NodeWorker, Unavailable, install
 from bench.harness import Counters, OurClient, WorkerProcess, client_for
 from bench.stats import summarize, table
@@ -230,6 +230,32 @@ async def enqueue(kind: str, ctx: Ctx, callers: int, count: int) -> EnqueueRun:
     return EnqueueRun(rate, jobs, cost)
 
 
+async def enqueue_to_last(ctx: Ctx, count: int) -> float:
+    """Ours, warm and idle: jobs/s from the bulk enqueue call to the poll that sees the queue
+    empty, the window an outside harness used (issue 18, point 5)."""
+    env = scenarios.Env(ctx.url, ctx.logs)
+    async with scenarios.running("ours", env) as (_, client, counters):
+        assert isinstance(client, OurClient)
+        started = time.time()
+        await client.enqueue_many("noop", count)
+        while True:  # the same poll as every drain here
+            left = await counters.zcard(client.queue)
+            if not left:
+                break
+            await asyncio.sleep(POLL_S)
+        elapsed = time.time() - started
+    await ctx.meter.redis.flushdb()
+    return count / elapsed
+
+
+async def _windows(ctx: Ctx) -> dict[str, float]:
+    """Ours, INFO line, no-op jobs, concurrency 100, under the other two windows in use."""
+    env = scenarios.Env(ctx.url, ctx.logs)
+    due = (await scenarios.drain("ours", env, "noop", DRAIN_JOBS)).rate
+    await ctx.meter.redis.flushdb()
+    return {"bench_worker": due, "enqueue_to_last": await enqueue_to_last(ctx, DRAIN_JOBS)}
+
+
 def _rotated(kinds: tuple[str, ...], run: int) -> tuple[str, ...]:
     """Each run starts with the next kind, so no kind always goes first (or last)."""
     shift = run % len(kinds)
@@ -240,11 +266,14 @@ async def _measure(ctx: Ctx) -> dict[str, Any]:
     r: dict[str, Any] = {f"drain {job} c={c}": {k: [] for k in KINDS} for job, c in DRAINS}
     r["enqueue sequential"] = {"ours": [], "bullmq": []}
     r["enqueue concurrent"] = {"ours": [], "bullmq": []}
+    r["windows"] = {"bench_worker": [], "enqueue_to_last": []}
     for run in range(RUNS):
         for job, concurrency in DRAINS:
             for kind in _rotated(KINDS, run):
                 result = await drain(kind, ctx, job, DRAIN_JOBS, concurrency)
                 r[f"drain {job} c={concurrency}"][kind].append(result)
+        for window, rate in (await _windows(ctx)).items():
+            r["windows"][window].append(rate)
         for kind in _rotated(("ours", "bullmq"), run):
             r["enqueue sequential"][kind].append(await enqueue(kind, ctx, 1, SEQUENTIAL_JOBS))
             r["enqueue concurrent"][kind].append(await enqueue(kind, ctx, CALLERS, CONCURRENT_JOBS))
@@ -449,11 +478,28 @@ def _markdown(r: dict[str, Any], versions: str) -> str:
                 if QUICK
                 else []
             ),
+            _windows_text(r),
+            "",
             "The issue's target (point 6): drain and enqueue at least equal to BullMQ's, at equal "
             "concurrency, in the same run, read against the *INFO line* column. Costs:",
             "",
             _costs(r),
         ]
+    )
+
+
+def _windows_text(r: dict[str, Any]) -> str:
+    ours = summarize([x.rate for x in r["drain noop c=100"]["ours"]]).median
+    due = summarize(r["windows"]["bench_worker"]).median
+    e2e = summarize(r["windows"]["enqueue_to_last"]).median
+    return (
+        f"**Which window** (issue 18, point 5). Ours, INFO line, no-op jobs, concurrency 100, "
+        f"{DRAIN_JOBS:,} jobs, in the same runs: this section's window (first completion to last) "
+        f"{ours:,.0f} jobs/s; `bench_worker`'s window (a warm worker idle in BZPOPMIN, a backlog "
+        f"written {scenarios.FILL_LEAD_S:g} s ahead and all due at one instant, timed from that "
+        f"instant to the poll that sees the queue empty) {due:,.0f} jobs/s; an outside harness's "
+        f"window (warm idle worker, timed from the bulk enqueue call to the queue empty, so the "
+        f"enqueue is inside) {e2e:,.0f} jobs/s."
     )
 
 
@@ -479,6 +525,10 @@ async def _collect(bullmq: BullMQ) -> dict[str, Any]:
             await redis.aclose()
 
 
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
 def main() -> None:
     quiet = Settings(_env_file=None, redis_url=SecretStr(""), log_format="json")  # type: ignore[call-arg]
     configure_logging(quiet, stream=io.StringIO())
@@ -489,7 +539,7 @@ def main() -> None:
         return
     r = asyncio.run(_collect(bullmq))
     RESULTS.parent.mkdir(exist_ok=True)
-    raw = {key: {k: [asdict(x) for x in v] for k, v in runs.items()} for key, runs in r.items()}
+    raw = {key: {k: [_plain(x) for x in v] for k, v in runs.items()} for key, runs in r.items()}
     plan = {"runs": RUNS, "drain_jobs": DRAIN_JOBS, "sequential": SEQUENTIAL_JOBS}
     plan["concurrent"] = CONCURRENT_JOBS
     RESULTS.write_text(json.dumps({"plan": plan, "versions": bullmq.versions(), "raw": raw}, indent=1))
