@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from arq.connections import ArqRedis
 from pydantic import SecretStr
 
 from bench import procstat, scenarios
-from bench.bullmq_node import BullMQ, Driven, NodeWorker, Unavailable, install
+from bench.bullmq_node import BullMQ, Driven, NodeQueue, NodeWorker, Unavailable, install
 from bench.harness import Counters, OurClient, WorkerProcess, client_for
 from bench.stats import summarize, table
 from devservices.redis import RedisServer
@@ -47,6 +47,8 @@ CONCURRENT_JOBS = 4_000 if QUICK else 20_000
 CALLERS = 100
 ENQUEUE_WARMUP = 500  # calls before an enqueue timing, for both kinds (see `enqueue`)
 POLL_S = 0.002
+# Jobs a fresh worker runs before the backlog: imports done, caches filled, Node's JIT warm.
+WARMUP_JOBS = 1_000
 DRAIN_LIMIT_S = 300.0
 DRAINS = (("noop", 100), ("noop", 200), ("sleep10", 100))
 # ours: the per-job INFO line on, as users run it; ours-quiet: LOG_LEVEL=WARNING (no job line).
@@ -101,7 +103,7 @@ class DrainRun:
     window_s: float
     timed_jobs: int  # jobs completed inside the window (the backlog less those done at its start)
     fill: Cost
-    work: Cost  # from just before the worker starts to the last completion
+    work: Cost  # from just before the resume to the last completion
     worker_cpu_s: float  # the worker process's CPU inside the window
     rss_mib: float  # the worker's RSS when the backlog is done
 
@@ -118,25 +120,75 @@ def _queue(kind: str) -> str:
     return f"bench-{uuid.uuid4().hex[:8]}" if kind == "bullmq" else f"bench:{uuid.uuid4().hex[:8]}"
 
 
-async def _fill(kind: str, ctx: Ctx, queue: str, job: str, count: int) -> Cost:
-    """The backlog, written before any worker runs: each kind's own bulk enqueue."""
+class _Control:
+    """A kind's producer side for one queue: bulk fill, pause, resume, and the number of jobs
+    completed so far."""
+
+    async def fill(self, job: str, count: int) -> None:
+        raise NotImplementedError
+
+    async def pause(self) -> None:
+        raise NotImplementedError
+
+    async def resume(self) -> None:
+        raise NotImplementedError
+
+    async def completed(self) -> int:
+        raise NotImplementedError
+
+
+class _OurControl(_Control):
+    def __init__(self, client: OurClient, meter: Meter) -> None:
+        self.client, self.meter = client, meter
+        self.enqueued = 0
+
+    async def fill(self, job: str, count: int) -> None:
+        handles = await self.client.enqueue_many(job, count)
+        if handles[-1].mode != "queued":
+            raise RuntimeError(f"our fill of {count} jobs did not go to Redis ({handles[-1].mode})")
+        self.enqueued += count
+
+    async def pause(self) -> None:
+        await self.client.producer.pause_queue("default")  # the settings' queue, `self.client.queue`
+
+    async def resume(self) -> None:
+        await self.client.producer.resume_queue("default")
+
+    async def completed(self) -> int:
+        # A job leaves the queue's sorted set when its outcome is written.
+        return self.enqueued - await self.meter.zcard(self.client.queue)
+
+
+class _BullControl(_Control):
+    def __init__(self, node: NodeQueue, meter: Meter, queue: str) -> None:
+        self.node, self.meter, self.queue = node, meter, queue
+
+    async def fill(self, job: str, count: int) -> None:
+        await self.node.call(f"fill {job} {count}")
+
+    async def pause(self) -> None:
+        await self.node.call("pause")
+
+    async def resume(self) -> None:
+        await self.node.call("resume")
+
+    async def completed(self) -> int:
+        # Completed jobs are kept (BullMQ's default) in this sorted set.
+        return await self.meter.zcard(f"bull:{self.queue}:completed")
+
+
+@asynccontextmanager
+async def _control(kind: str, ctx: Ctx, queue: str) -> AsyncIterator[_Control]:
     if kind == "bullmq":
-        args = ("fill", ctx.url, queue, job, str(count))
-        async with Driven(ctx.bullmq, *args, log=ctx.logs / "fill.log") as d:
-            await ctx.meter.start()
-            await d.go()
-            return await ctx.meter.stop()
+        async with NodeQueue(ctx.bullmq, ctx.url, queue, ctx.logs / "queue.log") as node:
+            yield _BullControl(node, ctx.meter, queue)
+        return
     client = await client_for("ours", ctx.url, queue)
     assert isinstance(client, OurClient)
     try:
-        await ctx.meter.start()
-        handles = await client.enqueue_many(job, count)
-        cost = await ctx.meter.stop()
+        yield _OurControl(client, ctx.meter)
     finally:
         await client.close()
-    if handles[-1].mode != "queued" or int(await ctx.meter.redis.zcard(queue)) != count:
-        raise RuntimeError(f"our fill of {count} jobs did not land in Redis")
-    return cost
 
 
 @asynccontextmanager
@@ -148,19 +200,33 @@ async def _worker(kind: str, ctx: Ctx, queue: str, concurrency: int) -> AsyncIte
             yield node.pid
         return
     env = {"WORKER_MAX_JOBS": str(concurrency), "LOG_LEVEL": "WARNING" if kind == "ours-quiet" else "INFO"}
+    # No health server: on a shared machine port 9300 is often taken (issue 18, point 1), so it
+    # would start in some runs and not others; idle, it costs nothing measurable either way.
+    env["WORKER_HTTP_PORT"] = "0"
     async with WorkerProcess("ours", ctx.url, queue, ctx.logs, env) as ours:
         assert ours.proc is not None
         yield ours.proc.pid
 
 
-async def _watch(done: Callable[[], Awaitable[int]], total: int, pid: int) -> tuple[float, int, float]:
-    """Poll the completed count until all `total` are done; return (window seconds, jobs done in
-    the window, worker CPU seconds in the window). The window opens at the first poll that sees
-    a completion, so worker start-up (imports, connecting, loading scripts) is outside it."""
+async def _until_done(control: _Control, total: int) -> None:
+    deadline = time.perf_counter() + DRAIN_LIMIT_S
+    while True:
+        done = await control.completed()
+        if done >= total:
+            return
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{done} of {total} jobs done after {DRAIN_LIMIT_S:.0f} s")
+        await asyncio.sleep(POLL_S)
+
+
+async def _watch(control: _Control, before: int, total: int, pid: int) -> tuple[float, int, float]:
+    """Poll the completed count until `total` more than `before` are done; return (window
+    seconds, jobs done in the window, worker CPU seconds in the window). The window opens at
+    the first poll that sees one of them completed."""
     first: tuple[float, int, float] | None = None
     deadline = time.perf_counter() + DRAIN_LIMIT_S
     while True:
-        count = await done()
+        count = await control.completed() - before
         now = time.perf_counter()
         if first is None and count > 0:
             first = (now, count, procstat.cpu_seconds(pid))
@@ -175,19 +241,18 @@ async def _watch(done: Callable[[], Awaitable[int]], total: int, pid: int) -> tu
 
 
 async def drain(kind: str, ctx: Ctx, job: str, count: int, concurrency: int) -> DrainRun:
+    """A warm worker, a backlog written while its queue is paused, then resumed and drained."""
     queue = _queue(kind)
-    fill = await _fill(kind, ctx, queue, job, count)
-
-    async def done() -> int:
-        # Ours removes a job from the queue's sorted set when its outcome is written; BullMQ
-        # adds it to `<prefix>:<queue>:completed` (kept by default) when it completes.
-        if kind == "bullmq":
-            return await ctx.meter.zcard(f"bull:{queue}:completed")
-        return count - await ctx.meter.zcard(queue)
-
-    await ctx.meter.start()
-    async with _worker(kind, ctx, queue, concurrency) as pid:
-        window, timed, cpu = await _watch(done, count, pid)
+    async with _worker(kind, ctx, queue, concurrency) as pid, _control(kind, ctx, queue) as control:
+        await control.fill(job, WARMUP_JOBS)
+        await _until_done(control, WARMUP_JOBS)
+        await control.pause()
+        await ctx.meter.start()
+        await control.fill(job, count)
+        fill = await ctx.meter.stop()
+        await ctx.meter.start()
+        await control.resume()
+        window, timed, cpu = await _watch(control, WARMUP_JOBS, count, pid)
         rss = procstat.rss_mib(pid)
         work = await ctx.meter.stop()
     await ctx.meter.redis.flushdb()
@@ -437,24 +502,27 @@ it (one `job finished` line per job), *log off* is `LOG_LEVEL=WARNING`. **BullMQ
 with `concurrency` = the same number, its default options (no logging of its own; completed jobs
 kept, as ours keeps results), from a small driver of ours (`bench/bullmq_driver.mjs`); {versions}.
 
-- **Drain**: the backlog is written first with each kind's own bulk enqueue (ours
-  `enqueue_many`, BullMQ `addBulk` in chunks of 1,000), then the worker process is started.
-  The harness polls Redis every {poll} ms for the number of completed jobs (ours: backlog less
-  the queue's ZCARD, as a job leaves the sorted set when its outcome is written; BullMQ: ZCARD
-  of `bull:<queue>:completed`). **Timed: from the first poll that sees a completion to the poll
-  that sees the last one; the rate is the jobs completed inside that window over its length.**
-  Worker start-up (imports, connections, scripts) is outside the window for both; the same
-  window, the same poller, the same Redis for both.
+- **Drain**: the worker process is started and runs {warm:,} jobs of the same kind first
+  (imports done, caches filled, Node's JIT warm); then its queue is paused (ours
+  `Producer.pause_queue`, BullMQ `queue.pause()`), the backlog is written with each kind's own
+  bulk enqueue (ours `enqueue_many`, BullMQ `addBulk` in chunks of 1,000) and the queue is
+  resumed. The harness polls Redis every {poll} ms for the number of completed jobs (ours:
+  enqueued less the queue's ZCARD, as a job leaves the sorted set when its outcome is written;
+  BullMQ: ZCARD of `bull:<queue>:completed`). **Timed: from the first poll that sees a backlog
+  job completed to the poll that sees the last one; the rate is the jobs completed inside that
+  window over its length.** Same window, same poller, same Redis for both.
 - **Enqueue**: no worker running; after {warmup} warm-up calls one at a time (connect, load
   scripts, and for Node JIT-compile the hot path, as in a long-running app), {callers}
   concurrent callers (or one) each await their enqueues in a loop: ours
   `Producer.enqueue_job` under `asyncio.gather`, BullMQ `queue.add` under `Promise.all`.
   Timed from the first call to the last reply, inside each kind's own process.
 - **Costs**: Redis's `total_commands_processed` and `used_cpu_user + used_cpu_sys` deltas
-  (the harness's own INFO and ZCARD polls left out); a drain's window runs from just before
-  the worker starts to the last completion, so it holds the worker's start-up commands too
-  (a few dozen, spread over the backlog). Worker CPU is the process's user + system time (all
-  threads) inside the timed window; RSS is read when the backlog is done."""
+  (the harness's own INFO and ZCARD polls left out). The fill's window is the bulk enqueue
+  into the paused queue (for ours it also holds the paused worker's wake-ups: each enqueue
+  script touches the wake key, and the worker's claim finds the queue paused); a drain's
+  window runs from just before the resume to the last completion. Worker CPU is the process's
+  user + system time (all threads) inside the timed window; RSS is read when the backlog is
+  done."""
 
 
 def _markdown(r: dict[str, Any], versions: str) -> str:
@@ -469,6 +537,7 @@ def _markdown(r: dict[str, Any], versions: str) -> str:
                 poll=POLL_S * 1000,
                 callers=CALLERS,
                 warmup=ENQUEUE_WARMUP,
+                warm=WARMUP_JOBS,
             ),
             "",
             _throughput(r),
@@ -494,7 +563,8 @@ def _windows_text(r: dict[str, Any]) -> str:
     e2e = summarize(r["windows"]["enqueue_to_last"]).median
     return (
         f"**Which window** (issue 18, point 5). Ours, INFO line, no-op jobs, concurrency 100, "
-        f"{DRAIN_JOBS:,} jobs, in the same runs: this section's window (first completion to last) "
+        f"{DRAIN_JOBS:,} jobs, in the same runs: this section's window (warm worker, paused "
+        f"backlog resumed, first completion to last) "
         f"{ours:,.0f} jobs/s; `bench_worker`'s window (a warm worker idle in BZPOPMIN, a backlog "
         f"written {scenarios.FILL_LEAD_S:g} s ahead and all due at one instant, timed from that "
         f"instant to the poll that sees the queue empty) {due:,.0f} jobs/s; an outside harness's "

@@ -3,18 +3,20 @@
 // so the bare imports below resolve; nothing of Node's is installed in the repository.
 //
 //   node bullmq_driver.mjs worker  REDIS_URL QUEUE CONCURRENCY
-//   node bullmq_driver.mjs fill    REDIS_URL QUEUE JOB COUNT
+//   node bullmq_driver.mjs queue   REDIS_URL QUEUE
 //   node bullmq_driver.mjs enqueue REDIS_URL QUEUE CALLERS COUNT WARMUP
 //
-// Every command prints "ready" once connected and warm, then (fill, enqueue) waits for one line
-// on stdin before the measured part, so the Python side can read Redis's counters in between.
-// Results are one JSON line on stdout. Jobs: "noop" does nothing, "sleep10" waits 10 ms, like
-// bench/jobs.py.
+// Every command prints "ready" once connected. `queue` then takes one command a line on stdin
+// ("fill JOB COUNT", "pause", "resume", "quit") and answers each with a JSON line; `enqueue`
+// waits for one line before its measured part, so the Python side can read Redis's counters in
+// between, and prints its result as a JSON line. Jobs: "noop" does nothing, "sleep10" waits
+// 10 ms, like bench/jobs.py.
 
 import { Queue, Worker } from "bullmq";
 import IORedis from "ioredis";
 import { once } from "node:events";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
 
 const [command, url, queueName, ...rest] = process.argv.slice(2);
@@ -56,19 +58,34 @@ async function runWorker(concurrency) {
   process.on("SIGINT", stop);
 }
 
-async function fill(jobName, count) {
-  // addBulk is BullMQ's bulk enqueue (one MULTI of add scripts); chunks keep each one bounded.
+async function serveQueue() {
+  // One Queue, as an app holds one, driven line by line. A backlog is written with addBulk,
+  // BullMQ's bulk enqueue (one MULTI of add scripts), in chunks that keep each one bounded.
   const queue = new Queue(queueName, { connection: connect() });
   await queue.waitUntilReady();
-  await go();
-  const started = performance.now();
-  for (let start = 0; start < count; start += 1000) {
-    const size = Math.min(1000, count - start);
-    await queue.addBulk(Array.from({ length: size }, () => ({ name: jobName, data: {} })));
+  say("ready");
+  for await (const line of createInterface({ input: process.stdin })) {
+    const [op, ...args] = line.trim().split(" ");
+    const started = performance.now();
+    if (op === "fill") {
+      const [jobName, count] = [args[0], Number(args[1])];
+      for (let start = 0; start < count; start += 1000) {
+        const size = Math.min(1000, count - start);
+        await queue.addBulk(Array.from({ length: size }, () => ({ name: jobName, data: {} })));
+      }
+    } else if (op === "pause") {
+      await queue.pause();
+    } else if (op === "resume") {
+      await queue.resume();
+    } else if (op === "quit") {
+      break;
+    } else {
+      say({ error: `unknown command ${op}` });
+      continue;
+    }
+    say({ op, seconds: (performance.now() - started) / 1000 });
   }
-  const seconds = (performance.now() - started) / 1000;
   await queue.close();
-  say({ jobs: count, seconds });
 }
 
 async function enqueue(callers, count, warmup) {
@@ -97,8 +114,8 @@ async function enqueue(callers, count, warmup) {
 
 if (command === "worker") {
   await runWorker(Number(rest[0]));
-} else if (command === "fill") {
-  await fill(rest[0], Number(rest[1]));
+} else if (command === "queue") {
+  await serveQueue();
   process.exit(0);
 } else if (command === "enqueue") {
   await enqueue(Number(rest[0]), Number(rest[1]), Number(rest[2]));

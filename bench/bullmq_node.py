@@ -20,7 +20,16 @@ from typing import Any
 from bench import procstat
 from devservices.node import NodeTools, find_node
 
-__all__ = ["BULLMQ_VERSION", "IOREDIS_VERSION", "BullMQ", "Driven", "NodeWorker", "Unavailable", "install"]
+__all__ = [
+    "BULLMQ_VERSION",
+    "IOREDIS_VERSION",
+    "BullMQ",
+    "Driven",
+    "NodeQueue",
+    "NodeWorker",
+    "Unavailable",
+    "install",
+]
 
 BULLMQ_VERSION = "6.7.0"
 IOREDIS_VERSION = "5.11.1"
@@ -144,8 +153,60 @@ class NodeWorker:
         return procstat.rss_mib(self.pid)
 
 
+class NodeQueue:
+    """One BullMQ `Queue` in a Node process, driven a command at a time: `fill`, `pause`,
+    `resume` (see the driver)."""
+
+    def __init__(self, bullmq: BullMQ, url: str, queue: str, log: Path) -> None:
+        self.argv = bullmq.argv("queue", url, queue)
+        self.cwd, self.env, self.log = bullmq.folder, bullmq.tools.env, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> NodeQueue:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        await _ready(self.proc, "queue")
+        return self
+
+    async def call(self, command: str, timeout: float = 300.0) -> dict[str, Any]:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        await self.proc.stdin.drain()
+        async with asyncio.timeout(timeout):
+            line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"BullMQ queue ended during {command!r}; see {self.log}")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"BullMQ queue: {reply['error']}")
+        return reply
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        if self.proc.returncode is None:
+            self.proc.stdin.write(b"quit\n")
+            self.proc.stdin.close()
+            try:
+                async with asyncio.timeout(30):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
 class Driven:
-    """A one-shot driver command (fill, enqueue): started and warm on entry; `go()` runs the
+    """A one-shot driver command (enqueue): started and warm on entry; `go()` runs the
     measured part and returns its JSON result."""
 
     def __init__(self, bullmq: BullMQ, *args: str, log: Path) -> None:
