@@ -522,7 +522,8 @@ kept, as ours keeps results), from a small driver of ours (`bench/bullmq_driver.
   script touches the wake key, and the worker's claim finds the queue paused); a drain's
   window runs from just before the resume to the last completion. Worker CPU is the process's
   user + system time (all threads) inside the timed window; RSS is read when the backlog is
-  done."""
+  done. On a machine shared with other work, worker CPU per job moves least from run to run:
+  read the rates beside it."""
 
 
 def _markdown(r: dict[str, Any], versions: str) -> str:
@@ -561,6 +562,7 @@ def _windows_text(r: dict[str, Any]) -> str:
     ours = summarize([x.rate for x in r["drain noop c=100"]["ours"]]).median
     due = summarize(r["windows"]["bench_worker"]).median
     e2e = summarize(r["windows"]["enqueue_to_last"]).median
+    spread = max(ours, due, e2e) / min(ours, due, e2e)
     return (
         f"**Which window** (issue 18, point 5). Ours, INFO line, no-op jobs, concurrency 100, "
         f"{DRAIN_JOBS:,} jobs, in the same runs: this section's window (warm worker, paused "
@@ -569,7 +571,7 @@ def _windows_text(r: dict[str, Any]) -> str:
         f"written {scenarios.FILL_LEAD_S:g} s ahead and all due at one instant, timed from that "
         f"instant to the poll that sees the queue empty) {due:,.0f} jobs/s; an outside harness's "
         f"window (warm idle worker, timed from the bulk enqueue call to the queue empty, so the "
-        f"enqueue is inside) {e2e:,.0f} jobs/s."
+        f"enqueue is inside) {e2e:,.0f} jobs/s: the highest is {spread:.2f}× the lowest."
     )
 
 
