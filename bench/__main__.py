@@ -19,6 +19,7 @@ MODULES = [
     "bench_fallback",
     "bench_worker",
     "bench_tracing",
+    "bench_bullmq",
     "bench_queues",
     "bench_email",
     "bench_analytics",
