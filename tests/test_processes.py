@@ -243,6 +243,7 @@ async def test_a_killed_process_is_restarted_and_jobs_keep_flowing(
         assert died[0]["child"] == 1
         assert died[0]["pid"] == first[1]
         assert died[0]["signal"] == "SIGKILL"
+        assert died[0]["restart_in_s"] == 1.0  # the first restart of a backoff that doubles
         await eventually(lambda: _reporting(producer, group.pids()[1]), what="child 1 working again")
         handles = [await producer.enqueue_job("ping", {"sleep": 0.2}) for _ in range(8)]
         pids = {r["pid"] for r in await _results(handles)}

@@ -285,7 +285,8 @@ class Supervisor:
             }
             if self._stop.is_set():
                 log.info("worker process stopped", **ended)
-                return code
+                # SIGTERM before it had set its handlers (still starting): it held no job.
+                return 0 if code == -signal.SIGTERM else code
             if self.burst and code == 0:
                 log.info("worker process finished its burst", **ended)
                 return 0
