@@ -65,6 +65,7 @@ class Run:
     rate: float
     workers_cpu: float  # cores: CPU seconds of the worker processes per second of drain
     redis_cpu: float  # cores, redis-server
+    machine_cpu: float  # cores busy on the whole machine: others' work shows as the difference
 
 
 def _cpu_s(pid: int) -> float:
@@ -75,6 +76,12 @@ def _cpu_s(pid: int) -> float:
         return 0.0
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every core, not idle or waiting on I/O)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _TICK
 
 
 async def _workers_up(producer: Producer, supervisor: int, count: int, timeout: float = 60) -> list[int]:
@@ -114,13 +121,13 @@ async def _one(url: str, redis_pid: int, job: str, count: int) -> Run:
             if time.time() > due:
                 raise RuntimeError(f"filling {total:,} jobs took longer than {FILL_LEAD_S} s")
             await asyncio.sleep(due - time.time())
-            cpu0 = sum(map(_cpu_s, pids)), _cpu_s(redis_pid)
+            cpu0 = sum(map(_cpu_s, pids)), _cpu_s(redis_pid), _machine_busy_s()
             while True:  # polled: Redis has no event for "this sorted set is now empty"
                 if not await raw.zcard(queue):
                     break
                 await asyncio.sleep(0.002)
             elapsed = time.time() - due
-            cpu1 = sum(map(_cpu_s, pids)), _cpu_s(redis_pid)
+            cpu1 = sum(map(_cpu_s, pids)), _cpu_s(redis_pid), _machine_busy_s()
     finally:
         await raw.aclose()
         proc.send_signal(signal.SIGTERM)
@@ -133,6 +140,7 @@ async def _one(url: str, redis_pid: int, job: str, count: int) -> Run:
         total / elapsed,
         (cpu1[0] - cpu0[0]) / elapsed,
         (cpu1[1] - cpu0[1]) / elapsed,
+        (cpu1[2] - cpu0[2]) / elapsed,
     )
 
 
@@ -155,6 +163,7 @@ def _markdown(runs: list[Run]) -> str:
             mine = [r for r in runs if r.job == job and r.processes == n]
             workers = summarize([r.workers_cpu for r in mine]).median
             redis_cpu = summarize([r.redis_cpu for r in mine]).median
+            machine = summarize([r.machine_cpu for r in mine]).median
             rows.append(
                 [
                     job,
@@ -163,6 +172,7 @@ def _markdown(runs: list[Run]) -> str:
                     f"{rate[n].median / rate[1].median:.2f}×",
                     f"{workers:.2f} ({workers / n:.2f} per process)",
                     f"{redis_cpu:.2f}",
+                    f"{machine:.2f} of {CORES}",
                 ]
             )
         if 2 in rate:
@@ -178,11 +188,16 @@ def _markdown(runs: list[Run]) -> str:
             f"--processes N` (the real command line; per-job INFO lines on) on this {CORES}-core "
             "machine; jobs/s from the due instant until every job has finished; medians of "
             f"{RUNS} runs, the counts interleaved. CPU in cores (CPU seconds per second of drain): "
-            "the worker processes' summed utime + stime, and redis-server's. When the workers' "
-            "share is near the machine's cores, cores bound the ratio; when Redis's share nears "
-            "1.0, its one thread does.",
+            "the worker processes' summed utime + stime, redis-server's, and the whole machine's "
+            "busy time (/proc/stat). When the workers' share is near the machine's cores, cores "
+            "bound the ratio; when Redis's share nears 1.0, its one thread does; when the machine is "
+            "busy well beyond workers + Redis (+ about 0.1 for this benchmark's polling), other "
+            "processes took the cores and the run is not a clean measurement.",
             "",
-            table(["jobs", "processes", "jobs/s", "× one process", "workers CPU", "Redis CPU"], rows),
+            table(
+                ["jobs", "processes", "jobs/s", "× one process", "workers CPU", "Redis CPU", "machine busy"],
+                rows,
+            ),
             "",
             f"Targets on this {CORES}-core machine:",
             "",
