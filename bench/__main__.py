@@ -18,6 +18,7 @@ HERE = Path(__file__).parent
 MODULES = [
     "bench_fallback",
     "bench_worker",
+    "bench_processes",
     "bench_tracing",
     "bench_bullmq",
     "bench_queues",

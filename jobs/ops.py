@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +13,9 @@ __all__ = ["ping"]
 
 
 async def ping(ctx: JobContext, *, message: str = "pong", sleep: float = 0.0) -> dict[str, Any]:
-    """Echo `message` with the time and the mode it ran in; `sleep` seconds first, if asked."""
+    """Echo `message` with the time, the mode and the process it ran in; `sleep` seconds first.
+
+    The process id tells which worker ran it, as under `run --processes N`."""
     if sleep:
         await asyncio.sleep(sleep)
     return {
@@ -21,4 +24,5 @@ async def ping(ctx: JobContext, *, message: str = "pong", sleep: float = 0.0) ->
         "mode": ctx.mode,
         "job_id": ctx.job_id,
         "try": ctx.job_try,
+        "pid": os.getpid(),
     }

@@ -14,6 +14,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -47,8 +48,12 @@ class WorkerService:
         burst: bool = False,
         registry: Registry = REGISTRY,
         handle_signals: bool = True,
+        group: dict[str, int] | None = None,
     ) -> None:
         self.settings = settings
+        # Under `--processes N`: the supervisor's pid and this child's index, for `stats`.
+        self._group = group or {}
+        self._http_up = False
         self.runtime = Runtime.build(
             settings, registry, role="worker", socket_timeout=settings.worker_redis_socket_timeout
         )
@@ -74,6 +79,12 @@ class WorkerService:
                 ready=lambda: self.backend.usable,
                 queue_depth=self._queue_depth,
             )
+
+    def _snapshot_fields(self) -> dict[str, Any]:
+        """The engine's fields, plus where this worker serves health (None: nowhere) and its
+        place in a `--processes` group, so `stats` tells the processes of one machine apart."""
+        port = self.http.port if self.http is not None and self._http_up else None
+        return {**self.worker.snapshot_fields(), "http_port": port, **self._group}
 
     async def _queue_depth(self) -> dict[str, int]:
         depth = {}
@@ -101,7 +112,7 @@ class WorkerService:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self.request_stop, signum)
         if self.http is not None:
-            self.http.start()
+            self._http_up = self.http.start()
         background: list[asyncio.Task[None]] = []
         try:
             try:
@@ -123,7 +134,7 @@ class WorkerService:
                     self.metrics.recent,
                     self.worker.token,
                     self.worker.queue,
-                    self.worker.snapshot_fields,
+                    self._snapshot_fields,
                 ),
                 "durability": self._durability,
                 "lock extension": self.worker.extend_locks_forever,
@@ -222,11 +233,11 @@ async def _supervised(
         delay = min(delay * 2, 60.0)
 
 
-async def run_worker(settings: Settings, *, burst: bool = False) -> int:
+async def run_worker(settings: Settings, *, burst: bool = False, group: dict[str, int] | None = None) -> int:
     if not settings.redis_enabled:
         log.error("REDIS_URL is empty: the worker needs Redis; set REDIS_URL=redis://host:6379/0")
         return 2
-    service = WorkerService(settings, burst=burst)
+    service = WorkerService(settings, burst=burst, group=group)
     try:
         return await service.run()
     except Exception as exc:  # the process is going down: report it, then let it raise

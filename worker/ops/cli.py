@@ -30,6 +30,7 @@ from worker.ops.doctor import diagnose, render_diagnosis
 from worker.ops.http import serve
 from worker.ops.schema import job_schemas
 from worker.ops.stats import collect_stats, render_stats
+from worker.ops.supervisor import Supervisor, as_child, parse_processes
 from worker.ops.typescript import typescript_types
 from worker.producer import Producer
 from worker.telemetry import configure_logging
@@ -270,6 +271,28 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """`run`: this process is the worker, or (`--processes N`) the supervisor of N workers."""
+    if args.child_of is not None and args.child_index is not None:
+        settings = as_child(settings, args.child_of, args.child_index)
+        group = {"supervisor": args.child_of, "child": args.child_index}
+        return run_until_done(run_worker(settings, burst=args.burst, group=group), settings)
+    if args.processes == 1:
+        return run_until_done(run_worker(settings, burst=args.burst), settings)
+    if not settings.redis_enabled:  # each child would say so and exit, over and over
+        sys.stderr.write(
+            "error: REDIS_URL is empty: the worker needs Redis; set REDIS_URL=redis://host:6379/0\n"
+        )
+        return 2
+    given = list(sys.argv[1:] if argv is None else argv)
+    supervisor = Supervisor(settings, args.processes, given[given.index("run") + 1 :], burst=args.burst)
+    problem = supervisor.check_ports()
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        return 2
+    return asyncio.run(supervisor.run())
+
+
 def _parser() -> argparse.ArgumentParser:
     # Named as it was called: the console script, or the module.
     prog = "maxbooster-jobs" if sys.argv[0].endswith("maxbooster-jobs") else "python -m worker"
@@ -283,6 +306,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the queues to consume, in priority order or weighted (default WORKER_QUEUES): critical,default",
     )
+    run.add_argument(
+        "--processes",
+        type=parse_processes,
+        default=1,
+        metavar="N",
+        help="worker processes to run and supervise, or auto for one per core (default 1: this "
+        "process); process i serves health on WORKER_HTTP_PORT + i",
+    )
+    # Set by the supervisor on the processes it starts; not for people.
+    run.add_argument("--child-of", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--child-index", type=int, default=None, help=argparse.SUPPRESS)
     enqueue = sub.add_parser("enqueue", help="enqueue a job (or run it inline when Redis is down)")
     enqueue.add_argument("job", help="registered job name (see `jobs`)")
     enqueue.add_argument("--args", default="{}", help="keyword arguments as a JSON object")
@@ -358,7 +392,13 @@ class _Subparser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
-            valid = [o for a in self._actions for o in a.option_strings if o not in ("-h", "--help")]
+            valid = [
+                o
+                for a in self._actions
+                if a.help != argparse.SUPPRESS
+                for o in a.option_strings
+                if o not in ("-h", "--help")
+            ]
             takes = f"it takes {', '.join(valid)}" if valid else "it takes no options"
             self.error(f"unknown argument {' '.join(extras)}; {takes} (see {self.prog} --help)")
         return parsed, extras
@@ -382,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except SettingsError as exc:
                     sys.stderr.write(f"{str(exc).replace('WORKER_QUEUES', '--queues')}\n")
                     return 2
-            return run_until_done(run_worker(settings, burst=args.burst), settings)
+            return _run(settings, args, argv)
         if args.command == "cancel":
             return asyncio.run(queuectl.cancel(settings, args.job_id))
         if args.command == "queues":

@@ -1,5 +1,6 @@
-"""`python -m worker stats`: queue depths, jobs in progress, and recent throughput per job from
-every live worker's snapshot (see `worker.engine.snapshots`).
+"""`python -m worker stats`: the live workers (each process of a `run --processes N` group on a
+line of its own), queue depths, jobs in progress, and recent throughput per job from every live
+worker's snapshot (see `worker.engine.snapshots`).
 
 Snapshots are read from Redis, which others may write: one that is not what a worker of ours
 writes is counted as malformed and left out, and every name printed to a terminal has its
@@ -97,6 +98,9 @@ async def collect_stats(
                 "pid": s["pid"],
                 "running": s["running"],
                 "queues": [named.get(k, k) for k in _keys(s)] or [named.get(s["queue"], s["queue"])],
+                # Where it serves health, and which `--processes` group it is part of (None:
+                # not reported, or a worker started on its own).
+                **{k: s.get(k) if _count(s.get(k)) else None for k in ("http_port", "supervisor", "child")},
             }
             for s in snapshots
         ],
@@ -111,9 +115,26 @@ def _keys(snapshot: dict[str, Any]) -> list[str]:
     return [k for k in found if isinstance(k, str)] if isinstance(found, list) else []
 
 
+def _worker_order(worker: dict[str, Any]) -> tuple[str, int, int, int]:
+    """Workers by host, then the processes of one group together, in child order."""
+    group = worker.get("supervisor") or 0
+    return (str(worker["host"]), group, worker.get("child") or 0, worker["pid"])
+
+
 def render_stats(report: dict[str, Any]) -> str:
     """The `stats` report as a terminal table."""
     lines = [f"workers reporting: {len(report['workers'])}", ""]
+    if report["workers"]:
+        lines.append(f"{'host':<20}{'pid':>8}{'group':>14}{'health':>8}{'running':>9}  queues")
+        for worker in sorted(report["workers"], key=_worker_order):
+            group = f"{worker['supervisor']}/{worker['child']}" if worker.get("supervisor") else "-"
+            health = worker.get("http_port") or "-"
+            queues = printable(",".join(map(str, worker["queues"])), 40)
+            lines.append(
+                f"{printable(worker['host'], 20):<20}{worker['pid']:>8}{group:>14}{health:>8}"
+                f"{worker['running']:>9}  {queues}"
+            )
+        lines.append("")
     lines.append(f"{'queue':<16}{'due':>9}{'deferred':>10}{'running':>9}  state")
     for row in report.get("queues") or []:
         state = "paused" if row["paused"] else "active"

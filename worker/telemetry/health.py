@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -89,7 +90,22 @@ class HealthServer:
         self._thread.start()
         ready.wait(10)
         if failure:
-            log.error("health server not started", port=self._address[1], error=str(failure[0]))
+            # The worker keeps running jobs (its main duty) without the endpoints, and says so.
+            host, port = self._address
+            in_use = failure[0].errno == errno.EADDRINUSE
+            log.error(
+                "health server not started; this worker runs without /healthz, /readyz and /metrics",
+                host=host,
+                port=port,
+                error=f"port {port} is in use" if in_use else str(failure[0]),
+                fix=(
+                    "another process, perhaps another worker on this machine, has the port: give each "
+                    "worker its own WORKER_HTTP_PORT (0 turns the server off), or run one "
+                    "`python -m worker run --processes N`, whose process i serves on WORKER_HTTP_PORT + i"
+                    if in_use
+                    else "set WORKER_HTTP_HOST and WORKER_HTTP_PORT to an address this host can bind"
+                ),
+            )
             self._loop = None
             return False
         self._beat_task = self._main_loop.create_task(self._beat())

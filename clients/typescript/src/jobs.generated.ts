@@ -222,7 +222,7 @@ export interface JobArgs {
   flush_analytics_events: FlushAnalyticsEventsArgs;
   /** Import a CSV report of historical streams (any age); a re-import stores nothing twice. */
   import_streams: ImportStreamsArgs;
-  /** Echo `message` with the time and the mode it ran in; `sleep` seconds first, if asked. */
+  /** Echo `message` with the time, the mode and the process it ran in; `sleep` seconds first. */
   ping: PingArgs;
   /** Upsert daily analytics totals for the days with new events (or the `days` given). */
   rollup_analytics: RollupAnalyticsArgs;
