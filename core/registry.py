@@ -62,7 +62,9 @@ def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
             raise TypeError(f"job {name!r}: argument {param.name!r} needs a type annotation")
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
-    config = ConfigDict(extra="forbid", strict=True)
+    # Built at the first validation of this job, not at registration: a process validates only
+    # the jobs it enqueues or runs (issue 18).
+    config = ConfigDict(extra="forbid", strict=True, defer_build=True)
     model: type[BaseModel] = pydantic.create_model(f"{name}_args", __config__=config, **fields)
     return model
 

@@ -24,14 +24,17 @@ from settings import Settings, SettingsError, load_settings
 from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
 from worker.ledger.migrate import apply_migrations, postgres_problem
-from worker.ops import deadletters, demo, queuectl
-from worker.ops.doctor import diagnose, render_diagnosis
-from worker.ops.http import serve
+from worker.ops import deadletters, queuectl
 from worker.ops.schema import job_schemas
 from worker.ops.stats import collect_stats, render_stats
 from worker.ops.typescript import typescript_types
 from worker.producer import Producer
 from worker.telemetry import configure_logging
+
+# The HTTP service (Starlette, uvicorn, the dashboard), the doctor and the demo (the dev
+# services) are imported by their own commands, inside them: `run` and `enqueue` would otherwise
+# carry ~8 MB and ~100 modules they never use (issue 18). Nothing imports this module but
+# `worker.__main__`, so these imports hide no cycle; tests/test_architecture.py allows them here only.
 
 __all__ = ["main"]
 
@@ -155,6 +158,8 @@ async def _stats(settings: Settings, as_json: bool) -> int:
 
 
 async def _doctor(settings: Settings, as_json: bool) -> int:
+    from worker.ops.doctor import diagnose, render_diagnosis  # only this command needs it (see the imports)
+
     diagnosis = await diagnose(settings)
     if as_json:
         _print_json(diagnosis.as_dict())
@@ -366,6 +371,8 @@ class _Subparser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
+        from worker.ops import demo  # only this command needs it (see the imports)
+
         return demo.main()
     try:
         settings = load_settings()
@@ -404,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-streams":
             return asyncio.run(_import_streams(settings, args))
         if args.command == "serve":
+            from worker.ops.http import serve  # only this command needs it (see the imports)
+
             overrides = {"api_host": args.host, "api_port": args.port}
             return serve(settings.model_copy(update={k: v for k, v in overrides.items() if v is not None}))
         return _jobs(args)
