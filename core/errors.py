@@ -30,6 +30,7 @@ __all__ = [
     "ErrorKind",
     "JobCancelled",
     "JobFailed",
+    "JobModuleError",
     "JobTimeout",
     "JobValidationError",
     "NotSent",
@@ -71,6 +72,11 @@ class JobValidationError(ValueError):
 
 class UnknownJobError(JobValidationError):
     """The job name is not in the registry."""
+
+
+class JobModuleError(ValueError):
+    """An extra job module (JOB_MODULES, `--jobs`) cannot be imported, defines no jobs, or names
+    a job already registered: a configuration error, reported at start."""
 
 
 class EnqueueError(RuntimeError):

@@ -17,9 +17,16 @@ import asyncpg
 import orjson
 
 from core.deps import connect_postgres
-from core.errors import BackendError, BackendRefused, EnqueueError, JobFailed, JobValidationError
+from core.errors import (
+    BackendError,
+    BackendRefused,
+    EnqueueError,
+    JobFailed,
+    JobModuleError,
+    JobValidationError,
+)
 from core.flow import check_queue_name, ordered_union, queue_key
-from jobs import REGISTRY
+from jobs import registry_for
 from settings import Settings, SettingsError, load_settings
 from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
@@ -47,7 +54,7 @@ def _print_json(data: dict[str, Any]) -> None:
 def _check_enqueue(settings: Settings, args: argparse.Namespace) -> None:
     """Everything that can be refused without Redis: the job name, the JSON, the arguments, the
     job's own settings. Raises `JobValidationError` before anything connects or logs."""
-    definition = REGISTRY.get(args.job)
+    definition = registry_for(settings).get(args.job)
     try:
         orjson.loads(args.args)
     except orjson.JSONDecodeError as exc:
@@ -145,7 +152,7 @@ async def _stats(settings: Settings, as_json: bool) -> int:
             return 2
         queues = {
             queue_key(settings, name): name
-            for name in ordered_union(settings.worker_queue_weights, REGISTRY.queues())
+            for name in ordered_union(settings.worker_queue_weights, registry_for(settings).queues())
         }
         report = await collect_stats(backend, settings.queue_name, queues)
     finally:
@@ -218,7 +225,7 @@ def _csv_chunks(path: str, budget: int) -> list[tuple[int, str]]:
 
 async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
     """Validate every chunk of the file, then run (or queue) one `import_streams` job per chunk."""
-    definition = REGISTRY.get("import_streams")
+    definition = registry_for(settings).get("import_streams")
     budget = min(128 * 1024, settings.max_payload_bytes // 2)
     try:
         chunks = _csv_chunks(args.file, budget)
@@ -254,14 +261,15 @@ async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs(args: argparse.Namespace) -> int:
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    registry = registry_for(settings)
     if args.typescript:
-        sys.stdout.write(typescript_types(job_schemas(REGISTRY)))
+        sys.stdout.write(typescript_types(job_schemas(registry)))
         return 0
     if args.schema:
-        sys.stdout.write(orjson.dumps(job_schemas(REGISTRY), option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(job_schemas(registry), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    for definition in REGISTRY:
+    for definition in registry:
         _print_json(
             {
                 "job": definition.name,
@@ -347,6 +355,15 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    # Every command that reads the registry takes the extra job modules (JOB_MODULES).
+    for name, command in sub.choices.items():
+        if name != "demo":
+            command.add_argument(
+                "--jobs",
+                default=None,
+                metavar="MODULE[,MODULE]",
+                help="modules of your own whose define(...) jobs join the registry (default JOB_MODULES)",
+            )
     return parser
 
 
@@ -368,6 +385,11 @@ class _Subparser(argparse.ArgumentParser):
         return parsed, extras
 
 
+def _jobs_flag(message: str, args: argparse.Namespace) -> str:
+    """A message about JOB_MODULES, naming `--jobs` when that is where the modules came from."""
+    return message.replace("JOB_MODULES", "--jobs") if getattr(args, "jobs", None) is not None else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
@@ -378,6 +400,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except SettingsError as exc:
         sys.stderr.write(f"{exc}\n")
+        return 2
+    if getattr(args, "jobs", None) is not None:
+        try:
+            settings = load_settings(job_modules=args.jobs)
+        except SettingsError as exc:
+            sys.stderr.write(f"{str(exc).replace('JOB_MODULES', '--jobs')}\n")
+            return 2
+    try:
+        registry_for(settings)  # the extra job modules load here, so a bad one stops every command
+    except JobModuleError as exc:
+        sys.stderr.write(f"error: {_jobs_flag(str(exc), args)}\n")
         return 2
     configure_logging(settings)
     try:
@@ -415,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             overrides = {"api_host": args.host, "api_port": args.port}
             return serve(settings.model_copy(update={k: v for k, v in overrides.items() if v is not None}))
-        return _jobs(args)
+        return _jobs(settings, args)
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
