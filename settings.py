@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import email_validator
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -73,6 +72,7 @@ _FIX_HINTS: dict[str, str] = {
     "api_tokens": "use tokens separated by spaces, each optionally limited to jobs: 'TOKEN TOKEN2:job1,job2'",
     "api_max_body_bytes": "use 1024 to 268435456 bytes (default 4194304)",
     "api_max_batch_jobs": "use 1 to 100000 jobs per batch call",
+    "job_modules": "list importable module names separated by commas (myapp.jobs,myapp.reports)",
     "worker_queues": "list queue names in priority order (critical,default,bulk,ai) or with weights",
     "worker_queue_concurrency": "use queue=count pairs separated by commas (ai=4,bulk=20)",
     "queue_global_concurrency": "use queue=count pairs separated by commas (ai=8)",
@@ -324,6 +324,10 @@ class Settings(BaseSettings):
     durable_check_interval: float = Field(15.0, gt=0, le=3600)
     worker_http_host: str = "127.0.0.1"
     worker_http_port: int = Field(9300, ge=0, le=65535)
+
+    # Modules of your own whose module-level `define(...)` results join the registry, for the
+    # worker, the producer, the CLI and the HTTP service alike ("myapp.jobs,myapp.reports").
+    job_modules: str = ""
 
     # Named queues (README "Queues"). The queues a worker consumes: in strict priority order
     # ("critical,default,bulk,ai"), or weighted ("critical:6,default:3,bulk:1": each claim visits
@@ -592,6 +596,17 @@ class Settings(BaseSettings):
             raise ValueError("a queue is listed twice")
         return ",".join(entries)
 
+    @field_validator("job_modules")
+    @classmethod
+    def _job_modules(cls, v: str) -> str:
+        names = [e.strip() for e in v.split(",") if e.strip()]
+        for name in names:
+            if not all(part.isidentifier() for part in name.split(".")):
+                raise ValueError(f"{name!r} is not a module name (dotted Python names: myapp.jobs)")
+        if len(set(names)) != len(names):
+            raise ValueError("a module is listed twice")
+        return ",".join(names)
+
     @field_validator("worker_queue_concurrency", "queue_global_concurrency")
     @classmethod
     def _caps(cls, v: str) -> str:
@@ -620,6 +635,11 @@ class Settings(BaseSettings):
             name, _, weight = entry.partition(":")
             out[name] = int(weight) if weight else None
         return out
+
+    @property
+    def job_module_names(self) -> tuple[str, ...]:
+        """The extra job modules (JOB_MODULES), in the order given."""
+        return tuple(self.job_modules.split(",")) if self.job_modules else ()
 
     @property
     def queue_caps(self) -> dict[str, int]:
@@ -709,6 +729,9 @@ class Settings(BaseSettings):
         v = v.strip()
         # "Name <address>": the job code validates the name; here the address must be sound.
         address = v[v.rfind("<") + 1 : -1] if v.endswith(">") else v
+        # Imported when EMAIL_FROM is set, not with the settings: its tables cost ~20 ms at start.
+        import email_validator
+
         try:
             email_validator.validate_email(address, check_deliverability=False, allow_smtputf8=False)
         except email_validator.EmailNotValidError as exc:

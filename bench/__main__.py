@@ -26,6 +26,7 @@ MODULES = [
     "bench_analytics",
     "bench_http",
     "bench_dashboard",
+    "bench_startup",
 ]
 PACKAGES = ["arq", "redis", "hiredis", "asyncpg", "orjson", "pydantic", "structlog", "aiosmtplib", "sendgrid"]
 PACKAGES += ["starlette", "uvicorn", "httptools", "uvloop"]  # the HTTP API (bench_http)

@@ -6,9 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from core import JobContext, Registry, define
+from core import JobContext, JobDefinition, Registry, define
 
-__all__ = ["ARQ_FUNCTIONS", "BENCH_REGISTRY", "noop", "sleep10", "stamp"]
+__all__ = ["ARQ_FUNCTIONS", "BENCH_JOBS", "BENCH_REGISTRY", "noop", "sleep10", "stamp"]
 
 
 async def noop(ctx: JobContext) -> None:
@@ -25,7 +25,9 @@ async def stamp(ctx: JobContext) -> float:
     return time.time()
 
 
-BENCH_REGISTRY = Registry([define(noop), define(sleep10), define(stamp)])
+# Bound at module level, so `python -m worker run --jobs bench.jobs` runs them too (bench_startup).
+BENCH_JOBS: list[JobDefinition[Any, Any]] = [define(noop), define(sleep10), define(stamp)]
+BENCH_REGISTRY = Registry(BENCH_JOBS)
 
 
 async def _arq_noop(ctx: dict[str, Any]) -> None:

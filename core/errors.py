@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any, Literal
 
 import asyncpg
-import httpx
 
 __all__ = [
     "BackendError",
@@ -30,6 +30,7 @@ __all__ = [
     "ErrorKind",
     "JobCancelled",
     "JobFailed",
+    "JobModuleError",
     "JobTimeout",
     "JobValidationError",
     "NotSent",
@@ -71,6 +72,11 @@ class JobValidationError(ValueError):
 
 class UnknownJobError(JobValidationError):
     """The job name is not in the registry."""
+
+
+class JobModuleError(ValueError):
+    """An extra job module (JOB_MODULES, `--jobs`) cannot be imported, defines no jobs, or names
+    a job already registered: a configuration error, reported at start."""
 
 
 class EnqueueError(RuntimeError):
@@ -136,7 +142,6 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncio.TimeoutError,
     ConnectionError,
-    httpx.TransportError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.DeadlockDetectedError,
@@ -162,10 +167,22 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def _http_status(exc: BaseException) -> int | None:
+def _http_error(exc: BaseException) -> tuple[bool, int | None]:
+    """(a transport error?, the HTTP status) of an httpx exception. httpx is looked up, not
+    imported: only the AI family uses it, and it imports it when its client is first built (a
+    process that never did cannot be holding one of its exceptions)."""
+    httpx = sys.modules.get("httpx")
+    if httpx is None:
+        return False, None
     if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code
-    status = getattr(exc, "status_code", None)
+        return False, int(exc.response.status_code)
+    return isinstance(exc, httpx.TransportError), None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    status = _http_error(exc)[1]
+    if status is None:
+        status = getattr(exc, "status_code", None)
     return status if isinstance(status, int) else None
 
 
@@ -176,7 +193,7 @@ def classify(exc: BaseException) -> ErrorKind:
     """
     if isinstance(exc, PermanentError):
         return "permanent"
-    if isinstance(exc, (TransientError, *_TRANSIENT_TYPES)):
+    if isinstance(exc, (TransientError, *_TRANSIENT_TYPES)) or _http_error(exc)[0]:
         return "transient"
     status = _http_status(exc)
     if status is not None and (status == 429 or status >= 500):

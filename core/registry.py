@@ -62,7 +62,9 @@ def _args_model(name: str, func: Callable[..., Any]) -> type[BaseModel]:
             raise TypeError(f"job {name!r}: argument {param.name!r} needs a type annotation")
         default = ... if param.default is param.empty else param.default
         fields[param.name] = (hints[param.name], default)
-    config = ConfigDict(extra="forbid", strict=True)
+    # Built at the first validation of this job, not at registration: a process validates only
+    # the jobs it enqueues or runs (issue 18).
+    config = ConfigDict(extra="forbid", strict=True, defer_build=True)
     model: type[BaseModel] = pydantic.create_model(f"{name}_args", __config__=config, **fields)
     return model
 
@@ -256,6 +258,12 @@ def define(
     )
 
 
+def _origin(definition: JobDefinition[Any, Any]) -> str:
+    """Where a job's coroutine is defined: `module.function`."""
+    func = definition.func
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
 TimeField = int | frozenset[int] | None
 
 
@@ -341,6 +349,23 @@ class Registry:
             fields = self._by_name[schedule.job].args_model.model_fields.values()
             if any(field.is_required() for field in fields):
                 raise ValueError(f"schedule for {schedule.job!r}: a scheduled job cannot need arguments")
+
+    def joined(self, extra: Iterable[JobDefinition[Any, Any]]) -> Registry:
+        """This registry with `extra` jobs after its own (same schedules and plug-ins). A
+        definition already in it is skipped; another job under a taken name raises ValueError
+        naming both."""
+        by_name = dict(self._by_name)
+        for definition in extra:
+            taken = by_name.get(definition.name)
+            if taken is definition:
+                continue
+            if taken is not None:
+                raise ValueError(
+                    f"job {definition.name!r} ({_origin(definition)}) has the name of the registered job "
+                    f"{taken.name!r} ({_origin(taken)}); give it another with define(..., name='...')"
+                )
+            by_name[definition.name] = definition
+        return Registry(by_name.values(), schedules=self.schedules, plugins=self.plugins)
 
     def __iter__(self) -> Any:
         return iter(self._by_name.values())

@@ -5,13 +5,18 @@ To add a job: write `async def name(ctx: JobContext, *, typed kwargs)` in its fa
 refused at import. `Schedule`s make the worker run a job by itself (cron-like, in UTC or the
 time zone they name). A family
 that needs a life of its own in the process attaches a plug-in (see `core.plugin`).
+
+Jobs of your own, outside this package, join through JOB_MODULES (see `jobs.extra`):
+`registry_for(settings)` is this registry with them.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Any
 
+from core.errors import JobModuleError
 from core.registry import JobDefinition, Registry, Schedule, define
 from jobs.ai import ai_email_variants, ai_not_configured, ai_social_captions, ai_track_tags, ai_week_narrative
 from jobs.ai import costs as ai_costs
@@ -31,7 +36,9 @@ from jobs.email import (
     send_bulk_email,
     send_email,
 )
+from jobs.extra import load_job_modules
 from jobs.ops import ping
+from settings import Settings
 
 __all__ = [
     "ANALYTICS_JOBS",
@@ -43,6 +50,7 @@ __all__ = [
     "ai_track_tags",
     "ai_week_narrative",
     "ping",
+    "registry_for",
     "send_bulk_email",
     "send_email",
 ]
@@ -128,3 +136,21 @@ REGISTRY = Registry(
     schedules=ANALYTICS_SCHEDULES,
     plugins=[AnalyticsIngest],
 )
+
+
+def registry_for(settings: Settings) -> Registry:
+    """`REGISTRY` with the jobs of the modules in JOB_MODULES (jobs/extra.py). What the worker,
+    the producer, the CLI and the HTTP service use unless given a registry; raises
+    `JobModuleError` when a module cannot be loaded or names a job already registered."""
+    return _with_modules(settings.job_module_names)
+
+
+@functools.cache
+def _with_modules(names: tuple[str, ...]) -> Registry:
+    if not names:
+        return REGISTRY
+    extra = load_job_modules(names)
+    try:
+        return REGISTRY.joined(extra)
+    except ValueError as exc:  # a name clash
+        raise JobModuleError(f"JOB_MODULES: {exc}") from None

@@ -17,9 +17,8 @@ import asyncio
 import email.utils
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 from pydantic import SecretStr
 
@@ -27,6 +26,9 @@ from core.deps import Resource
 from core.errors import PermanentError, TransientError
 from jobs.ai.budget import RequestBudget
 from settings import Settings, redact_url
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["AI_CLIENT", "AIClient", "ChatReply", "Usage", "ai_not_configured"]
 
@@ -106,6 +108,10 @@ class AIClient:
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
+        # httpx is imported when the client is first built, not with the AI family: a worker with
+        # AI not configured, a producer or the CLI never loads it (issue 18).
+        import httpx
+
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout))
         self._slots = asyncio.Semaphore(max_concurrency)
         self._budget = RequestBudget(requests_per_minute) if requests_per_minute else None
@@ -143,6 +149,8 @@ class AIClient:
         }
         if self._budget is not None:
             await self._budget.acquire()
+        import httpx  # for its exception types; loaded when this client was built
+
         async with self._slots:
             try:
                 # httpx's timeout is per phase; this bounds the whole exchange.

@@ -76,7 +76,8 @@ class OutputInvalid(ValueError):
 
 
 class _Output(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+    # Built when the first AI reply is read, not at import (issue 18).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True, defer_build=True)
 
 
 def _with_hash(value: Any) -> Any:

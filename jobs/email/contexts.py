@@ -75,7 +75,11 @@ def _names(*names: str) -> Any:
 class TemplateContext(BaseModel):
     """Base of every context: camelCase names (snake_case accepted), unknown fields refused."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+    # Built at first validation, not at import: 20 models a process that sends no templated mail
+    # (the CLI, a producer of other jobs, a worker of other queues) never uses (issue 18).
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, defer_build=True
+    )
 
     def variables(self) -> dict[str, Any]:
         """What the template sees: the fields by their Python (snake_case) names."""

@@ -10,17 +10,20 @@ template, the field and the names it accepts. HTML is autoescaped, text and subj
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlsplit
 
-import jinja2
 import pydantic
 
 from core.errors import PermanentError
 from jobs.email.contexts import KNOWN_PLANS, TEMPLATE_CONTEXTS, TemplateContext
 from jobs.email.headers import header_problem
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "DEFAULT_APP_URL",
@@ -116,7 +119,13 @@ class Rendered:
     html: str | None
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
+    """The template environment, built at the first render: Jinja2 is imported here, not with
+    the email family, so a process that renders no mail (the CLI, a producer, a worker of other
+    queues) never loads it (issue 18)."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("jobs.email", "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -128,9 +137,6 @@ def _environment() -> jinja2.Environment:
         number=_number, signed_percent=_signed_percent, link=_link, money=_money, shorten=_shorten
     )
     return env
-
-
-_ENV = _environment()
 
 
 def _field_names(model: type[pydantic.BaseModel]) -> str:
@@ -170,6 +176,9 @@ def render_template(name: str, context: Mapping[str, Any], *, app_url: str = DEF
 
     `app_url` is where links the context does not give point (APP_URL, from the settings)."""
     variables = {**validate_context(name, context).variables(), "app_url": app_url.rstrip("/")}
+    env = _environment()
+    import jinja2  # for its exception types; `_environment()` has loaded it
+
     parts: dict[str, str] = {}
     for part, filename in (
         ("subject", f"{name}.subject.txt"),
@@ -177,7 +186,7 @@ def render_template(name: str, context: Mapping[str, Any], *, app_url: str = DEF
         ("html", f"{name}.html"),
     ):
         try:
-            parts[part] = _ENV.get_template(filename).render(variables)
+            parts[part] = env.get_template(filename).render(variables)
         except jinja2.UndefinedError as exc:
             raise TemplateRenderError(f"template {name!r} ({filename}): {exc.message}") from None
         except (jinja2.TemplateError, _BadContext, ValueError, TypeError, LookupError) as exc:

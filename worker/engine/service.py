@@ -21,7 +21,7 @@ import structlog
 from core.enqueue import ENQUEUE
 from core.errors import BackendError, BackendRefused
 from core.registry import Registry
-from jobs import REGISTRY
+from jobs import registry_for
 from settings import Settings
 from worker.engine.loop import JobEngine
 from worker.engine.scheduler import Scheduler
@@ -46,7 +46,7 @@ class WorkerService:
         settings: Settings,
         *,
         burst: bool = False,
-        registry: Registry = REGISTRY,
+        registry: Registry | None = None,
         handle_signals: bool = True,
         group: dict[str, int] | None = None,
     ) -> None:
@@ -54,6 +54,8 @@ class WorkerService:
         # Under `--processes N`: the supervisor's pid and this child's index, for `stats`.
         self._group = group or {}
         self._http_up = False
+        # Given (tests, benches), or ours with the modules in JOB_MODULES.
+        registry = registry if registry is not None else registry_for(settings)
         self.runtime = Runtime.build(
             settings, registry, role="worker", socket_timeout=settings.worker_redis_socket_timeout
         )

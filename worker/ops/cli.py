@@ -17,23 +17,33 @@ import asyncpg
 import orjson
 
 from core.deps import connect_postgres
-from core.errors import BackendError, BackendRefused, EnqueueError, JobFailed, JobValidationError
+from core.errors import (
+    BackendError,
+    BackendRefused,
+    EnqueueError,
+    JobFailed,
+    JobModuleError,
+    JobValidationError,
+)
 from core.flow import check_queue_name, ordered_union, queue_key
-from jobs import REGISTRY
+from jobs import registry_for
 from settings import Settings, SettingsError, load_settings
 from worker.backend import QueueBackend, RedisBackend
 from worker.engine import run_worker
 from worker.engine.eventloop import run_until_done
 from worker.ledger.migrate import apply_migrations, postgres_problem
-from worker.ops import deadletters, demo, queuectl
-from worker.ops.doctor import diagnose, render_diagnosis
-from worker.ops.http import serve
+from worker.ops import deadletters, queuectl
 from worker.ops.schema import job_schemas
 from worker.ops.stats import collect_stats, render_stats
 from worker.ops.supervisor import Supervisor, as_child, parse_processes
 from worker.ops.typescript import typescript_types
 from worker.producer import Producer
 from worker.telemetry import configure_logging
+
+# The HTTP service (Starlette, uvicorn, the dashboard), the doctor and the demo (the dev
+# services) are imported by their own commands, inside them: `run` and `enqueue` would otherwise
+# carry ~8 MB and ~100 modules they never use (issue 18). Nothing imports this module but
+# `worker.__main__`, so these imports hide no cycle; tests/test_architecture.py allows them here only.
 
 __all__ = ["main"]
 
@@ -46,7 +56,7 @@ def _print_json(data: dict[str, Any]) -> None:
 def _check_enqueue(settings: Settings, args: argparse.Namespace) -> None:
     """Everything that can be refused without Redis: the job name, the JSON, the arguments, the
     job's own settings. Raises `JobValidationError` before anything connects or logs."""
-    definition = REGISTRY.get(args.job)
+    definition = registry_for(settings).get(args.job)
     try:
         orjson.loads(args.args)
     except orjson.JSONDecodeError as exc:
@@ -144,7 +154,7 @@ async def _stats(settings: Settings, as_json: bool) -> int:
             return 2
         queues = {
             queue_key(settings, name): name
-            for name in ordered_union(settings.worker_queue_weights, REGISTRY.queues())
+            for name in ordered_union(settings.worker_queue_weights, registry_for(settings).queues())
         }
         report = await collect_stats(backend, settings.queue_name, queues)
     finally:
@@ -157,6 +167,8 @@ async def _stats(settings: Settings, as_json: bool) -> int:
 
 
 async def _doctor(settings: Settings, as_json: bool) -> int:
+    from worker.ops.doctor import diagnose, render_diagnosis  # only this command needs it (see the imports)
+
     diagnosis = await diagnose(settings)
     if as_json:
         _print_json(diagnosis.as_dict())
@@ -215,7 +227,7 @@ def _csv_chunks(path: str, budget: int) -> list[tuple[int, str]]:
 
 async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
     """Validate every chunk of the file, then run (or queue) one `import_streams` job per chunk."""
-    definition = REGISTRY.get("import_streams")
+    definition = registry_for(settings).get("import_streams")
     budget = min(128 * 1024, settings.max_payload_bytes // 2)
     try:
         chunks = _csv_chunks(args.file, budget)
@@ -251,14 +263,15 @@ async def _import_streams(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs(args: argparse.Namespace) -> int:
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    registry = registry_for(settings)
     if args.typescript:
-        sys.stdout.write(typescript_types(job_schemas(REGISTRY)))
+        sys.stdout.write(typescript_types(job_schemas(registry)))
         return 0
     if args.schema:
-        sys.stdout.write(orjson.dumps(job_schemas(REGISTRY), option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(job_schemas(registry), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    for definition in REGISTRY:
+    for definition in registry:
         _print_json(
             {
                 "job": definition.name,
@@ -377,6 +390,15 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     stats = sub.add_parser("stats", help="queue depths, in-progress jobs, recent throughput per job")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    # Every command that reads the registry takes the extra job modules (JOB_MODULES).
+    for name, command in sub.choices.items():
+        if name != "demo":
+            command.add_argument(
+                "--jobs",
+                default=None,
+                metavar="MODULE[,MODULE]",
+                help="modules of your own whose define(...) jobs join the registry (default JOB_MODULES)",
+            )
     return parser
 
 
@@ -404,14 +426,32 @@ class _Subparser(argparse.ArgumentParser):
         return parsed, extras
 
 
+def _jobs_flag(message: str, args: argparse.Namespace) -> str:
+    """A message about JOB_MODULES, naming `--jobs` when that is where the modules came from."""
+    return message.replace("JOB_MODULES", "--jobs") if getattr(args, "jobs", None) is not None else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
+        from worker.ops import demo  # only this command needs it (see the imports)
+
         return demo.main()
     try:
         settings = load_settings()
     except SettingsError as exc:
         sys.stderr.write(f"{exc}\n")
+        return 2
+    if getattr(args, "jobs", None) is not None:
+        try:
+            settings = load_settings(job_modules=args.jobs)
+        except SettingsError as exc:
+            sys.stderr.write(f"{str(exc).replace('JOB_MODULES', '--jobs')}\n")
+            return 2
+    try:
+        registry_for(settings)  # the extra job modules load here, so a bad one stops every command
+    except JobModuleError as exc:
+        sys.stderr.write(f"error: {_jobs_flag(str(exc), args)}\n")
         return 2
     configure_logging(settings)
     try:
@@ -445,9 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-streams":
             return asyncio.run(_import_streams(settings, args))
         if args.command == "serve":
+            from worker.ops.http import serve  # only this command needs it (see the imports)
+
             overrides = {"api_host": args.host, "api_port": args.port}
             return serve(settings.model_copy(update={k: v for k, v in overrides.items() if v is not None}))
-        return _jobs(args)
+        return _jobs(settings, args)
     except (JobValidationError, EnqueueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

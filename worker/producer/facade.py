@@ -49,7 +49,7 @@ from core.errors import BackendRefused, EnqueueError, JobValidationError, NotSen
 from core.flow import check_queue_name, queue_key
 from core.plugin import EventSink, Plugin, TrackResult
 from core.registry import JobDefinition, Registry
-from jobs import REGISTRY
+from jobs import registry_for
 from settings import Settings, load_settings
 from worker.backend import CancelOutcome, EnqueueReply, LinkState, NewJob, QueueBackend
 from worker.ledger import PG_DOWN_ERRORS, Ledger, SpoolRelay
@@ -141,13 +141,14 @@ class Producer:
         self,
         settings: Settings | None = None,
         *,
-        registry: Registry = REGISTRY,
+        registry: Registry | None = None,
         runtime: Runtime | None = None,
     ) -> None:
         """`runtime`, when given, is shared with its owner (a worker), who starts and closes it
         and runs the plug-ins; otherwise the producer has its own."""
         self.settings = settings or load_settings()
-        self.registry = registry
+        # Given, or ours with the modules in JOB_MODULES.
+        self.registry = registry = registry if registry is not None else registry_for(self.settings)
         self._owns_runtime = runtime is None
         self.runtime = runtime or Runtime.build(self.settings, registry, role="producer")
         self._inline = InlineExecutor(self.settings, self.runtime.attempts)

@@ -26,7 +26,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import python_http_client.exceptions
-import sendgrid
 from pydantic import SecretStr
 
 from core.errors import PermanentError, TransientError, scrub
@@ -152,6 +151,11 @@ class SendGridTransport:
         self.host = host
         self.timeout = timeout
         self._key = api_key.get_secret_value()
+        # The SDK is imported here, when the transport is first built, not with the email family:
+        # it pulls in its webhook helpers and their crypto (a few MB and ~30 ms) that a worker
+        # not sending through SendGrid, a producer or the CLI never needs (issue 18).
+        import sendgrid
+
         self._client = sendgrid.SendGridAPIClient(api_key=self._key, host=host)
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="sendgrid")
 

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from core.registry import Registry
-from jobs import REGISTRY
+from jobs import registry_for
 from settings import Settings
 from worker.ops.http.api import ApiState, api_routes, endpoint
 from worker.ops.http.auth import TokenAuth
@@ -70,9 +70,11 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def create_app(
-    settings: Settings, *, registry: Registry = REGISTRY, extra_routes: Sequence[BaseRoute] = ()
+    settings: Settings, *, registry: Registry | None = None, extra_routes: Sequence[BaseRoute] = ()
 ) -> Starlette:
-    """The service. Raises ValueError when API_TOKENS limits a token to a job that is not registered."""
+    """The service. Raises ValueError when API_TOKENS limits a token to a job that is not registered.
+    Its jobs: `registry`, or ours with the modules in JOB_MODULES."""
+    registry = registry if registry is not None else registry_for(settings)
     api = ApiState(settings, registry, TokenAuth(settings, registry))
     api.schema_json = orjson.dumps(job_schemas(registry))
     api.openapi_json = orjson.dumps(openapi_document(registry, version=_version()))

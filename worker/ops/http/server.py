@@ -22,7 +22,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from core.registry import Registry
-from jobs import REGISTRY
+from jobs import registry_for
 from settings import Settings
 from worker.ops.http.app import create_app
 from worker.ops.http.dashboard import dashboard_routes
@@ -87,12 +87,13 @@ def build_server(settings: Settings, app: Starlette, *, handle_signals: bool = F
     return _Server(config, handle_signals=handle_signals)
 
 
-def serve(settings: Settings, *, registry: Registry = REGISTRY) -> int:
+def serve(settings: Settings, *, registry: Registry | None = None) -> int:
     problem = startup_problem(settings)
     if problem is not None:
         sys.stderr.write(f"error: {problem}\n")
         return 2
     try:
+        registry = registry if registry is not None else registry_for(settings)  # ValueError
         dashboard = dashboard_routes(settings, registry) if settings.dashboard_enabled else []
         app = create_app(settings, registry=registry, extra_routes=dashboard)
     except ValueError as exc:
