@@ -18,7 +18,6 @@ is the ordinary worker, configured the same way, and its own settings, logs and 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -45,7 +44,6 @@ __all__ = [
     "child_port",
     "child_run_args",
     "die_with_parent",
-    "parse_processes",
 ]
 
 log = structlog.get_logger(__name__)
@@ -56,22 +54,6 @@ HEALTHY_AFTER_S = 30.0  # a child that ran this long before dying restarts after
 # Beyond the grace a child needs to write its last outcomes, forget its snapshot and close pools.
 STOP_MARGIN_S = 5.0
 _PR_SET_PDEATHSIG = 1
-
-
-def parse_processes(value: str) -> int:
-    """`--processes`: a whole number from 1, or `auto` for one per core (argparse type)."""
-    if value.strip().lower() == "auto":
-        return os.cpu_count() or 1
-    try:
-        count = int(value)
-    except ValueError:
-        count = 0
-    if count < 1 or count > 1024:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a number of worker processes; use a whole number from 1 "
-            "(the default, one process) to 1024, or auto for one per core"
-        )
-    return count
 
 
 def child_run_args(run_args: Sequence[str]) -> list[str]:
