@@ -571,7 +571,14 @@ def _windows_text(r: dict[str, Any]) -> str:
         f"written {scenarios.FILL_LEAD_S:g} s ahead and all due at one instant, timed from that "
         f"instant to the poll that sees the queue empty) {due:,.0f} jobs/s; an outside harness's "
         f"window (warm idle worker, timed from the bulk enqueue call to the queue empty, so the "
-        f"enqueue is inside) {e2e:,.0f} jobs/s: the highest is {spread:.2f}× the lowest."
+        f"enqueue is inside) {e2e:,.0f} jobs/s: the highest is {spread:.2f}× the lowest. "
+        "So the window does not explain the two figures the issue quotes (the report's 4,794 "
+        "jobs/s with the INFO line against an outside harness's ~9,000): the report's own figure "
+        "for the same window was 8,974 jobs/s at 08:56 on 2026-11-26 and 4,794 at 12:18, while "
+        "tuned arq in the same runs fell by 31% (1,457 to 1,003 jobs/s): the 12:18 run shared the "
+        "machine's two cores, and the merges of that day had added about 15-25% of worker CPU "
+        "per job (measured commit by commit, interleaved). Worker CPU per job, which this "
+        "section prints, moves least with machine load."
     )
 
 

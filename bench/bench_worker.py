@@ -330,7 +330,15 @@ SETTINGS_TEXT = """Compared, each worker in its own process on the same test-own
 
 Every figure is the median of several runs (min–max in brackets), the kinds' runs interleaved
 in the same process so that machine noise hits all of them alike. Ratios compare medians.
-arq default drains smaller backlogs (it would take minutes otherwise); rates are rates."""
+arq default drains smaller backlogs (it would take minutes otherwise); rates are rates.
+
+What a drain times: the backlog is written {lead:g} s ahead with one start time for every job,
+while the warm worker idles; the clock runs from that start time to the first poll (every 2 ms)
+that finds the queue empty. A job leaves the queue when its outcome is written, so an empty
+queue means every job has finished (the last ones up to one outcome batch before the poll). The
+BullMQ section measures the same drains under two other windows in the same runs (first
+completion to last; the bulk enqueue call to the last completion) and prints how far apart
+they come out."""
 
 
 MEANS_TEXT = """### How the worker gets there
@@ -350,8 +358,8 @@ MEANS_TEXT = """### How the worker gets there
   all pipelined in one write; commands are packed by hiredis (redis-py's Python packer cost
   about 10 µs a job).
 - **Unchanged:** every job still runs through `JobRunner.attempt` (timeout, retry with
-  backoff by re-scheduling the job's score, one log line per attempt). uvloop was not needed
-  for the targets and is not used.
+  backoff by re-scheduling the job's score, one log line per attempt, rendered on its own fast
+  path). The worker runs on asyncio's loop here; `WORKER_EVENT_LOOP=uvloop` is optional.
 - **A lone job** pays every fixed cost alone: enqueue 5 commands (EVALSHA, EXISTS, PSETEX,
   ZADD, ZADD wake), wake-up 1 (BZPOPMIN), claim 6 (EVALSHA, ZRANGEBYSCORE, SET lock, MGET,
   MSET, ZADD), outcome 4 (EVALSHA, SET result, DEL, ZREM): 16 commands in 4 round trips (a
@@ -456,7 +464,10 @@ def _markdown(r: dict[str, Any], plan: dict[str, Any], rep: Report, calibration:
     import importlib.metadata
 
     out = ["## Worker: throughput, pickup latency, Redis cost, memory", ""]
-    out += [SETTINGS_TEXT.format(version=importlib.metadata.version("arq"), tuned=_tuned_text()), ""]
+    settings_text = SETTINGS_TEXT.format(
+        version=importlib.metadata.version("arq"), tuned=_tuned_text(), lead=scenarios.FILL_LEAD_S
+    )
+    out += [settings_text, ""]
     out += [rep.markdown(), ""]
     out += [
         f"Round trips are Redis's `total_writes_processed` (reply flushes); checked in this run: one "
