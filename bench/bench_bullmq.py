@@ -51,10 +51,16 @@ POLL_S = 0.002
 WARMUP_JOBS = 1_000
 DRAIN_LIMIT_S = 300.0
 DRAINS = (("noop", 100), ("noop", 200), ("sleep10", 100))
-# ours: the per-job INFO line on, as users run it; ours-quiet: LOG_LEVEL=WARNING (no job line).
-KINDS = ("ours", "bullmq", "ours-quiet")
-LABELS = {"ours": "ours (INFO line)", "ours-quiet": "ours (log off)", "bullmq": "BullMQ"}
-COLUMNS = ("ours", "ours-quiet", "bullmq")
+# ours: the per-job INFO line on, as users run it; ours-quiet: LOG_LEVEL=WARNING (no job line);
+# ours-uvloop: the INFO line on, WORKER_EVENT_LOOP=uvloop (the optional loop, one lever measured).
+KINDS = ("ours", "bullmq", "ours-quiet", "ours-uvloop")
+LABELS = {
+    "ours": "ours (INFO line)",
+    "ours-quiet": "ours (log off)",
+    "ours-uvloop": "ours (INFO line, uvloop)",
+    "bullmq": "BullMQ",
+}
+COLUMNS = ("ours", "ours-quiet", "ours-uvloop", "bullmq")
 
 
 @dataclass
@@ -200,6 +206,8 @@ async def _worker(kind: str, ctx: Ctx, queue: str, concurrency: int) -> AsyncIte
             yield node.pid
         return
     env = {"WORKER_MAX_JOBS": str(concurrency), "LOG_LEVEL": "WARNING" if kind == "ours-quiet" else "INFO"}
+    if kind == "ours-uvloop":
+        env["WORKER_EVENT_LOOP"] = "uvloop"
     # No health server: on a shared machine port 9300 is often taken (issue 18, point 1), so it
     # would start in some runs and not others; idle, it costs nothing measurable either way.
     env["WORKER_HTTP_PORT"] = "0"
@@ -498,7 +506,8 @@ METHOD_TEXT = """Each kind in its own process on the same test-owned redis-serve
 runs interleaved with the kind order rotated each run; medians of {runs} run(s), {jobs:,} jobs
 per drain. **ours**: this runner's worker (`python -m bench.worker_entry ours`) at its defaults
 but `WORKER_MAX_JOBS` = the concurrency, JSON log lines to a file; *INFO line* is how users run
-it (one `job finished` line per job), *log off* is `LOG_LEVEL=WARNING`. **BullMQ**: a `Worker`
+it (one `job finished` line per job), *log off* is `LOG_LEVEL=WARNING`, *uvloop* is the INFO
+line with `WORKER_EVENT_LOOP=uvloop` (the ratio and the target read the default loop). **BullMQ**: a `Worker`
 with `concurrency` = the same number, its default options (no logging of its own; completed jobs
 kept, as ours keeps results), from a small driver of ours (`bench/bullmq_driver.mjs`); {versions}.
 
@@ -548,6 +557,8 @@ def _markdown(r: dict[str, Any], versions: str) -> str:
                 if QUICK
                 else []
             ),
+            _log_line_text(r),
+            "",
             _windows_text(r),
             "",
             "The issue's target (point 6): drain and enqueue at least equal to BullMQ's, at equal "
@@ -555,6 +566,21 @@ def _markdown(r: dict[str, Any], versions: str) -> str:
             "",
             _costs(r),
         ]
+    )
+
+
+def _log_line_text(r: dict[str, Any]) -> str:
+    """Issue 18, point 3: the drain with the INFO line within 10% of the drain without it."""
+    parts = []
+    for job, c in DRAINS:
+        runs = r[f"drain {job} c={c}"]
+        on, off = (summarize([x.rate for x in runs[k]]).median for k in ("ours", "ours-quiet"))
+        verdict = "met" if on >= 0.9 * off else "**not met**"
+        label = "no-op" if job == "noop" else "10 ms"
+        parts.append(f"{label} c={c}: {on:,.0f} vs {off:,.0f} jobs/s, {on / off:.2f}× ({verdict})")
+    return (
+        "**The per-job log line** (issue 18, point 3; target: the drain with the INFO line within "
+        "10% of the drain with it off, same run): " + "; ".join(parts) + "."
     )
 
 
