@@ -102,3 +102,16 @@ async def test_a_reply_lost_while_loading_the_script_leaves_no_job_behind() -> N
                 handles = await producer.enqueue_many("record", [{"key": f"n{i}"} for i in range(5)])
             assert [h.mode for h in handles] == ["inline"] * 5
             assert sorted(key for key, _, _ in RUNS) == [f"n{i}" for i in range(5)]
+
+
+async def test_a_backlog_of_100000_jobs_is_queued_not_run_inline(own_redis: RedisServer) -> None:
+    # One write of 20 MB cannot drain within the 0.25 s socket timeout: sent whole, the call
+    # timed out and every job ran inline in the caller. It goes out in waves.
+    queue = f"arq:queue:big-{uuid.uuid4().hex[:6]}"
+    settings = make_settings(own_redis.url, queue_name=queue)
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handles = await producer.enqueue_many("record", [{"key": "x" * 100}] * 100_000)
+        assert producer.inline_count == 0
+    assert {h.mode for h in handles} == {"queued"}
+    assert await raw_redis(own_redis.url).zcard(queue) == 100_000
+    assert RUNS == []

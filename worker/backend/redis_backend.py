@@ -57,6 +57,9 @@ log = structlog.get_logger(__name__)
 
 # arq's default: a queued job's record outlives its start time by a day.
 EXPIRES_EXTRA_MS = 86_400_000
+# Bytes of job records per write of a bulk enqueue: a write must drain within the socket
+# timeout (0.25 s by default), also over a slow link to a managed Redis.
+_WAVE_BYTES = 256 * 1024
 # A worker snapshot lives 10 minutes; one older than that belongs to a worker that is gone.
 _SNAPSHOT_TTL_MS = 600_000
 # A cancel request outlives any lock by far: its worker reads it within a second or two.
@@ -183,26 +186,45 @@ class RedisBackend:
     async def enqueue_many(
         self, queue: str, jobs: Sequence[NewJob], *, batch_size: int
     ) -> list[EnqueueReply]:
-        """Queue many jobs in pipelined script calls of `batch_size` jobs; one reply per job."""
+        """Queue many jobs in pipelined script calls of `batch_size` jobs; one reply per job.
+
+        The calls go out in writes of about `_WAVE_BYTES` each, one after the other: a single
+        write of a 100,000-job backlog (20 MB) cannot drain within the socket timeout, and a
+        timed-out write would send every job of the call to the fallback. A wave that fails
+        leaves the ones after it unsent (`NOT_SENT`), and the ones before it queued.
+        """
         if not self.link.usable:
             return [EnqueueReply.NOT_SENT] * len(jobs)
         head = (keys.JOB_PREFIX, keys.RESULT_PREFIX, epoch_ms(), EXPIRES_EXTRA_MS)
         chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-        calls = []
+        waves: list[list[tuple[tuple[str, str], tuple[Any, ...]]]] = [[]]
+        wave_bytes = 0
         for chunk in chunks:
             args: list[Any] = list(head)
             for job in chunk:
-                args += (job.job_id, self._sign(job.record, job.job_id), job.score)
-            calls.append(((queue, keys.wake_key(queue)), tuple(args)))
-        try:
-            replies = await self.link.scripts(scripts.ENQUEUE_MANY, calls)
-        except NotSent:
-            return [EnqueueReply.NOT_SENT] * len(jobs)
-        except ReplyLost as exc:
-            replies = exc.replies
+                record = self._sign(job.record, job.job_id)
+                args += (job.job_id, record, job.score)
+                wave_bytes += len(record) + len(job.job_id) + 32
+            if waves[-1] and wave_bytes > _WAVE_BYTES:
+                waves.append([])
+                wave_bytes = 0
+            waves[-1].append(((queue, keys.wake_key(queue)), tuple(args)))
+        replies: list[Any] = []
+        for wave in waves:
+            try:
+                replies += await self.link.scripts(scripts.ENQUEUE_MANY, wave)
+            except NotSent:
+                break
+            except ReplyLost as exc:
+                replies += exc.replies
+                replies += [None] * (len(wave) - len(exc.replies))  # sent, outcome unknown
+                break
         outcomes: list[EnqueueReply] = []
         for i, chunk in enumerate(chunks):
-            reply = replies[i] if i < len(replies) else None
+            if i >= len(replies):  # its wave was never sent
+                outcomes += [EnqueueReply.NOT_SENT] * len(chunk)
+                continue
+            reply = replies[i]
             if isinstance(reply, list):
                 outcomes += [EnqueueReply.QUEUED if r == 1 else EnqueueReply.DUPLICATE for r in reply]
             elif isinstance(reply, ResponseError):
