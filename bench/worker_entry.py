@@ -33,7 +33,8 @@ def _ours(url: str, queue: str) -> int:
         _env_file=None, redis_url=SecretStr(url), queue_name=queue, log_format="json"
     )
     configure_logging(settings)
-    return run_until_done(WorkerService(settings, registry=BENCH_REGISTRY).run(), settings)
+    # As `python -m worker run` does (see worker.engine.service.settle_heap).
+    return run_until_done(WorkerService(settings, registry=BENCH_REGISTRY, freeze_heap=True).run(), settings)
 
 
 def _arq(url: str, queue: str, tuned: bool) -> int:
