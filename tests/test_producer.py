@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from settings import Settings
 from tests.conftest import RunningWorker, eventually, raw_redis
 from tests.sample_jobs import RUNS, TEST_REGISTRY, record
 from worker.producer import Producer
+from worker.producer.facade import _job_id  # the id source: no public way to fork it
 
 
 async def test_same_job_id_is_queued_once(settings: Settings) -> None:
@@ -94,3 +96,21 @@ async def test_a_job_queues_its_follow_up_the_way_its_own_mode_allows(producer: 
     assert outcome == ("queued" if mode == "queued" else "inline")
     # The follow-up ran, queued on the worker or inline here.
     await eventually(lambda: ("next", mode, 1) in RUNS, what="the follow-up ran")
+
+
+def test_a_forked_process_never_hands_out_its_parents_job_ids() -> None:
+    # Web servers fork workers after import; ids come from a batch read ahead, which a child must
+    # not share (two jobs with one id: the second enqueue would be taken for a duplicate).
+    _job_id(None)  # the parent now holds a batch of spare ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without running the parent's cleanup
+        os.write(write, _job_id(None).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    parent_ids = {_job_id(None) for _ in range(300)}  # past the end of the batch it held
+    assert len(child_id) == 32
+    assert child_id not in parent_ids
