@@ -84,3 +84,17 @@ async def test_callers_of_a_group_all_hear_that_redis_is_gone(own_redis: RedisSe
     # Nothing is silently taken for queued: every caller gets an error it can fall back on.
     assert all(isinstance(r, Exception) for r in results), results
     assert {type(r).__name__ for r in results} <= {"NotSent", "ReplyLost"}
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(own_redis: RedisServer) -> None:
+    # Enqueues keep a connection of their own; one Redis closed (a server timeout, CLIENT KILL)
+    # while it sat idle must be noticed and replaced, not fail the next job over to inline.
+    queue = f"arq:queue:grouped-{uuid.uuid4().hex[:6]}"
+    async with Producer(make_settings(own_redis.url, queue_name=queue), registry=TEST_REGISTRY) as producer:
+        await producer.enqueue_job("record", {"key": "before"})
+        await raw_redis(own_redis.url).execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await asyncio.sleep(0.3)
+        handle = await producer.enqueue_job("record", {"key": "after"})
+        assert producer.inline_count == 0
+    assert handle.mode == "queued"
+    assert await raw_redis(own_redis.url).zcard(queue) == 2

@@ -42,12 +42,13 @@ class GroupedScript:
         self._calls: list[_Call] = []
         self._waiters: list[asyncio.Future[Any]] = []
         self._sender: asyncio.Task[None] | None = None
+        self._lane = link.lane()  # one call in flight at a time: a connection of its own
 
     async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if not self._busy:
             self._busy = True
             try:
-                replies = await self._link.scripts(self._script, [(keys, args)])
+                replies = await self._link.scripts(self._script, [(keys, args)], lane=self._lane)
             finally:
                 self._busy = False
                 self._start_sender()
@@ -81,7 +82,7 @@ class GroupedScript:
 
     async def _send(self, calls: list[_Call], waiters: list[asyncio.Future[Any]]) -> None:
         try:
-            replies = await self._link.scripts(self._script, calls)
+            replies = await self._link.scripts(self._script, calls, lane=self._lane)
         except ReplyLost as exc:
             for i, waiter in enumerate(waiters):
                 got = exc.replies[i] if i < len(exc.replies) else None
