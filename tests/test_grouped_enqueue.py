@@ -92,7 +92,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(own_redis: 
     queue = f"arq:queue:grouped-{uuid.uuid4().hex[:6]}"
     async with Producer(make_settings(own_redis.url, queue_name=queue), registry=TEST_REGISTRY) as producer:
         await producer.enqueue_job("record", {"key": "before"})
-        await raw_redis(own_redis.url).execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await raw_redis(own_redis.url).client_kill_filter(_type="normal", skipme=True)
         await asyncio.sleep(0.3)
         handle = await producer.enqueue_job("record", {"key": "after"})
         assert producer.inline_count == 0
