@@ -19,6 +19,7 @@ import stat
 import struct
 import tempfile
 import time
+from collections.abc import Iterator
 from urllib.parse import quote, unquote, urlsplit
 
 from ._process import LOOPBACK, ServerProcess
@@ -40,6 +41,40 @@ _TERMINATE = b"X\x00\x00\x00\x04"
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
 
 
+class _Ended(Exception):
+    """The conversation ended before an answer: `status` says how ("garbage" or "down")."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _startup(user: str, database: str) -> bytes:
+    params = f"user\0{user}\0database\0{database}\0\0".encode()
+    return struct.pack("!ii", 8 + len(params), _PROTOCOL_3_0) + params
+
+
+def _messages(sock: socket.socket, deadline: float) -> Iterator[tuple[bytes, bytes]]:
+    """The server's messages (kind, body) as they arrive; raises `_Ended("garbage")` for bytes
+    that are not the protocol and `_Ended("down")` when the server hangs up."""
+    buf = b""
+    while True:
+        while len(buf) >= 5:
+            kind = buf[:1]
+            (length,) = struct.unpack("!i", buf[1:5])
+            if length < 4 or length > 1 << 20:
+                raise _Ended("garbage")
+            if len(buf) < 1 + length:
+                break
+            body, buf = buf[5 : 1 + length], buf[1 + length :]
+            yield kind, body
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(8192)
+        if not chunk:
+            raise _Ended("down")
+        buf += chunk
+
+
 def pg_probe(
     host: str,
     port: int,
@@ -54,41 +89,28 @@ def pg_probe(
     "auth" (server asks for a password/SASL), "starting" (57P03: starting up, recovering or
     shutting down), "error:<SQLSTATE>", "garbage" (not Postgres) or "down" (no connection).
     """
-    params = f"user\0{user}\0database\0{database}\0\0".encode()
-    startup = struct.pack("!ii", 8 + len(params), _PROTOCOL_3_0) + params
     deadline = time.monotonic() + timeout
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(startup)
-            buf = b""
-            while True:
-                while len(buf) >= 5:
-                    kind = buf[:1]
-                    (length,) = struct.unpack("!i", buf[1:5])
-                    if length < 4 or length > 1 << 20:
-                        return "garbage"
-                    if len(buf) < 1 + length:
-                        break
-                    body, buf = buf[5 : 1 + length], buf[1 + length :]
-                    if kind == b"E":
-                        return _error_status(body)
-                    if kind == b"R":
-                        (code,) = struct.unpack("!i", body[:4])
-                        if code != 0:
-                            return "auth"
-                    elif kind == b"Z":
-                        with contextlib.suppress(OSError):
-                            sock.sendall(_TERMINATE)
-                        return "ready"
-                    elif kind not in (b"S", b"K", b"N", b"v"):
-                        return "garbage"
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = sock.recv(8192)
-                if not chunk:
-                    return "down"
-                buf += chunk
+            sock.sendall(_startup(user, database))
+            for kind, body in _messages(sock, deadline):
+                if kind == b"E":
+                    return _error_status(body)
+                if kind == b"R":
+                    (code,) = struct.unpack("!i", body[:4])
+                    if code != 0:
+                        return "auth"
+                elif kind == b"Z":
+                    with contextlib.suppress(OSError):
+                        sock.sendall(_TERMINATE)
+                    return "ready"
+                elif kind not in (b"S", b"K", b"N", b"v"):
+                    return "garbage"
+    except _Ended as ended:
+        return ended.status
     except OSError:
         return "down"
+    return "down"
 
 
 def pg_simple_query(
@@ -102,45 +124,32 @@ def pg_simple_query(
 ) -> str:
     """Run one statement over the wire protocol (trust auth only) and report how it went:
     "ok", or a pg_probe status ("auth", "down", "error:<SQLSTATE>", ...)."""
-    params = f"user\0{user}\0database\0{database}\0\0".encode()
-    startup = struct.pack("!ii", 8 + len(params), _PROTOCOL_3_0) + params
     query = sql.encode() + b"\0"
     deadline = time.monotonic() + timeout
     sent_query = False
     error: str | None = None
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(startup)
-            buf = b""
-            while True:
-                while len(buf) >= 5:
-                    kind = buf[:1]
-                    (length,) = struct.unpack("!i", buf[1:5])
-                    if length < 4 or length > 1 << 20:
-                        return "garbage"
-                    if len(buf) < 1 + length:
-                        break
-                    body, buf = buf[5 : 1 + length], buf[1 + length :]
-                    if kind == b"E":
-                        error = _error_status(body)
-                        if not sent_query:
-                            return error
-                    elif kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
-                        return "auth"
-                    elif kind == b"Z":
-                        if sent_query:
-                            with contextlib.suppress(OSError):
-                                sock.sendall(_TERMINATE)
-                            return error or "ok"
-                        sock.sendall(b"Q" + struct.pack("!i", 4 + len(query)) + query)
-                        sent_query = True
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = sock.recv(8192)
-                if not chunk:
-                    return "down"
-                buf += chunk
+            sock.sendall(_startup(user, database))
+            for kind, body in _messages(sock, deadline):
+                if kind == b"E":
+                    error = _error_status(body)
+                    if not sent_query:
+                        return error
+                elif kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
+                    return "auth"
+                elif kind == b"Z":
+                    if sent_query:
+                        with contextlib.suppress(OSError):
+                            sock.sendall(_TERMINATE)
+                        return error or "ok"
+                    sock.sendall(b"Q" + struct.pack("!i", 4 + len(query)) + query)
+                    sent_query = True
+    except _Ended as ended:
+        return ended.status
     except OSError:
         return "down"
+    return "down"
 
 
 def ensure_database(url: str, timeout: float = 5.0) -> str:
