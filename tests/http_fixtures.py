@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from pydantic import SecretStr
 
 from core.registry import Registry
@@ -52,3 +56,24 @@ async def serving(
         server.should_exit = True
         await asyncio.wait_for(task, 15)
         sock.close()
+
+
+def start_serve(env: dict[str, str], port: int, root: str, timeout: float = 30) -> subprocess.Popen[str]:
+    """`python -m worker serve` in a process of its own, returned once its /readyz answers 200
+    (stopped, and the test failed with its output, if it exits or never gets there)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "serve"], cwd=root, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"serve did not become ready: {(out + err)[-3000:]}")
+        time.sleep(0.05)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from devservices._process import pick_port
 from devservices.redis import RedisServer
 from settings import Settings, SettingsError, load_settings
 from tests.conftest import make_settings
+from tests.http_fixtures import start_serve
 from worker import Producer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,22 +102,9 @@ async def test_a_producer_reads_job_modules_from_its_settings() -> None:
 def test_serve_takes_jobs_from_an_extra_module(redis_server: RedisServer, database_url: str) -> None:
     port = pick_port()
     env = _env(redis_server.url, database_url, API_PORT=str(port), API_TOKENS=TOKEN, JOB_MODULES=GREETINGS)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_serve(env, port, str(ROOT))
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.05)
         auth = {"authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=base, timeout=5, headers=auth) as client:
             queued = client.post("/v1/jobs/greet", json={"args": {"name": "Ada"}})

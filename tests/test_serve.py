@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from core.registry import Registry
 from devservices._process import pick_port
 from devservices.redis import RedisServer
 from settings import SettingsError, load_settings, parse_api_tokens
+from tests.http_fixtures import start_serve
 from tests.sample_jobs import TEST_REGISTRY
 from worker.ops.http import create_app, startup_problem
 
@@ -47,22 +47,9 @@ def test_serve_runs_logs_no_token_and_stops_on_sigterm(redis_server: RedisServer
         API_TOKENS=f"{TOKEN} {SCOPED}:ping",
         LOG_LEVEL="DEBUG",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_serve(env, port, str(ROOT))
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.05)
         with httpx.Client(base_url=base, timeout=5) as client:
             ok = client.post(
                 "/v1/jobs/ping",
