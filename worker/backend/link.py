@@ -149,6 +149,9 @@ class RedisLink:
         self._up_event = asyncio.Event()
         self._on_up: list[Callable[[], Awaitable[None]]] = []
         self._wake_conn: AbstractConnection | None = None
+        # A BZPOPMIN in flight on `_wake_conn`, and the keys it blocks on (see `wait_for_wake`).
+        self._block: asyncio.Task[bool] | None = None
+        self._block_keys: tuple[str, ...] = ()
         self._lanes: list[Lane] = []
         self.outages = 0
         if settings.redis_enabled:
@@ -215,6 +218,7 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
             self._probe_task = None
+        await self._drop_block()
         if self._wake_conn is not None:
             await self._wake_conn.disconnect()
         for lane in self._lanes:
@@ -448,15 +452,41 @@ class RedisLink:
                 replies.append(exc)
 
     async def wait_for_wake(self, wake_keys: Sequence[str], timeout_s: float) -> bool:
-        """Block on BZPOPMIN over `wake_keys` for up to `timeout_s` on a dedicated connection.
+        """Wait up to `timeout_s` for a wake-up on `wake_keys`: True when woken, False when the
+        time is up. Raises `NotSent` or `ReplyLost` when Redis is unusable and `BackendRefused`
+        when it refuses the block (a wake key of the wrong type, say).
 
-        True when woken, False on timeout. The connection's reply timeout is the block plus the
-        worker's socket timeout, so a blackholed Redis is still noticed. Raises `NotSent` or
-        `ReplyLost` when Redis is unusable and `BackendRefused` when it refuses the block (a
-        wake key of the wrong type, say).
+        The block is a BZPOPMIN on a dedicated connection, but the time is kept here: Redis ends
+        a blocking command's timeout on its own clock tick (10 a second by default), up to
+        100 ms late, and a deferred job or a retry would start that late. So the wait ends on
+        time, and a block still in flight is left to run and taken up by the next wait (a
+        wake-up it catches meanwhile is kept for that wait, not lost).
         """
         if self._pool is None:
             raise NotSent("Redis is not configured (REDIS_URL is empty)")
+        keys = tuple(wake_keys)
+        block = self._block
+        if block is not None and self._block_keys != keys:  # the queues changed: a new block
+            await self._drop_block()
+            block = None
+        if block is not None and block.done():
+            self._block = None
+            if block.result():  # raises what the block raised
+                return True
+            block = None
+        if block is None:
+            block = self._block = asyncio.get_running_loop().create_task(self._blocking_pop(keys, timeout_s))
+            self._block_keys = keys
+        done, _ = await asyncio.wait({block}, timeout=max(timeout_s, 0.0))
+        if not done:
+            return False
+        self._block = None
+        return block.result()
+
+    async def _blocking_pop(self, wake_keys: tuple[str, ...], timeout_s: float) -> bool:
+        """One BZPOPMIN. Its reply timeout is the block plus the worker's socket timeout, so a
+        blackholed Redis is still noticed."""
+        assert self._pool is not None
         if self._wake_conn is None:
             pool = self._pool
             self._wake_conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
@@ -480,3 +510,10 @@ class RedisLink:
             await conn.disconnect()  # a cancelled block leaves a reply in flight
             raise
         return reply is not None
+
+    async def _drop_block(self) -> None:
+        block, self._block = self._block, None
+        if block is not None:
+            block.cancel()
+            with contextlib.suppress(BaseException):
+                await block
