@@ -79,6 +79,24 @@ async def test_deferred_jobs_start_on_time_not_on_redis_clock_tick(settings: Set
     assert sorted(lateness)[len(lateness) // 2] < 0.02, lateness
 
 
+async def test_a_due_job_still_locked_is_run_when_its_lock_ends(settings: Settings) -> None:
+    # Its worker died a moment ago (or is late extending the lock): the claim finds it due but
+    # locked and moves it to the lock's end. The claiming worker must look again then, not after
+    # its idle block (60 s here).
+    settings = _idle_settings(settings)
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        handle = await producer.enqueue_job("stamp", {"key": "locked"})
+        await raw_redis(settings).set(keys.in_progress_key(handle.job_id), "a-dead-worker", px=400)
+        await raw_redis(settings).delete(keys.wake_key(settings.queue_name))  # no wake-up to help
+        locked_at = time.time()
+        worker = await start_worker(settings)
+        try:
+            started = (await handle.result(timeout=10))["start"]
+        finally:
+            await worker.stop()
+    assert 0.35 <= started - locked_at < 2.0, started - locked_at
+
+
 async def test_batched_outcomes_are_readable_by_status_and_by_arq(settings: Settings) -> None:
     worker = await start_worker(settings)
     try:

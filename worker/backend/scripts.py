@@ -178,9 +178,12 @@ for q = 1, nq do
           bump[#bump + 1] = locked_until
           if global > 0 then redis.call('ZADD', running, locked_until, id) end
         else
+          -- Still locked (its worker is late extending it, or died a moment ago): due again
+          -- when the lock ends, and this worker looks again then.
           local ttl = redis.call('PTTL', lock)
-          if ttl < 1000 then ttl = 1000 end
+          if ttl < 100 then ttl = 100 end
           bump[#bump + 1] = now + ttl
+          if next_due == nil or now + ttl < next_due then next_due = now + ttl end
         end
         bump[#bump + 1] = id
       end
