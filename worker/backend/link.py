@@ -356,17 +356,23 @@ class RedisLink:
             await self._pipeline(conn, commands, scripts, replies)
         except _DOWN_ERRORS as exc:
             await conn.disconnect()
-            refusal = _refusal(exc)
-            if refusal is not None:
-                raise refusal from None
-            self._open(exc)
-            raise ReplyLost(f"{type(exc).__name__}: {exc}", replies) from exc
+            error = self._lost(exc, replies)
+            raise error from (None if isinstance(error, BackendRefused) else exc)
         except BaseException:
             await conn.disconnect()
             raise
         finally:
             await self._release(conn, lane)
         return replies
+
+    def _lost(self, exc: BaseException, replies: list[Any] | None = None) -> BackendRefused | ReplyLost:
+        """What a connection that failed after sending raises: a refusal (credentials), or
+        `ReplyLost` with the replies that did arrive, the breaker opened."""
+        refusal = _refusal(exc)
+        if refusal is not None:
+            return refusal
+        self._open(exc)
+        return ReplyLost(f"{type(exc).__name__}: {exc}", replies)
 
     async def one_off(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` whatever the breaker says, and leave the breaker alone: for checks
@@ -501,11 +507,8 @@ class RedisLink:
             raise refused(f"to block on {', '.join(wake_keys)}", exc) from None
         except _DOWN_ERRORS as exc:
             await conn.disconnect()
-            refusal = _refusal(exc)
-            if refusal is not None:
-                raise refusal from None
-            self._open(exc)
-            raise ReplyLost(f"{type(exc).__name__}: {exc}") from exc
+            error = self._lost(exc)
+            raise error from (None if isinstance(error, BackendRefused) else exc)
         except BaseException:
             await conn.disconnect()  # a cancelled block leaves a reply in flight
             raise
