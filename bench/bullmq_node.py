@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +114,18 @@ async def _ready(proc: asyncio.subprocess.Process, what: str) -> None:
         raise RuntimeError(f"BullMQ {what} failed to start (exit {proc.returncode}); see its log")
 
 
+async def _spawn(
+    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
+) -> asyncio.subprocess.Process:
+    """A driver command taking lines on stdin and answering on stdout; its stderr appends to
+    `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log
+        )
+
+
 class NodeWorker:
     """A BullMQ Worker in its own Node process, connected and ready, stopped with SIGTERM (which
     the driver turns into `worker.close()`)."""
@@ -140,14 +151,7 @@ class NodeWorker:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(30):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await procstat.stop(self.proc)
 
     def rss_mib(self) -> float:
         return procstat.rss_mib(self.pid)
@@ -163,16 +167,7 @@ class NodeQueue:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> NodeQueue:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
+        self.proc = await _spawn(self.argv, self.cwd, self.env, self.log)
         await _ready(self.proc, "queue")
         return self
 
@@ -197,12 +192,7 @@ class NodeQueue:
         if self.proc.returncode is None:
             self.proc.stdin.write(b"quit\n")
             self.proc.stdin.close()
-            try:
-                async with asyncio.timeout(30):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+            await procstat.stop(self.proc, signum=None)
 
 
 class Driven:
@@ -215,16 +205,7 @@ class Driven:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> Driven:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )
+        self.proc = await _spawn(self.argv, self.cwd, self.env, self.log)
         await _ready(self.proc, self.argv[2])
         return self
 
@@ -245,10 +226,4 @@ class Driven:
         assert self.proc is not None
         if exc_type is not None and self.proc.returncode is None:
             self.proc.kill()  # it may still be waiting for its "go"
-        if self.proc.returncode is None:
-            try:
-                async with asyncio.timeout(30):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await procstat.stop(self.proc, signum=None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job, serialize_job
 from pydantic import SecretStr
 
+from bench import procstat
 from bench.jobs import BENCH_REGISTRY
 from settings import Settings
 from worker.producer import JobHandle, Producer
@@ -70,13 +70,7 @@ class WorkerProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(30):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await procstat.stop(self.proc)
 
     def rss_mib(self) -> float:
         assert self.proc is not None

@@ -1,11 +1,14 @@
-"""A process's resident memory and CPU time from /proc, for workers of any language."""
+"""A process's resident memory and CPU time from /proc, for workers of any language, and how a
+benchmark stops one."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "rss_mib"]
+__all__ = ["cpu_seconds", "rss_mib", "stop"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -23,3 +26,18 @@ def cpu_seconds(pid: int) -> float:
     # Fields after the command name, which is in parentheses and may hold spaces.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+async def stop(
+    proc: asyncio.subprocess.Process, signum: int | None = signal.SIGTERM, timeout: float = 30.0
+) -> None:
+    """Send `signum` (None: the caller already asked it to end) and wait; kill what is still
+    running after `timeout` seconds."""
+    if signum is not None and proc.returncode is None:
+        proc.send_signal(signum)
+    try:
+        async with asyncio.timeout(timeout):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
