@@ -63,6 +63,7 @@ _FIX_HINTS: dict[str, str] = {
     "smtp_starttls": "use auto (upgrade when offered), require or off",
     "email_from": 'use "Name <address@example.com>" or address@example.com',
     "worker_batch_size": "use 1 to 1000 jobs per claim and per outcome write (default 100)",
+    "worker_claim_ahead": "use 0 (never claim ahead) to 60 seconds of average attempt time (default 0.05)",
     "worker_idle_block": "use 0.05 to 3600 seconds; longer blocks cost an idle worker fewer commands",
     "worker_event_loop": "use asyncio (the default) or uvloop",
     "worker_health_interval": "use 1 to 86400 seconds; the health key lives 10 s longer than this",
@@ -305,6 +306,9 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(100, ge=1, le=10000)
     # Most jobs one claim takes and one outcome write records; also the bulk-enqueue chunk.
     worker_batch_size: int = Field(100, ge=1, le=1000)
+    # Seconds: while a worker's attempts take less than this on average, it claims up to one
+    # batch ahead of its free slots, so its next jobs are at hand when slots free (0 = never).
+    worker_claim_ahead: float = Field(0.05, ge=0, le=60)
     # Seconds an idle worker blocks on its wake-up before sending the next block.
     worker_idle_block: float = Field(30.0, ge=0.05, le=3600)
     # Seconds between writes of the health key (arq's `<queue>:health-check`).

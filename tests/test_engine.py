@@ -256,3 +256,48 @@ async def test_records_that_are_not_arq_job_records_fail_without_running(setting
     assert reports["positional"]["error"]["message"] == "jobs take keyword arguments only"
     assert odd["status"] == "complete"
     assert RUNS == [("t", "queued", 1)]
+
+
+async def test_a_stopping_worker_gives_back_the_job_it_claimed_ahead_unrun_and_untried(
+    settings: Settings,
+) -> None:
+    # One slot and short jobs: the worker claims one job beyond its slot and holds it.
+    settings = settings.model_copy(update={"worker_max_jobs": 1, "worker_shutdown_grace": 5.0})
+    worker = await start_worker(settings)
+    async with Producer(settings, registry=TEST_REGISTRY) as producer:
+        for handle in [await producer.enqueue_job("record", {"key": f"warm{i}"}) for i in range(5)]:
+            await handle.result(timeout=5)  # the worker has seen its jobs are short
+        blocker = await producer.enqueue_job("stamp", {"key": "blocker", "seconds": 1.0})
+        held = await producer.enqueue_job("record", {"key": "held"})
+        redis = raw_redis(producer.settings)
+        await eventually(lambda: _status_is(producer, blocker.job_id, "in_progress"))
+        await eventually(lambda: redis.exists(keys.in_progress_key(held.job_id)), what="the job held")
+        assert ("held", "queued", 1) not in RUNS  # claimed, not started: its slot is taken
+        await worker.stop()  # the blocker finishes within the grace; the held job goes back
+        assert await redis.exists(keys.in_progress_key(held.job_id)) == 0
+        assert ("held", "queued", 1) not in RUNS
+        again = await start_worker(settings)
+        try:
+            assert (await held.result(timeout=5))["key"] == "held"
+        finally:
+            await again.stop()
+    assert RUNS.count(("held", "queued", 1)) == 1  # still its first try, run once
+
+
+async def test_a_worker_running_long_jobs_does_not_claim_ahead(settings: Settings) -> None:
+    settings = settings.model_copy(update={"worker_max_jobs": 1, "worker_claim_ahead": 0.05})
+    worker = await start_worker(settings)
+    try:
+        async with Producer(settings, registry=TEST_REGISTRY) as producer:
+            warm = await producer.enqueue_job("stamp", {"key": "warm", "seconds": 0.2})
+            await warm.result(timeout=5)  # attempts average 0.2 s, over WORKER_CLAIM_AHEAD
+            long = await producer.enqueue_job("stamp", {"key": "long", "seconds": 1.0})
+            waiting = await producer.enqueue_job("record", {"key": "waiting"})
+            await eventually(lambda: _status_is(producer, long.job_id, "in_progress"))
+            await asyncio.sleep(0.3)
+            # Left in the queue, where another worker can start it now.
+            assert await raw_redis(producer.settings).exists(keys.in_progress_key(waiting.job_id)) == 0
+            assert (await producer.status(waiting.job_id))["status"] == "queued"
+            assert (await waiting.result(timeout=5))["key"] == "waiting"
+    finally:
+        await worker.stop()

@@ -6,6 +6,14 @@ on a wake-up instead of polling.
       -> a task per job (`ClaimedJobs` -> rate limit turn -> `AttemptRunner.attempt`)
       -> `OutcomeRecorder` (one script per batch of finished attempts)
 
+Claim-ahead: while recent attempts have been short (under `WORKER_CLAIM_AHEAD` on average), a
+worker claims up to one batch beyond its free slots and holds it; a job that ends hands its slot
+to the next held job at once, so the next claim's round trip overlaps running jobs instead of
+leaving the loop idle. A held job waits about one short job's time: its lock is extended like a
+running job's, it counts against the queue's caps, and a stopping worker gives it back unrun
+(neither a try nor an interruption). Long jobs are never claimed ahead, so a busy worker does
+not sit on work another worker could start.
+
 With nothing due the worker blocks on BZPOPMIN over its queues' wake keys, which every enqueue
 touches in the same script that queues the job, so a job starts within a round trip or two.
 One block covers every queue, so the idle cost does not grow with the number of queues. The
@@ -25,7 +33,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -53,6 +61,8 @@ T = TypeVar("T")
 
 # How long a stopping worker waits for Redis to record the outcomes of finished jobs.
 _RECORD_AT_STOP_S = 5.0
+# Weight of the latest attempt in the moving average of attempt times that claim-ahead follows.
+_JOB_TIME_WEIGHT = 0.1
 
 
 class JobEngine:
@@ -76,7 +86,9 @@ class JobEngine:
         self.token = uuid.uuid4().hex  # marks the in-progress locks this worker holds
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.controls: dict[str, JobControl] = {}  # progress and cancel requests, per running job
-        self.running: Counter[str] = Counter()  # running jobs per queue, for the caps
+        self.running: Counter[str] = Counter()  # running and held jobs per queue, for the caps
+        self._held: deque[ClaimedJob] = deque()  # claimed ahead; started as slots free
+        self._job_s: float | None = None  # moving average of attempt wall time, for claim-ahead
         self.paused: frozenset[str] = frozenset()  # as the latest claim found them
         self._queue_of: dict[str, str] = {}
         self.stopping = False
@@ -129,6 +141,7 @@ class JobEngine:
                 await self._until_stopped(self.backend.wait_until_up())
             await self._loop()
         finally:
+            self._give_back_held()
             await self._finish_running()
             await self._progress.close()
             await self._recorder.close(_RECORD_AT_STOP_S if self.stopping else 3600.0)
@@ -150,16 +163,17 @@ class JobEngine:
 
     async def _loop(self) -> None:
         while not self.stopping:
-            free = self.settings.worker_max_jobs - len(self.tasks)
-            if free <= 0:
+            room = self._room()
+            if room <= 0:
                 await self._wait_slot()
                 continue
-            batch = await self._claim(min(free, self.settings.worker_batch_size))
+            batch = await self._claim(min(room, self.settings.worker_batch_size))
             if batch is None:
                 continue
             self.paused = batch.paused
             for job in batch.jobs:
-                self._start(job)
+                self._hold(job)
+            self._start_held()
             for entry in batch.poison:
                 self._side_task(self._claimed.quarantined(entry))
             if batch.more or self.stopping:
@@ -208,22 +222,56 @@ class JobEngine:
             self._next_health = time.monotonic() + self.settings.worker_health_interval
         return batch
 
-    def _start(self, job: ClaimedJob) -> None:
-        control = JobControl(job.job_id, self._progress.mark)
-        task = asyncio.get_running_loop().create_task(self._execute(job, control))
-        self.tasks[job.job_id] = task
-        self.controls[job.job_id] = control
+    def _room(self) -> int:
+        """How many jobs the next claim may take: the free slots, plus one batch ahead while
+        attempts are short. With jobs held, wait until half a batch is gone, so claims stay big."""
+        batch, max_jobs = self.settings.worker_batch_size, self.settings.worker_max_jobs
+        ahead = 0
+        if self._job_s is not None and self._job_s < self.settings.worker_claim_ahead:
+            ahead = min(batch, max_jobs)
+        room = max_jobs + ahead - len(self.tasks) - len(self._held)
+        if self._held and room < max(1, min(ahead, batch) // 2):
+            return 0
+        return room
+
+    def _hold(self, job: ClaimedJob) -> None:
+        """A claimed job: it holds a slot of its queue's caps and its lock is kept alive."""
+        self.controls[job.job_id] = JobControl(job.job_id, self._progress.mark)
         self._queue_of[job.job_id] = job.queue
         self.running[job.queue] += 1
+        self._held.append(job)
+
+    def _start_held(self) -> None:
+        while self._held and len(self.tasks) < self.settings.worker_max_jobs:
+            self._start(self._held.popleft())
+
+    def _start(self, job: ClaimedJob) -> None:
+        task = asyncio.get_running_loop().create_task(self._execute(job, self.controls[job.job_id]))
+        self.tasks[job.job_id] = task
         task.add_done_callback(lambda _: self._task_done(job.job_id))
 
     def _task_done(self, job_id: str) -> None:
         del self.tasks[job_id]
-        del self.controls[job_id]
-        self.running[self._queue_of.pop(job_id)] -= 1
+        self._release(job_id)
+        if self._held and not self.stopping:
+            self._start(self._held.popleft())  # the freed slot goes to a held job at once
         self._slot_free.set()
 
+    def _release(self, job_id: str) -> None:
+        del self.controls[job_id]
+        self.running[self._queue_of.pop(job_id)] -= 1
+
+    def _give_back_held(self) -> None:
+        """Stopping: held jobs go back to their queues, due now, counted as neither a try nor an
+        interruption (they never started)."""
+        now_ms = epoch_ms()
+        while self._held:
+            job = self._held.popleft()
+            self._release(job.job_id)
+            self._recorder.add(Finished(job.job_id, run_again_at_ms=now_ms, queue=job.queue, deferred=True))
+
     async def _execute(self, job: ClaimedJob, control: JobControl) -> None:
+        started = time.perf_counter()
         try:
             finished = await self._claimed.run(job, control)
         except asyncio.CancelledError:
@@ -233,12 +281,15 @@ class JobEngine:
             )
             raise
         self._recorder.add(finished)
+        took = time.perf_counter() - started
+        average = self._job_s
+        self._job_s = took if average is None else average + (took - average) * _JOB_TIME_WEIGHT
 
     def snapshot_fields(self) -> dict[str, Any]:
         """What this worker's snapshot says beyond its counts: its queues and running jobs."""
         by_queue: dict[str, list[str]] = {}
-        for job_id, queue in self._queue_of.items():
-            by_queue.setdefault(queue, []).append(job_id)
+        for job_id in self.tasks:
+            by_queue.setdefault(self._queue_of[job_id], []).append(job_id)
         return {
             "queues": self.plan.keys,
             "queue_names": self.plan.names,
