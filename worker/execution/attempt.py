@@ -23,9 +23,10 @@ from core.codec import json_value
 from core.context import JobContext, Mode
 from core.control import JobControl
 from core.deps import Deps
-from core.errors import JobCancelled, JobFailed, JobTimeout, PermanentError, TransientError, classify, scrub
+from core.errors import JobCancelled, JobFailed, PermanentError, TransientError, classify, scrub
 from core.registry import JobDefinition
 from settings import Settings
+from worker.execution.deadlines import Deadlines
 from worker.execution.outcomes import AttemptEnd, Outcomes
 from worker.telemetry.tracing import Tracing
 
@@ -64,6 +65,7 @@ class AttemptRunner:
         self.tracing = tracing  # None unless OTEL_* turns tracing on
         # Scrubbed from every error message before it is logged, stored or returned.
         self._secrets = settings.secret_values()
+        self._deadlines = Deadlines()
 
     def timeout_for(self, job: JobDefinition[Any, Any]) -> float:
         return job.timeout if job.timeout is not None else self.settings.job_timeout
@@ -182,15 +184,12 @@ class AttemptRunner:
         return error
 
     async def _run(self, job: JobDefinition[Any, Any], ctx: JobContext, kwargs: Mapping[str, Any]) -> Attempt:
-        timeout = self.timeout_for(job)
-        deadline = asyncio.timeout(timeout)
         try:
             if job.precheck is not None and (problem := job.precheck(self.settings)):
                 # The worker may run with other settings than the producer that checked.
                 raise PermanentError(problem)
             arguments = job.load(kwargs)
-            async with deadline:
-                raw_result = await job.func(ctx, **arguments)
+            raw_result = await self._deadlines.run(job.func(ctx, **arguments), self.timeout_for(job))
             result = json_value(raw_result)
         except asyncio.CancelledError:
             raise
@@ -198,14 +197,11 @@ class AttemptRunner:
             message = scrub(str(exc) or "cancelled on request", self._secrets)
             return Attempt("cancelled", error=JobFailed(ctx.job_id, "JobCancelled", message, "permanent"))
         except Exception as exc:
-            error: Exception = exc
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                error = JobTimeout(f"job ran longer than its {timeout:g}s timeout")
-            kind = classify(error)
-            message = scrub(str(error) or type(error).__name__, self._secrets)
-            failure = JobFailed(ctx.job_id, type(error).__name__, message, kind)
+            kind = classify(exc)
+            message = scrub(str(exc) or type(exc).__name__, self._secrets)
+            failure = JobFailed(ctx.job_id, type(exc).__name__, message, kind)
             if kind == "transient" and ctx.job_try < ctx.max_tries:
-                retry_after = error.retry_after if isinstance(error, TransientError) else None
+                retry_after = exc.retry_after if isinstance(exc, TransientError) else None
                 delay = backoff_delay(ctx.job_try, self.settings, retry_after)
                 return Attempt("retry", error=failure, retry_in=delay, exception=exc)
             return Attempt("failed", error=failure, exception=exc)
