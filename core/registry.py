@@ -118,13 +118,16 @@ class JobDefinition(Generic[P, R]):
     # The rate limits each run spends (only the limits configured in RATE_LIMITS apply).
     rate_limits: tuple[RateCost, ...] = ()
     args_model: type[BaseModel] = field(init=False, repr=False)
+    _arg_names: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "args_model", _args_model(self.name, self.func))
+        model = _args_model(self.name, self.func)
+        object.__setattr__(self, "args_model", model)
+        object.__setattr__(self, "_arg_names", tuple(model.model_fields))
 
     @property
     def arg_names(self) -> list[str]:
-        return list(self.args_model.model_fields)
+        return list(self._arg_names)
 
     @property
     def default_queue(self) -> str | None:
@@ -189,11 +192,13 @@ class JobDefinition(Generic[P, R]):
 
     def load(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Typed keyword arguments from a JSON payload, as the job's signature declares them."""
+        if not payload and not self._arg_names:
+            return {}  # a job that takes no arguments and got none: nothing to validate
         try:
             model = self.args_model.model_validate(dict(payload), strict=False)
         except pydantic.ValidationError as exc:
             raise JobValidationError(_explain(self.name, exc)) from None
-        return {name: getattr(model, name) for name in self.args_model.model_fields}
+        return {name: getattr(model, name) for name in self._arg_names}
 
     def too_big_inline(self, settings: Settings, payload: Mapping[str, Any]) -> str | None:
         """Why this job may not run inline (see `InlineLimit`), or None."""
