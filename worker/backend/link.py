@@ -69,6 +69,25 @@ def _pack(conn: AbstractConnection, commands: Sequence[Command]) -> list[bytes]:
     return [_hiredis_pack(command) for command in commands]
 
 
+async def _read_into(
+    conn: AbstractConnection, count: int, replies: list[Any], deadline: asyncio.Timeout, budget: float
+) -> None:
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:  # a refused call; the connection stays in step
+            replies.append(exc)
+        _extend(deadline, budget)
+
+
+def _extend(deadline: asyncio.Timeout, budget: float) -> None:
+    """A reply arrived: leave at least `budget` seconds for the next one."""
+    when = deadline.when()
+    now = asyncio.get_running_loop().time()
+    if when is not None and when - now < budget:
+        deadline.reschedule(now + 2 * budget)
+
+
 # How Redis words a refusal of this client (a wrong password, or an ACL without a command).
 _CREDENTIAL_WORDS = ("WRONGPASS", "NOAUTH", "NOPERM", "can't run this command", "no permissions")
 _CREDENTIALS_FIX = (
@@ -158,7 +177,10 @@ class RedisLink:
             self._pool = ConnectionPool.from_url(
                 settings.redis_url.get_secret_value(),
                 socket_connect_timeout=settings.redis_connect_timeout,
-                socket_timeout=self._socket_timeout,
+                # No per-read timeout in the client: redis-py would start a timer for every reply
+                # and a task for every write. Every use of a connection here sits inside a
+                # deadline of our own (`_pipeline`, `_connection`, `_ping`, the wake-up block).
+                socket_timeout=None,
                 # Skip CLIENT SETINFO on connect: two round trips per new connection for nothing.
                 lib_name=None,
                 lib_version=None,
@@ -309,15 +331,21 @@ class RedisLink:
         if self._pool is None:
             raise NotSent("Redis is not configured (REDIS_URL is empty)")
         pool = self._pool
+        if (
+            lane is not None
+            and lane.conn is not None
+            and lane.conn.is_connected
+            and time.monotonic() - lane.used <= _LANE_CHECK_AFTER_S
+        ):
+            return lane.conn  # busy and checked a moment ago: no I/O, no timer
         async with asyncio.timeout(self._settings.redis_connect_timeout + 2 * self._socket_timeout):
             if lane is None:
                 conn: AbstractConnection = await pool.get_connection()
                 return conn
             if lane.conn is None:
                 lane.conn = pool.connection_class(**pool.connection_kwargs)
-            if not lane.conn.is_connected or time.monotonic() - lane.used > _LANE_CHECK_AFTER_S:
-                # Connected, nothing unread, not closed by the server: what the pool checks.
-                await pool.ensure_connection(lane.conn)
+            # Connected, nothing unread, not closed by the server: what the pool checks.
+            await pool.ensure_connection(lane.conn)
             return lane.conn
 
     async def _release(self, conn: AbstractConnection, lane: Lane | None = None) -> None:
@@ -427,10 +455,14 @@ class RedisLink:
         scripts: Sequence[Script],
         replies: list[Any],
     ) -> None:
-        # Every read is bounded by the connection's socket timeout; the whole by one per reply.
-        async with asyncio.timeout(self._socket_timeout * (2 + len(commands))):
+        # The write and the first reply get two socket timeouts; each further reply one more
+        # after the reply before it. One timer for the whole pipeline, moved on only when less
+        # than a socket timeout is left, so a stall is noticed one to two socket timeouts after
+        # the last reply, however long the pipeline.
+        budget = self._socket_timeout
+        async with asyncio.timeout(2 * budget) as deadline:
             await conn.send_packed_command(_pack(conn, commands))
-            await self._read_into(conn, len(commands), replies)
+            await _read_into(conn, len(commands), replies, deadline, budget)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if not missing:
                 return
@@ -442,20 +474,13 @@ class RedisLink:
             for sha in {commands[i][1] for i in missing}:
                 await conn.send_command("SCRIPT", "LOAD", by_sha[sha].source)
                 await conn.read_response()
+                _extend(deadline, budget)
             again = [commands[i] for i in missing]
             await conn.send_packed_command(_pack(conn, again))
             fresh: list[Any] = []
-            await self._read_into(conn, len(again), fresh)
+            await _read_into(conn, len(again), fresh, deadline, budget)
             for i, reply in zip(missing, fresh, strict=True):
                 replies[i] = reply
-
-    @staticmethod
-    async def _read_into(conn: AbstractConnection, count: int, replies: list[Any]) -> None:
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:  # a refused call; the connection stays in step
-                replies.append(exc)
 
     async def wait_for_wake(self, wake_keys: Sequence[str], timeout_s: float) -> bool:
         """Wait up to `timeout_s` for a wake-up on `wake_keys`: True when woken, False when the
