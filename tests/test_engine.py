@@ -268,9 +268,9 @@ async def test_a_stopping_worker_gives_back_the_job_it_claimed_ahead_unrun_and_u
         for handle in [await producer.enqueue_job("record", {"key": f"warm{i}"}) for i in range(5)]:
             await handle.result(timeout=5)  # the worker has seen its jobs are short
         blocker = await producer.enqueue_job("stamp", {"key": "blocker", "seconds": 1.0})
+        await eventually(lambda: _status_is(producer, blocker.job_id, "in_progress"))
         held = await producer.enqueue_job("record", {"key": "held"})
         redis = raw_redis(producer.settings)
-        await eventually(lambda: _status_is(producer, blocker.job_id, "in_progress"))
         await eventually(lambda: redis.exists(keys.in_progress_key(held.job_id)), what="the job held")
         assert ("held", "queued", 1) not in RUNS  # claimed, not started: its slot is taken
         await worker.stop()  # the blocker finishes within the grace; the held job goes back
@@ -292,8 +292,8 @@ async def test_a_worker_running_long_jobs_does_not_claim_ahead(settings: Setting
             warm = await producer.enqueue_job("stamp", {"key": "warm", "seconds": 0.2})
             await warm.result(timeout=5)  # attempts average 0.2 s, over WORKER_CLAIM_AHEAD
             long = await producer.enqueue_job("stamp", {"key": "long", "seconds": 1.0})
-            waiting = await producer.enqueue_job("record", {"key": "waiting"})
             await eventually(lambda: _status_is(producer, long.job_id, "in_progress"))
+            waiting = await producer.enqueue_job("record", {"key": "waiting"})
             await asyncio.sleep(0.3)
             # Left in the queue, where another worker can start it now.
             assert await raw_redis(producer.settings).exists(keys.in_progress_key(waiting.job_id)) == 0
