@@ -287,14 +287,15 @@ class JobEngine:
 
     def snapshot_fields(self) -> dict[str, Any]:
         """What this worker's snapshot says beyond its counts: its queues and running jobs."""
+        # Held jobs too: claimed and locked, they are in progress for every reader (status()).
         by_queue: dict[str, list[str]] = {}
-        for job_id in self.tasks:
-            by_queue.setdefault(self._queue_of[job_id], []).append(job_id)
+        for job_id, queue in self._queue_of.items():
+            by_queue.setdefault(queue, []).append(job_id)
         return {
             "queues": self.plan.keys,
             "queue_names": self.plan.names,
             "paused": sorted(self.paused),
-            "running_ids": list(self.tasks),
+            "running_ids": list(self._queue_of),
             "running_by_queue": by_queue,
         }
 
