@@ -2,10 +2,12 @@
 
 A web app enqueues from many concurrent requests. Sent one by one, each enqueue is its own round
 trip and its own syscalls on both sides; Redis is idle between them while the callers wait.
-Here a caller that finds no call in flight sends at once (a lone caller pays one round trip, as
-before); callers that arrive while one is in flight join the next group, which goes out as one
-pipeline of EVALSHA calls as soon as the flight lands. Each caller gets its own reply, or its own
-error, exactly as if it had sent alone:
+Here a lone caller (nothing in flight, nobody waiting) sends at once and pays one round trip, as
+before. Callers that arrive while a call is in flight wait one loop turn and go out together as
+one pipeline of EVALSHA calls. Two groups may be in flight, each on a connection of its own, and
+they take turns: while Redis runs one group's scripts, the callers the other group answered
+prepare their next calls, so neither the process nor Redis waits for the other. Each caller
+gets its own reply, or its own error, exactly as if it had sent alone:
 
 - nothing sent (`NotSent`): every caller of the group gets `NotSent`;
 - the connection failed after sending (`ReplyLost`): a caller whose reply arrived gets it, the
@@ -24,38 +26,46 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from core.errors import ReplyLost
-from worker.backend.link import RedisLink, refused
+from worker.backend.link import Lane, RedisLink, refused
 from worker.backend.scripts import Script
 
 __all__ = ["GroupedScript"]
 
 _Call = tuple[Sequence[str], Sequence[Any]]
 
+# Groups in flight at once, each on a connection of its own: while Redis runs one group's
+# scripts, the callers answered by the other prepare the next. With one, a group's round trip
+# and Redis's work on it left the caller's process idle.
+_LANES = 2
+
 
 class GroupedScript:
-    """Calls of `script` through `link`, grouped while one is in flight."""
+    """Calls of `script` through `link`, grouped while others are in flight."""
 
     def __init__(self, link: RedisLink, script: Script) -> None:
         self._link = link
         self._script = script
-        self._busy = False
+        # Connections of their own, one call or group in flight on each; taken last in, first
+        # out, so a lone caller keeps using one (checked after idling, see `Lane`).
+        self._free = [link.lane() for _ in range(_LANES)]
         self._calls: list[_Call] = []
         self._waiters: list[asyncio.Future[Any]] = []
-        self._sender: asyncio.Task[None] | None = None
-        self._lane = link.lane()  # one call in flight at a time: a connection of its own
+        self._dispatch_due = False
+        self._flights: dict[asyncio.Task[None], int] = {}  # groups in flight, with their sizes
 
     async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if not self._busy:
-            self._busy = True
+        if len(self._free) == _LANES and not self._calls and not self._dispatch_due:
+            # A lone caller (nothing in flight, nobody waiting, no group just answered): now.
+            lane = self._free.pop()
             try:
-                replies = await self._link.scripts(self._script, [(keys, args)], lane=self._lane)
+                replies = await self._link.scripts(self._script, [(keys, args)], lane=lane)
             finally:
-                self._busy = False
-                self._start_sender()
+                self._land(lane)
             return self._reply(replies[0])
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls.append((keys, args))
         self._waiters.append(waiter)
+        self._schedule_dispatch()
         return await waiter
 
     def _reply(self, reply: Any) -> Any:
@@ -63,26 +73,60 @@ class GroupedScript:
             raise refused(f"the {self._script.name} script", reply)
         return reply
 
-    def _start_sender(self) -> None:
-        if self._calls and (self._sender is None or self._sender.done()):
-            self._busy = True  # callers from now on join the group the sender is about to take
-            self._sender = asyncio.get_running_loop().create_task(self._send_groups())
+    def _land(self, lane: Lane) -> None:
+        self._free.append(lane)
+        if self._calls:
+            self._schedule_dispatch()
 
-    async def _send_groups(self) -> None:
+    def _schedule_dispatch(self) -> None:
+        """Send the waiting calls one loop turn from now: callers woken together (by the replies
+        of one group) come back with their next call first and go out together, rather than
+        trickle out in groups of one."""
+        if not self._dispatch_due:
+            self._dispatch_due = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Send what waits so that groups take turns: with nothing in flight, the waiting calls
+        go out as two halves (Redis runs the second while the first's callers prepare their
+        next calls); with a group in flight, the waiting ones go once they are half its size,
+        else they wait for it to land. So the callers settle into two cohorts, one in Redis
+        while the other is in Python, instead of one big group and a trail of small ones."""
+        self._dispatch_due = False
+        waiting = len(self._calls)
+        if not self._free or not waiting:
+            return
+        if self._flights:
+            if waiting < max(self._flights.values()) // 2:
+                return  # the flight's landing dispatches again
+            self._send_group(waiting)
+        elif len(self._free) > 1 and waiting > 1:
+            self._send_group(waiting // 2)
+            self._send_group(len(self._calls))
+        else:
+            self._send_group(waiting)
+
+    def _send_group(self, count: int) -> None:
+        calls, waiters = self._calls[:count], self._waiters[:count]
+        del self._calls[:count], self._waiters[:count]
+        flight = asyncio.get_running_loop().create_task(self._fly(self._free.pop(), calls, waiters))
+        self._flights[flight] = count
+
+    async def _fly(self, lane: Lane, calls: list[_Call], waiters: list[asyncio.Future[Any]]) -> None:
         try:
-            while self._calls:
-                calls, waiters = self._calls, self._waiters
-                self._calls, self._waiters = [], []
-                await self._send(calls, waiters)
-                # One loop turn for the callers just answered to come back with their next call
-                # and join the next group, rather than trickle in behind a group of one.
-                await asyncio.sleep(0)
+            await self._send(lane, calls, waiters)
         finally:
-            self._busy = False
+            flight = asyncio.current_task()
+            assert flight is not None
+            self._flights.pop(flight, None)
+            self._free.append(lane)
+            # Always: the callers just answered come back with their next calls before the
+            # dispatch runs, and join one group rather than go out alone.
+            self._schedule_dispatch()
 
-    async def _send(self, calls: list[_Call], waiters: list[asyncio.Future[Any]]) -> None:
+    async def _send(self, lane: Lane, calls: list[_Call], waiters: list[asyncio.Future[Any]]) -> None:
         try:
-            replies = await self._link.scripts(self._script, calls, lane=self._lane)
+            replies = await self._link.scripts(self._script, calls, lane=lane)
         except ReplyLost as exc:
             for i, waiter in enumerate(waiters):
                 got = exc.replies[i] if i < len(exc.replies) else None
@@ -110,9 +154,15 @@ class GroupedScript:
             waiter.set_result(reply)
 
     async def aclose(self) -> None:
-        """Wait for a group in flight (the producer's close)."""
-        if self._sender is not None and not self._sender.done():
-            await asyncio.gather(self._sender, return_exceptions=True)
+        """Wait for the groups in flight (the producer's close)."""
+        while self._flights or self._calls:
+            if self._flights:
+                flights = list(self._flights)
+                await asyncio.gather(*flights, return_exceptions=True)
+                for flight in flights:  # one cancelled before it ran never cleared itself
+                    self._flights.pop(flight, None)
+            else:
+                await asyncio.sleep(0)  # a dispatch is due: let it send
 
 
 def _each(exc: Exception) -> Exception:

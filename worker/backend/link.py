@@ -34,7 +34,7 @@ from core.errors import BackendRefused, BackendUnavailable, CredentialsRefused, 
 from settings import Settings
 from worker.backend.scripts import Script
 
-__all__ = ["Command", "LinkState", "RedisLink", "refused"]
+__all__ = ["Command", "Lane", "LinkState", "RedisLink", "refused"]
 
 log = structlog.get_logger(__name__)
 
