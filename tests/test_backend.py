@@ -3,6 +3,7 @@ worker snapshots, all without scanning the keyspace; and its key layout is arq's
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -105,3 +106,17 @@ async def test_worker_snapshots_are_found_without_scanning(backend: RedisBackend
     ]
     await backend.forget_worker("q", "w1")
     assert await backend.worker_snapshots() == [b'{"worker": "w2", "queue": "q"}']
+
+
+async def test_concurrent_claims_on_one_backend_each_get_their_own_jobs(backend: RedisBackend) -> None:
+    # A worker's claims keep a connection of their own; a second claim while one is in flight
+    # (two engines on one backend, a script in a test) takes a pooled one instead of sharing it.
+    now = int(time.time() * 1000)
+    jobs = [NewJob(f"c-{i}", encode_job("record", {"key": i}, enqueue_ms=now), now - 10) for i in range(40)]
+    await backend.enqueue_many(QUEUE, jobs, batch_size=100)
+    claims = await asyncio.gather(
+        *(backend.claim([ClaimQueue(QUEUE)], limit=10, lock_ms=60_000, token=f"t{i}") for i in range(4))
+    )
+    ids = [job.job_id for claim in claims for job in claim.jobs]
+    assert sorted(ids) == sorted(job.job_id for job in jobs)  # every job claimed exactly once
+    assert all(len(claim.jobs) == 10 for claim in claims)

@@ -146,13 +146,17 @@ _LANE_CHECK_AFTER_S = 0.1
 
 @dataclass
 class Lane:
-    """A connection kept for one caller that sends one call at a time (the grouped enqueue), so
-    a busy caller skips the pool's checkout, its check for unread data and its release: a
-    quarter of a single enqueue's CPU. After `_LANE_CHECK_AFTER_S` idle it is checked like a
-    pooled one, so a connection the server closed while idle is replaced, not failed on."""
+    """A connection kept for one caller that sends one call at a time (a group of enqueues, the
+    worker's claims, its outcome writes), so a busy caller skips the pool's checkout, its check
+    for unread data and its release: a quarter of a single enqueue's CPU. The check also waits
+    a loop turn, so a claim sent from a busy worker went out only after the jobs it had just
+    started ran. After `_LANE_CHECK_AFTER_S` idle it is checked like a pooled one, so a
+    connection the server closed while idle is replaced, not failed on. A call that finds the
+    lane busy takes a pooled connection instead."""
 
     conn: AbstractConnection | None = None
     used: float = 0.0
+    busy: bool = False
 
 
 class RedisLink:
@@ -365,10 +369,22 @@ class RedisLink:
         of a script in `scripts` that Redis does not know yet is loaded and resent. Raises
         `NotSent` when nothing was sent, `ReplyLost` (with the replies that did arrive) when the
         connection failed after sending, and `BackendRefused` for refused credentials. With a
-        `lane`, its own connection is used instead of one from the pool.
+        `lane`, its own connection is used instead of one from the pool (or, when the lane has
+        a call in flight, a pooled one after all).
         """
         if not self.usable:
             raise NotSent(f"Redis is {self._state.value}")
+        if lane is None or lane.busy:
+            return await self._execute(commands, scripts, None)
+        lane.busy = True
+        try:
+            return await self._execute(commands, scripts, lane)
+        finally:
+            lane.busy = False
+
+    async def _execute(
+        self, commands: Sequence[Command], scripts: Sequence[Script], lane: Lane | None
+    ) -> list[Any]:
         try:
             conn = await self._connection(lane)
         except BackendRefused:
@@ -430,9 +446,11 @@ class RedisLink:
             raise refused(str(args[0]), reply)
         return reply
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], *, lane: Lane | None = None
+    ) -> Any:
         """One EVALSHA of `script`; a refusal (OOM, NOPERM, WRONGTYPE...) raises `BackendRefused`."""
-        reply = (await self.scripts(script, [(keys, args)]))[0]
+        reply = (await self.scripts(script, [(keys, args)], lane=lane))[0]
         if isinstance(reply, ResponseError):
             raise refused(f"the {script.name} script", reply)
         return reply

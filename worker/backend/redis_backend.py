@@ -120,6 +120,9 @@ class RedisBackend:
         self._accept_unsigned = settings.job_signing_accept_unsigned
         # Concurrent single enqueues share one pipelined write (see `grouped`).
         self._enqueues = GroupedScript(self.link, scripts.ENQUEUE)
+        # A worker's claims and outcome writes, one at a time each, on connections of their own.
+        self._claim_lane = self.link.lane()
+        self._finish_lane = self.link.lane()
 
     def _sign(self, record: bytes, job_id: str) -> bytes:
         return sign(record, job_id, self._keys[0]) if self._keys else record
@@ -274,7 +277,7 @@ class RedisBackend:
             keys.MAX_JOB_ID_LENGTH,
             *per_queue,
         )
-        flat = await self.link.script(scripts.CLAIM, keys_, args)
+        flat = await self.link.script(scripts.CLAIM, keys_, args, lane=self._claim_lane)
         states = _text(flat[2])
         poisoned = int(flat[3])
         poison = [
@@ -327,7 +330,7 @@ class RedisBackend:
                 args += (op, q, item.job_id, item.run_again_at_ms)
             else:
                 args += ("f", q, item.job_id, self._sign(item.result or b"{}", item.job_id))
-        await self.link.script(scripts.FINISH, keys_, args)
+        await self.link.script(scripts.FINISH, keys_, args, lane=self._finish_lane)
 
     async def release(self, queues: Sequence[str], claimed_score: int, token: str) -> int:
         """Undo a claim whose reply was lost (jobs scored `claimed_score`, locked by `token`)."""
