@@ -27,7 +27,7 @@ from settings import Settings
 from tests.conftest import eventually, make_settings, raw_redis, start_worker
 from tests.http_fixtures import TOKEN, TOKEN_RECORD_ONLY, serving
 from tests.sample_jobs import RUNS, TEST_REGISTRY
-from worker.backend import CancelOutcome
+from worker.backend import CancelOutcome, keys
 from worker.producer import JobHandle, Producer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +65,26 @@ async def _worker_processes(settings: Settings, count: int, **env: str) -> Async
         )
         procs.append(proc)
     try:
+        # Both up before the test's jobs: a process that starts late (a busy machine, a fresh
+        # checkout compiling its bytecode) would find every job already taken by the other.
+        async def all_up() -> bool:
+            return await _live_workers(settings) == count
+
+        await eventually(all_up, timeout=30, what=f"{count} workers up")
         yield
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def _live_workers(settings: Settings) -> int:
+    """Worker processes on this test's queues that published a snapshot (a second after start)."""
+    redis = raw_redis(settings)
+    ids = await redis.zrange(keys.WORKERS_KEY, 0, -1)
+    snapshots = await redis.mget([keys.worker_stats_key(i.decode()) for i in ids]) if ids else []
+    return sum(1 for raw in snapshots if raw is not None and settings.queue_name.encode() in raw)
 
 
 async def _results(handles: Sequence[JobHandle[Any]], timeout: float = 20) -> list[dict[str, Any]]:
@@ -160,11 +174,17 @@ async def test_a_global_cap_holds_across_worker_processes(settings: Settings) ->
 
 async def test_a_rate_limit_is_shared_by_worker_processes(settings: Settings) -> None:
     limited = settings.model_copy(update={"rate_limits": "test_rate=10/s"})
+    # One job at a time per process, each busy longer than the 100 ms between turns: the process
+    # that took one turn cannot take the next, so both must serve the limit (otherwise the faster
+    # one to wake can win every turn, and the test would not show the limit is shared).
+    workers = {"RATE_LIMITS": "test_rate=10/s", "WORKER_MAX_JOBS": "1", "WORKER_CLAIM_AHEAD": "0"}
     async with (
-        _worker_processes(limited, 2, RATE_LIMITS="test_rate=10/s"),
+        _worker_processes(limited, 2, **workers),
         Producer(limited, registry=TEST_REGISTRY) as producer,
     ):
-        handles = [await producer.enqueue_job("stamp_limited", {"key": f"r{i}"}) for i in range(25)]
+        handles = [
+            await producer.enqueue_job("stamp_limited", {"key": f"r{i}", "seconds": 0.15}) for i in range(25)
+        ]
         results = await _results(handles, timeout=30)
     starts = sorted(r["start"] for r in results)
     # Turns 100 ms apart, each job started at or after its turn: a one-second window holds ten
