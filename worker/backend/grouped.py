@@ -60,7 +60,7 @@ class GroupedScript:
             try:
                 replies = await self._link.scripts(self._script, [(keys, args)], lane=lane)
             finally:
-                self._land(lane)
+                self._land(lane, answered=False)
             return self._reply(replies[0])
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls.append((keys, args))
@@ -73,9 +73,11 @@ class GroupedScript:
             raise refused(f"the {self._script.name} script", reply)
         return reply
 
-    def _land(self, lane: Lane) -> None:
+    def _land(self, lane: Lane, *, answered: bool) -> None:
+        """A call or group is back. After a group, always dispatch: the callers it answered come
+        back with their next calls before the dispatch runs, and join one group."""
         self._free.append(lane)
-        if self._calls:
+        if answered or self._calls:
             self._schedule_dispatch()
 
     def _schedule_dispatch(self) -> None:
@@ -119,10 +121,7 @@ class GroupedScript:
             flight = asyncio.current_task()
             assert flight is not None
             self._flights.pop(flight, None)
-            self._free.append(lane)
-            # Always: the callers just answered come back with their next calls before the
-            # dispatch runs, and join one group rather than go out alone.
-            self._schedule_dispatch()
+            self._land(lane, answered=True)
 
     async def _send(self, lane: Lane, calls: list[_Call], waiters: list[asyncio.Future[Any]]) -> None:
         try:

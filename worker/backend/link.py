@@ -538,7 +538,7 @@ class RedisLink:
         assert self._pool is not None
         if self._wake_conn is None:
             pool = self._pool
-            self._wake_conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+            self._wake_conn = pool.connection_class(**pool.connection_kwargs)  # no read timeout: ours
         conn = self._wake_conn
         try:
             async with asyncio.timeout(

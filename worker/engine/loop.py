@@ -230,7 +230,7 @@ class JobEngine:
         if self._job_s is not None and self._job_s < self.settings.worker_claim_ahead:
             ahead = min(batch, max_jobs)
         room = max_jobs + ahead - len(self.tasks) - len(self._held)
-        if self._held and room < max(1, min(ahead, batch) // 2):
+        if self._held and room < max(1, ahead // 2):
             return 0
         return room
 
@@ -253,8 +253,8 @@ class JobEngine:
     def _task_done(self, job_id: str) -> None:
         del self.tasks[job_id]
         self._release(job_id)
-        if self._held and not self.stopping:
-            self._start(self._held.popleft())  # the freed slot goes to a held job at once
+        if not self.stopping:
+            self._start_held()  # the freed slot goes to a held job at once
         self._slot_free.set()
 
     def _release(self, job_id: str) -> None:
