@@ -17,7 +17,7 @@ __all__ = ["JobContext", "Mode"]
 Mode = Literal["queued", "inline"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per attempt, and a frozen one costs ~1.2 µs more to make
 class JobContext:
     """One attempt's context. Fields a job puts in `report` join that attempt's `job finished` line."""
 

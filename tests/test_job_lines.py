@@ -96,3 +96,23 @@ async def test_a_log_capture_still_receives_the_line(settings: Settings) -> None
         logging.getLogger().removeHandler(capture)
     finished = [r for r in captured if isinstance(r.msg, dict) and r.msg.get("event") == "job finished"]
     assert [r.msg["job_id"] for r in finished] == [job_id]  # type: ignore[index]
+
+
+async def test_the_line_carries_the_callers_logging_context(settings: Settings) -> None:
+    """An inline job run inside a request that bound its own fields: the job's line has them,
+    next to the job's own (the line skips reading the context only when the job's are all)."""
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
+    inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
+    bound = structlog.contextvars.bind_contextvars(request_id="req-7", job="the caller's")
+    try:
+        await run_inline_job(inline, TEST_REGISTRY, "record", job_id="j-ctx", kwargs={"key": "d"})
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+    await run_inline_job(inline, TEST_REGISTRY, "record", job_id="j-bare", kwargs={"key": "e"})
+    await asyncio.sleep(0)
+    finished = {line["job_id"]: line for line in _lines(stream) if line["event"] == "job finished"}
+    assert finished["j-ctx"]["request_id"] == "req-7"
+    assert finished["j-ctx"]["job"] == "record"  # the runner's own field wins a clash
+    assert "request_id" not in finished["j-bare"]
+    assert finished["j-bare"]["job"] == "record"

@@ -158,6 +158,8 @@ class JobEngine:
             task.cancel()
         if late:
             await asyncio.wait(late)
+        for job_id in [job_id for job_id, task in self.tasks.items() if task.done()]:
+            self._task_done(job_id)  # cancelled before its first step, so `_execute` never ran
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -246,9 +248,11 @@ class JobEngine:
             self._start(self._held.popleft())
 
     def _start(self, job: ClaimedJob) -> None:
+        # No done callback: `_execute` frees the slot itself, a loop turn sooner and one handle
+        # less per job. A task cancelled before its first step never runs it; `_finish_running`
+        # frees those.
         task = asyncio.get_running_loop().create_task(self._execute(job, self.controls[job.job_id]))
         self.tasks[job.job_id] = task
-        task.add_done_callback(lambda _: self._task_done(job.job_id))
 
     def _task_done(self, job_id: str) -> None:
         del self.tasks[job_id]
@@ -280,7 +284,10 @@ class JobEngine:
                 Finished(job.job_id, run_again_at_ms=epoch_ms(), interrupted=True, queue=job.queue)
             )
             raise
-        self._recorder.add(finished)
+        else:
+            self._recorder.add(finished)
+        finally:
+            self._task_done(job.job_id)
         took = time.perf_counter() - started
         average = self._job_s
         self._job_s = took if average is None else average + (took - average) * _JOB_TIME_WEIGHT

@@ -136,6 +136,7 @@ class AttemptRunner:
                 trace_id=fields.get("trace_id"),
                 span_id=fields.get("span_id"),
                 exception=attempt.exception if attempt is not None else None,
+                context_bound=len(bound),
             )
             try:
                 try:

@@ -73,6 +73,8 @@ class AttemptEnd:
     trace_id: str | None = None
     span_id: str | None = None
     exception: BaseException | None = None
+    # How many logging context variables the attempt bound; the log line holds all of them.
+    context_bound: int = 0
 
 
 class Outcomes:
@@ -112,16 +114,16 @@ class Outcomes:
         level, levelno = _LEVELS[end.outcome]
         if not joblines.enabled(levelno):  # decided before any field is built
             return
-        # What the job reported (e.g. token usage); the runner's own fields win a clash.
-        fields: dict[str, Any] = {k: v for k, v in end.reported.items() if k != "event"}
-        fields.update(
-            job_id=end.job_id,
-            job=end.job,
-            mode=end.mode,
-            job_try=end.job_try,
-            outcome=end.outcome,
-            duration_ms=round(end.duration_s * 1000, 2),
-        )
+        fields: dict[str, Any] = {  # one literal: a line per job, so its cost shows in the drain
+            "job_id": end.job_id,
+            "job": end.job,
+            "mode": end.mode,
+            "job_try": end.job_try,
+            "outcome": end.outcome,
+            "duration_ms": round(end.duration_s * 1000, 2),
+        }
+        if end.reported:  # what the job reported (e.g. token usage); the runner's fields win a clash
+            fields = {**{k: v for k, v in end.reported.items() if k != "event"}, **fields}
         if end.error is not None:
             fields.update(error_type=end.error.error_type, error=end.error.message)
             if end.outcome == "failed":
@@ -130,7 +132,7 @@ class Outcomes:
             fields["retry_in_s"] = round(end.retry_in, 3)
         if end.trace_id is not None:
             fields.update(trace_id=end.trace_id, span_id=end.span_id)
-        if not joblines.write(level, "job finished", fields):
+        if not joblines.write(level, "job finished", fields, bound=end.context_bound):
             getattr(log, level)("job finished", **fields)
 
     async def record(self, end: AttemptEnd) -> None:

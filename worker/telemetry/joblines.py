@@ -16,6 +16,7 @@ at most the lines of the loop turn it was in.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -82,14 +83,23 @@ def enabled(levelno: int) -> bool:
     return _logger.isEnabledFor(levelno)
 
 
-def write(level: str, event: str, fields: dict[str, Any]) -> bool:
-    """Write one line on the fast path; False when the ordinary logging path must take it."""
+def write(level: str, event: str, fields: dict[str, Any], *, bound: int = 0) -> bool:
+    """Write one line on the fast path; False when the ordinary logging path must take it.
+
+    The line is the logging context (structlog's context variables) updated with `fields`.
+    `bound`: how many context variables the caller bound whose keys and values `fields` holds
+    (an attempt binds the job's id, name, mode and try). When the context holds only those, it
+    is not read: reading it costs about 3 µs a line in a draining worker. `fields` becomes the
+    line (it is changed)."""
     handler = _handler
     handlers = logging.root.handlers
     if handler is None or len(handlers) != 1 or handlers[0] is not handler or _logger.handlers:
         return False
-    line = structlog.contextvars.get_contextvars()
-    line.update(fields)
+    if len(contextvars.copy_context()) > bound:
+        line = structlog.contextvars.get_contextvars()
+        line.update(fields)
+    else:
+        line = fields
     line["event"] = event
     line["level"] = level
     line["logger"] = LOGGER_NAME
