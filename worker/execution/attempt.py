@@ -28,6 +28,7 @@ from core.registry import JobDefinition
 from settings import Settings
 from worker.execution.deadlines import Deadlines
 from worker.execution.outcomes import AttemptEnd, Outcomes
+from worker.telemetry import joblines
 from worker.telemetry.tracing import Tracing
 
 __all__ = ["Attempt", "AttemptRunner", "backoff_delay"]
@@ -94,7 +95,7 @@ class AttemptRunner:
             fields["trace_id"], fields["span_id"] = span.trace_id, span.span_id
         elif traceparent is not None:  # every line of the job joins the request that enqueued it
             fields["trace_id"], fields["span_id"] = traceparent[3:35], traceparent[36:52]
-        bound = structlog.contextvars.bind_contextvars(**fields)
+        bound = joblines.bind(fields)
         ctx = JobContext(
             job_id=job_id,
             job_name=job.name,
@@ -147,7 +148,7 @@ class AttemptRunner:
                 if self.outcomes.needs_record(end):
                     await self.outcomes.record(end)
             finally:
-                structlog.contextvars.reset_contextvars(**bound)
+                joblines.unbind(bound)
 
     async def refuse(
         self,
