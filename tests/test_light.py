@@ -36,6 +36,9 @@ try:
 except SystemExit as exc:  # --help
     code = exc.code
 heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+# redis-py imports PyJWT, which the command line defers (worker.ops.deferred): its stand-in is
+# in sys.modules, its submodules (and cryptography's X.509) are not.
+heavy += [m for m in ("jwt.api_jwt", "cryptography.x509") if m in sys.modules]
 sys.stderr.flush()
 print(JSON.dumps({"code": code, "heavy": heavy}).decode())
 """
@@ -75,6 +78,24 @@ def test_a_worker_that_ran_loads_no_family_dependency(redis_server: RedisServer,
     # Started, found its queues empty and stopped: everything the run path imports at start.
     report = _probe(redis_server.url, database_url, "run", "--burst")
     assert report == {"code": 0, "heavy": []}
+
+
+def test_a_deferred_module_is_the_real_one_at_first_use() -> None:
+    """PyJWT, deferred by the command line: a job module of one's own that uses it gets it."""
+    code = (
+        "import sys\n"
+        "from worker.ops import deferred\n"
+        "deferred.defer()\n"
+        "import redis.asyncio, jwt\n"
+        "before = 'jwt.api_jwt' in sys.modules\n"
+        "from jwt import decode\n"
+        "token = jwt.encode({'user': 'ada'}, 'k' * 32, algorithm='HS256')\n"
+        "import jwt.exceptions\n"
+        "print(before, decode(token, 'k' * 32, algorithms=['HS256'])['user'],"
+        " type(sys.modules['jwt']).__name__, jwt.exceptions.PyJWTError is jwt.PyJWTError)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False", "ada", "module", "True"], done.stderr
 
 
 def test_a_family_loads_its_dependency_when_it_first_works() -> None:

@@ -19,6 +19,9 @@ __all__ = ["main", "parser"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from worker.ops import deferred
+
+    deferred.defer()  # before redis is imported (see worker.ops.deferred)
     from worker.ops.commands import run_command  # after the arguments: see the docstring
 
     return run_command(args, argv)
