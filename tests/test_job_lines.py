@@ -12,6 +12,7 @@ import orjson
 import pytest
 import structlog
 
+from core import JobContext, Registry, define
 from core.errors import JobFailed
 from settings import Settings
 from tests.conftest import make_settings, run_inline_job
@@ -116,3 +117,22 @@ async def test_the_line_carries_the_callers_logging_context(settings: Settings) 
     assert finished["j-ctx"]["job"] == "record"  # the runner's own field wins a clash
     assert "request_id" not in finished["j-bare"]
     assert finished["j-bare"]["job"] == "record"
+
+
+async def _reports_odd_values(ctx: JobContext) -> None:
+    ctx.report["tokens"] = 812
+    ctx.report["big"] = 2**70  # past what JSON numbers hold in orjson: the line still comes out
+
+
+async def test_a_line_with_a_value_json_cannot_hold_still_comes_out(settings: Settings) -> None:
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
+    inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
+    registry = Registry([define(_reports_odd_values, name="reports_odd_values")])
+    await run_inline_job(inline, registry, "reports_odd_values", job_id="j-odd", kwargs={})
+    await asyncio.sleep(0)
+    (line,) = [line for line in _lines(stream) if line["event"] == "job finished"]
+    assert line["job_id"] == "j-odd"
+    assert line["outcome"] == "complete"
+    assert str(line["tokens"]) == "812"
+    assert line["big"] == str(2**70)

@@ -3,8 +3,11 @@
 One line per finished attempt is the worker's hottest log call. Through structlog's stdlib proxy,
 a `LogRecord` and a formatter's processor chain it cost about 29 µs a line (35-45% of a draining
 worker's CPU). With JSON output this module renders the same object (the job's bound context, its
-fields, `event`, `level`, `logger`, `timestamp`) with one orjson call, and writes the lines of one
-event-loop turn with one write to the stream.
+fields, `event`, `level`, `logger`, `timestamp`) with one orjson call each, and writes the lines of
+one event-loop turn with one write to the stream. A line's fields are kept as given until the turn
+ends and rendered then, together: about 1 µs a line less than rendering each one amid the jobs of
+the turn (measured in a draining worker). So a value a job reported is rendered as it is at the end
+of the turn, moments after the attempt ended.
 
 It takes a line only while the handler `configure_logging` installed is the root logger's only
 handler; when a test's log capture or an application's own handlers are in place, the line goes
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -39,9 +43,10 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._pending: list[str] = []
+        self._pending: list[dict[str, Any]] = []
 
-    def add(self, line: str) -> None:
+    def add(self, line: dict[str, Any]) -> None:
+        """A line to render at the end of this loop turn; its `timestamp` is `time.time()`."""
         pending = self._pending
         pending.append(line)
         if len(pending) == 1:
@@ -60,7 +65,7 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
         self.acquire()
         try:
             lines, self._pending = self._pending, []
-            self.stream.write("".join(lines))
+            self.stream.write(b"".join(map(_render, lines)).decode())
         except (ValueError, OSError):  # a stream closed under us: like a handler's emit, go on
             pass
         finally:
@@ -69,6 +74,14 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
     def emit(self, record: logging.LogRecord) -> None:
         self.write_pending()
         super().emit(record)
+
+
+def _render(line: dict[str, Any]) -> bytes:
+    line["timestamp"] = datetime.fromtimestamp(line["timestamp"], UTC)
+    try:
+        return orjson.dumps(line, default=str, option=_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):  # a reported value orjson refuses (an int past 64 bits...)
+        return orjson.dumps({str(k): str(v) for k, v in line.items()}, option=_OPTIONS)
 
 
 def install(handler: JobLineHandler | None) -> None:
@@ -128,6 +141,6 @@ def write(level: str, event: str, fields: dict[str, Any], *, bound: int = 0) -> 
     line["event"] = event
     line["level"] = level
     line["logger"] = LOGGER_NAME
-    line["timestamp"] = datetime.now(UTC)
-    handler.add(orjson.dumps(line, default=str, option=_OPTIONS).decode())
+    line["timestamp"] = time.time()
+    handler.add(line)
     return True
