@@ -77,6 +77,30 @@ class AttemptEnd:
     context_bound: int = 0
 
 
+def line_fields(end: AttemptEnd) -> dict[str, Any]:
+    """The `job finished` line's own fields (the logging context comes first, `event`, `level`,
+    `logger` and `timestamp` last). Called as the loop turn that logged the line ends."""
+    fields: dict[str, Any] = {
+        "job_id": end.job_id,
+        "job": end.job,
+        "mode": end.mode,
+        "job_try": end.job_try,
+        "outcome": end.outcome,
+        "duration_ms": round(end.duration_s * 1000, 2),
+    }
+    if end.reported:  # what the job reported (e.g. token usage); the runner's fields win a clash
+        fields = {**{k: v for k, v in end.reported.items() if k != "event"}, **fields}
+    if end.error is not None:
+        fields.update(error_type=end.error.error_type, error=end.error.message)
+        if end.outcome == "failed":
+            fields.update(kind=end.error.kind, retries_exhausted=end.retries_exhausted)
+    if end.retry_in is not None:
+        fields["retry_in_s"] = round(end.retry_in, 3)
+    if end.trace_id is not None:
+        fields.update(trace_id=end.trace_id, span_id=end.span_id)
+    return fields
+
+
 class Outcomes:
     """Counts, logs and records finished attempts for one process."""
 
@@ -114,26 +138,8 @@ class Outcomes:
         level, levelno = _LEVELS[end.outcome]
         if not joblines.enabled(levelno):  # decided before any field is built
             return
-        fields: dict[str, Any] = {  # one literal: a line per job, so its cost shows in the drain
-            "job_id": end.job_id,
-            "job": end.job,
-            "mode": end.mode,
-            "job_try": end.job_try,
-            "outcome": end.outcome,
-            "duration_ms": round(end.duration_s * 1000, 2),
-        }
-        if end.reported:  # what the job reported (e.g. token usage); the runner's fields win a clash
-            fields = {**{k: v for k, v in end.reported.items() if k != "event"}, **fields}
-        if end.error is not None:
-            fields.update(error_type=end.error.error_type, error=end.error.message)
-            if end.outcome == "failed":
-                fields.update(kind=end.error.kind, retries_exhausted=end.retries_exhausted)
-        if end.retry_in is not None:
-            fields["retry_in_s"] = round(end.retry_in, 3)
-        if end.trace_id is not None:
-            fields.update(trace_id=end.trace_id, span_id=end.span_id)
-        if not joblines.write(level, "job finished", fields, bound=end.context_bound):
-            getattr(log, level)("job finished", **fields)
+        if not joblines.write(level, line_fields, end, bound=end.context_bound):
+            getattr(log, level)(joblines.EVENT, **line_fields(end))
 
     async def record(self, end: AttemptEnd) -> None:
         error = end.error.to_dict() if end.error is not None else None

@@ -4,9 +4,10 @@ One line per finished attempt is the worker's hottest log call. Through structlo
 a `LogRecord` and a formatter's processor chain it cost about 29 µs a line (35-45% of a draining
 worker's CPU). With JSON output this module renders the same object (the job's bound context, its
 fields, `event`, `level`, `logger`, `timestamp`) with one orjson call each, and writes the lines of
-one event-loop turn with one write to the stream. A line's fields are kept as given until the turn
-ends and rendered then, together: about 1 µs a line less than rendering each one amid the jobs of
-the turn (measured in a draining worker). So a value a job reported is rendered as it is at the end
+one event-loop turn with one write to the stream. An attempt hands over its end and the function
+that gives the line's fields from it; the lines of the turn are built and rendered together when
+the turn ends: about 3 µs a line less than building and rendering each one amid the jobs of the
+turn (measured in a draining worker). So a value a job reported is rendered as it is at the end
 of the turn, moments after the attempt ended.
 
 It takes a line only while the handler `configure_logging` installed is the root logger's only
@@ -22,15 +23,22 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import orjson
 import structlog
 
-__all__ = ["JobLineHandler", "bind", "enabled", "install", "unbind", "write"]
+__all__ = ["EVENT", "JobLine", "JobLineHandler", "bind", "enabled", "install", "unbind", "write"]
 
 LOGGER_NAME = "worker.execution.outcomes"
+EVENT = "job finished"
+# A line as `write` takes it and the end of the loop turn renders it: its level, the function
+# that gives the line's own fields from the subject, the subject, the logging context's fields
+# (None when the caller bound them all), and time.time(). A plain tuple: made per job.
+JobLine = tuple[str, Callable[[Any], dict[str, Any]], Any, dict[str, Any] | None, float]
+T = TypeVar("T")
 _logger = logging.getLogger(LOGGER_NAME)
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 _handler: JobLineHandler | None = None
@@ -43,10 +51,10 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[JobLine] = []
 
-    def add(self, line: dict[str, Any]) -> None:
-        """A line to render at the end of this loop turn; its `timestamp` is `time.time()`."""
+    def add(self, line: JobLine) -> None:
+        """A line to render at the end of this loop turn."""
         pending = self._pending
         pending.append(line)
         if len(pending) == 1:
@@ -76,8 +84,15 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
-def _render(line: dict[str, Any]) -> bytes:
-    line["timestamp"] = datetime.fromtimestamp(line["timestamp"], UTC)
+def _render(entry: JobLine) -> bytes:
+    level, fields_of, subject, context, at = entry
+    line = fields_of(subject)
+    if context:
+        line = {**context, **line}
+    line["event"] = EVENT
+    line["level"] = level
+    line["logger"] = LOGGER_NAME
+    line["timestamp"] = datetime.fromtimestamp(at, UTC)
     try:
         return orjson.dumps(line, default=str, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):  # a reported value orjson refuses (an int past 64 bits...)
@@ -121,26 +136,21 @@ def enabled(levelno: int) -> bool:
     return _logger.isEnabledFor(levelno)
 
 
-def write(level: str, event: str, fields: dict[str, Any], *, bound: int = 0) -> bool:
-    """Write one line on the fast path; False when the ordinary logging path must take it.
+def write(level: str, fields_of: Callable[[T], dict[str, Any]], subject: T, *, bound: int = 0) -> bool:
+    """Write one `job finished` line on the fast path; False when the ordinary logging path must
+    take it (the caller then logs `fields_of(subject)` itself).
 
-    The line is the logging context (structlog's context variables) updated with `fields`.
-    `bound`: how many context variables the caller bound whose keys and values `fields` holds
-    (an attempt binds the job's id, name, mode and try). When the context holds only those, it
-    is not read: reading it costs about 3 µs a line in a draining worker. `fields` becomes the
-    line (it is changed)."""
+    The line is the logging context (structlog's context variables) updated with
+    `fields_of(subject)`, called when the loop turn ends (see the module's docstring); the subject
+    must not change until then. `bound`: how many context variables the caller bound, all of them
+    among those fields (an attempt binds the job's id, name, mode and try). When the context holds
+    only those, it is not read: that costs about 3 µs a line in a draining worker."""
     handler = _handler
     handlers = logging.root.handlers
     if handler is None or len(handlers) != 1 or handlers[0] is not handler or _logger.handlers:
         return False
+    context = None
     if len(contextvars.copy_context()) > bound:
-        line = structlog.contextvars.get_contextvars()
-        line.update(fields)
-    else:
-        line = fields
-    line["event"] = event
-    line["level"] = level
-    line["logger"] = LOGGER_NAME
-    line["timestamp"] = time.time()
-    handler.add(line)
+        context = structlog.contextvars.get_contextvars()
+    handler.add((level, fields_of, subject, context, time.time()))
     return True
