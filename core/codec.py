@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -238,8 +239,8 @@ def decode_job(raw: bytes) -> JobRecord:
     )
 
 
-# Python's small-object allocator serves up to this size (larger go to the C heap anyway).
-_SMALL_OBJECT_BYTES = 512
+# Python's small-object allocator serves objects up to 512 bytes, a bytes object's header included.
+_SMALL_OBJECT_BYTES = 512 - sys.getsizeof(b"")
 
 
 def encode_result(result: ResultRecord) -> bytes:

@@ -19,7 +19,9 @@ Mode = Literal["queued", "inline"]
 
 @dataclass(slots=True)  # not frozen: one per attempt, and a frozen one costs ~1.2 µs more to make
 class JobContext:
-    """One attempt's context. Fields a job puts in `report` join that attempt's `job finished` line."""
+    """One attempt's context. Fields a job puts in `report` join that attempt's `job finished` line.
+    The runner reads nothing back from it but `report`'s contents: changing a field changes what
+    the job itself sees, not its id, tries or retries."""
 
     job_id: str
     job_name: str

@@ -12,7 +12,7 @@ from arq.jobs import Job
 from settings import Settings
 from tests.conftest import eventually, raw_redis, start_worker
 from tests.sample_jobs import RUNS, TEST_REGISTRY
-from worker.backend import ClaimQueue, keys
+from worker.backend import ClaimedJob, ClaimQueue, keys
 from worker.engine import WorkerService
 from worker.producer import Producer
 
@@ -301,3 +301,22 @@ async def test_a_worker_running_long_jobs_does_not_claim_ahead(settings: Setting
             assert (await waiting.result(timeout=5))["key"] == "waiting"
     finally:
         await worker.stop()
+
+
+async def test_a_job_cancelled_before_its_first_step_frees_its_slot(settings: Settings) -> None:
+    """A stopping worker cancels what is still running; a job task cancelled before the loop ever
+    ran it never runs its own bookkeeping, and the slot it held must still come back."""
+    service = WorkerService(settings, registry=TEST_REGISTRY, handle_signals=False)
+    engine = service.worker
+    try:
+        job = ClaimedJob(job_id="j-never", score=0, record=None, job_try=1, queue=engine.plan.keys[0])
+        engine._hold(job)
+        engine._start_held()
+        (task,) = engine.tasks.values()
+        task.cancel()  # before its first step
+        engine.stopping = True
+        await engine._finish_running()
+        assert task.cancelled()
+        assert (engine.tasks, engine.controls, sum(engine.running.values())) == ({}, {}, 0)
+    finally:
+        await service.runtime.aclose()

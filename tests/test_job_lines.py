@@ -119,20 +119,30 @@ async def test_the_line_carries_the_callers_logging_context(settings: Settings) 
     assert finished["j-bare"]["job"] == "record"
 
 
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
 async def _reports_odd_values(ctx: JobContext) -> None:
     ctx.report["tokens"] = 812
-    ctx.report["big"] = 2**70  # past what JSON numbers hold in orjson: the line still comes out
+    ctx.report["big"] = 2**70  # past what orjson takes as a number
+    ctx.report["odd"] = _Unprintable()  # neither JSON nor text
 
 
-async def test_a_line_with_a_value_json_cannot_hold_still_comes_out(settings: Settings) -> None:
+async def test_a_line_with_values_json_cannot_hold_still_comes_out_typed(settings: Settings) -> None:
     stream = io.StringIO()
     configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
     inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
     registry = Registry([define(_reports_odd_values, name="reports_odd_values")])
     await run_inline_job(inline, registry, "reports_odd_values", job_id="j-odd", kwargs={})
+    await run_inline_job(inline, TEST_REGISTRY, "record", job_id="j-after", kwargs={"key": "f"})
     await asyncio.sleep(0)
-    (line,) = [line for line in _lines(stream) if line["event"] == "job finished"]
-    assert line["job_id"] == "j-odd"
-    assert line["outcome"] == "complete"
-    assert str(line["tokens"]) == "812"
-    assert line["big"] == str(2**70)
+    finished = {line["job_id"]: line for line in _lines(stream) if line["event"] == "job finished"}
+    odd = finished["j-odd"]
+    assert odd["outcome"] == "complete"
+    assert (odd["tokens"], odd["job_try"]) == (812, 1)  # the other fields keep their types
+    assert odd["big"] == str(2**70)
+    assert odd["odd"] == "<_Unprintable that cannot be shown>"
+    assert str(odd["timestamp"]).endswith("Z")
+    assert finished["j-after"]["outcome"] == "complete"

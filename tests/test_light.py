@@ -98,6 +98,24 @@ def test_a_deferred_module_is_the_real_one_at_first_use() -> None:
     assert done.stdout.split() == ["False", "ada", "module", "True"], done.stderr
 
 
+def test_a_deferred_packages_submodule_imported_first_is_loaded_once() -> None:
+    """`import jwt.exceptions` before anything else of PyJWT: one module, the one PyJWT raises."""
+    code = (
+        "import sys\n"
+        "from worker.ops import deferred\n"
+        "deferred.defer()\n"
+        "import jwt.exceptions\n"
+        "first = jwt.exceptions\n"
+        "try:\n"
+        "    jwt.decode('not a token', 'k' * 32, algorithms=['HS256'])\n"
+        "except jwt.exceptions.InvalidTokenError as exc:\n"
+        "    caught = type(exc).__name__\n"
+        "print(caught, first is sys.modules['jwt.exceptions'] is jwt.exceptions)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["DecodeError", "True"], done.stderr
+
+
 def test_a_family_loads_its_dependency_when_it_first_works() -> None:
     code = (
         "import sys\n"

@@ -252,10 +252,11 @@ class JobEngine:
         # less per job. A task cancelled before its first step never runs it; `_finish_running`
         # frees those.
         task = asyncio.get_running_loop().create_task(self._execute(job, self.controls[job.job_id]))
-        self.tasks[job.job_id] = task
+        if not task.done():  # an eager task factory may have run it through already
+            self.tasks[job.job_id] = task
 
     def _task_done(self, job_id: str) -> None:
-        del self.tasks[job_id]
+        self.tasks.pop(job_id, None)
         self._release(job_id)
         if not self.stopping:
             self._start_held()  # the freed slot goes to a held job at once

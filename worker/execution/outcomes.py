@@ -31,7 +31,7 @@ from worker.telemetry import joblines
 from worker.telemetry.errors_report import ErrorReports
 from worker.telemetry.metrics import Metrics
 
-__all__ = ["AttemptEnd", "Outcome", "Outcomes"]
+__all__ = ["AttemptEnd", "Outcome", "Outcomes", "line_fields"]
 
 log = structlog.get_logger(__name__)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 import types
 from typing import Any
 
@@ -33,12 +34,16 @@ class _StandIn(types.ModuleType):
         return getattr(real, name)
 
 
+_loading = threading.Lock()  # sync jobs run in threads: one of them loads the real module
+
+
 def _load(stand_in: _StandIn) -> types.ModuleType:
     name = stand_in.__name__
-    if sys.modules.get(name) is stand_in:
-        del sys.modules[name]
-    real = importlib.import_module(name)
-    stand_in.__dict__.update(real.__dict__)  # holders of the stand-in now read the real names
+    with _loading:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        stand_in.__dict__.update(real.__dict__)  # holders of the stand-in now read the real names
     return real
 
 
@@ -51,5 +56,13 @@ def defer(names: tuple[str, ...] = DEFERRED) -> None:
         if spec is None:
             continue
         stand_in = _StandIn(name)
-        stand_in.__spec__ = spec  # what the import system reads of a module it finds here
+        # What the import system and tools read of a module without using it: a first
+        # `import jwt.exceptions` finds the package's path here and loads only that submodule,
+        # once, where the real package will find it too.
+        stand_in.__spec__ = spec
+        stand_in.__loader__ = spec.loader
+        stand_in.__package__ = name
+        stand_in.__file__ = spec.origin
+        if spec.submodule_search_locations is not None:
+            stand_in.__path__ = list(spec.submodule_search_locations)
         sys.modules[name] = stand_in
