@@ -68,18 +68,17 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
         super().flush()
 
     def write_pending(self) -> None:
-        pending = self._pending
-        count = len(pending)
-        if not count:
+        if not self._pending:
             return
-        # Take the lines present now and leave any added meanwhile (by another thread) for the
-        # next write: a swap of the whole list could hand those to a list already written out.
-        lines = pending[:count]
-        del pending[:count]
-        text = b"".join(map(_render, lines)).decode()
-        self.acquire()
+        self.acquire()  # one writer at a time (an `emit` from another thread, the loop's flush)
         try:
-            self.stream.write(text)
+            # Take the lines present now and leave any added meanwhile (`add` takes no lock) for
+            # the next write: a swap of the whole list could hand those to a list written out.
+            pending = self._pending
+            count = len(pending)
+            lines = pending[:count]
+            del pending[:count]
+            self.stream.write(b"".join(map(_render, lines)).decode())
         except (ValueError, OSError):  # a stream closed under us: like a handler's emit, go on
             pass
         finally:
