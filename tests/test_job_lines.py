@@ -17,7 +17,7 @@ from core.errors import JobFailed
 from settings import Settings
 from tests.conftest import make_settings, run_inline_job
 from tests.sample_jobs import TEST_REGISTRY
-from worker.telemetry import configure_logging
+from worker.telemetry import configure_logging, joblines
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -146,3 +146,19 @@ async def test_a_line_with_values_json_cannot_hold_still_comes_out_typed(setting
     assert odd["odd"] == "<_Unprintable that cannot be shown>"
     assert str(odd["timestamp"]).endswith("Z")
     assert finished["j-after"]["outcome"] == "complete"
+
+
+async def test_a_line_that_cannot_be_built_says_so_and_its_turn_keeps_the_others() -> None:
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
+
+    def broken(subject: object) -> dict[str, object]:
+        raise KeyError("no such field")
+
+    assert joblines.write("info", broken, object())
+    assert joblines.write("info", lambda subject: {"job_id": "j-fine"}, object())
+    await asyncio.sleep(0)  # the end of the turn: both lines built and written
+    first, second = (line for line in _lines(stream) if line["event"] == "job finished")
+    assert first["render_error"] == "'no such field'"
+    assert second["job_id"] == "j-fine"
+    assert "render_error" not in second

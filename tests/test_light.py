@@ -65,6 +65,13 @@ def _probe(redis_url: str, database_url: str, *args: str) -> dict[str, object]:
     return report
 
 
+def _printed(code: str) -> list[str]:
+    """The words a fresh interpreter running `code` printed (it must succeed)."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
 def test_help_loads_no_family_dependency(redis_server: RedisServer, database_url: str) -> None:
     assert _probe(redis_server.url, database_url, "--help") == {"code": 0, "heavy": []}
 
@@ -94,8 +101,7 @@ def test_a_deferred_module_is_the_real_one_at_first_use() -> None:
         "print(before, decode(token, 'k' * 32, algorithms=['HS256'])['user'],"
         " type(sys.modules['jwt']).__name__, jwt.exceptions.PyJWTError is jwt.PyJWTError)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["False", "ada", "module", "True"], done.stderr
+    assert _printed(code) == ["False", "ada", "module", "True"]
 
 
 def test_a_deferred_packages_submodule_imported_first_is_loaded_once() -> None:
@@ -112,8 +118,7 @@ def test_a_deferred_packages_submodule_imported_first_is_loaded_once() -> None:
         "    caught = type(exc).__name__\n"
         "print(caught, first is sys.modules['jwt.exceptions'] is jwt.exceptions)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["DecodeError", "True"], done.stderr
+    assert _printed(code) == ["DecodeError", "True"]
 
 
 def test_a_family_loads_its_dependency_when_it_first_works() -> None:
@@ -124,5 +129,4 @@ def test_a_family_loads_its_dependency_when_it_first_works() -> None:
         "render_template('welcome', {'name': 'Ada'})\n"
         "print(before, 'jinja2' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["False", "True"], done.stderr
+    assert _printed(code) == ["False", "True"]

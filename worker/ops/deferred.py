@@ -2,7 +2,7 @@
 
 redis-py 5.3 imports PyJWT, and with it much of cryptography, when redis is imported: for a
 token (Entra ID) authentication this project does not use. That costs a process about 12 MiB of
-memory and 45 ms of start (bench/REPORT.md, "Startup"). The command line (`python -m worker
+memory and 40 ms of start (bench/REPORT.md, "Startup"). The command line (`python -m worker
 ...`) puts a stand-in for such a module in `sys.modules` before anything imports redis. The
 stand-in loads the real module at the first attribute anyone reads from it (a job module of
 your own that uses PyJWT gets the real one) and then becomes it.

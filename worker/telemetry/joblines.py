@@ -92,19 +92,16 @@ class JobLineHandler(logging.StreamHandler[TextIO]):
 def _render(entry: JobLine) -> bytes:
     """One line; never raises, so no line of the turn is lost to another's bad value."""
     level, fields_of, subject, context, at = entry
-    tail = {
-        "event": EVENT,
-        "level": level,
-        "logger": LOGGER_NAME,
-        "timestamp": datetime.fromtimestamp(at, UTC),
-    }
     try:
         line = fields_of(subject)
         if context:
             line = {**context, **line}
-        line.update(tail)
-    except Exception as exc:  # a job that replaced its `ctx.report` with a non-mapping, say
-        line = {"job_id": getattr(subject, "job_id", None), **tail, "render_error": _text(exc)}
+    except Exception as exc:  # a fault in the fields function: say so rather than lose the line
+        line = {"job_id": getattr(subject, "job_id", None), "render_error": _text(exc)}
+    line["event"] = EVENT
+    line["level"] = level
+    line["logger"] = LOGGER_NAME
+    line["timestamp"] = datetime.fromtimestamp(at, UTC)
     try:
         return orjson.dumps(line, default=str, option=_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):  # a value orjson refuses (an int past 64 bits...)
