@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -61,7 +63,10 @@ async def test_job_lines_keep_their_fields_and_their_place(settings: Settings) -
         "logger": "worker.execution.outcomes",
     }
     assert isinstance(done["duration_ms"], float)
-    assert str(done["timestamp"]).endswith("Z")
+    # As structlog writes every other line's: UTC, to the microsecond, with a Z.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", str(done["timestamp"]))
+    written = datetime.fromisoformat(str(done["timestamp"]))
+    assert abs(written - datetime.now(UTC)) < timedelta(seconds=30)
     assert failed["level"] == "error"
     assert failed["outcome"] == "failed"
     assert failed["error"] == "refused: no"
@@ -155,10 +160,36 @@ async def test_a_line_that_cannot_be_built_says_so_and_its_turn_keeps_the_others
     def broken(subject: object) -> dict[str, object]:
         raise KeyError("no such field")
 
-    assert joblines.write("info", broken, object())
-    assert joblines.write("info", lambda subject: {"job_id": "j-fine"}, object())
+    assert joblines.write(logging.INFO, broken, object())
+    assert joblines.write(logging.INFO, lambda subject: {"job_id": "j-fine"}, object())
     await asyncio.sleep(0)  # the end of the turn: both lines built and written
     first, second = (line for line in _lines(stream) if line["event"] == "job finished")
     assert first["render_error"] == "'no such field'"
     assert second["job_id"] == "j-fine"
     assert "render_error" not in second
+
+
+async def _reports_reserved_names(ctx: JobContext) -> None:
+    ctx.report.update(level="loud", timestamp="yesterday", event="mine", tokens=3)
+
+
+async def test_a_field_named_like_the_lines_own_leaves_one_of_each(settings: Settings) -> None:
+    """A report or a caller's context with `level`, `timestamp`, `event` or `logger` cannot put a
+    second one in the line (a JSON reader would keep either); the line's own stay."""
+    stream = io.StringIO()
+    configure_logging(make_settings("redis://localhost:1/0"), stream=stream)
+    inline = settings.model_copy(update={"redis_url": make_settings("").redis_url})
+    registry = Registry([define(_reports_reserved_names, name="reports_reserved_names")])
+    bound = structlog.contextvars.bind_contextvars(logger="the caller's", request_id="req-9")
+    try:
+        await run_inline_job(inline, registry, "reports_reserved_names", job_id="j-names", kwargs={})
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+    await asyncio.sleep(0)
+    raw = next(line for line in stream.getvalue().splitlines() if '"j-names"' in line)
+    for name in ("level", "timestamp", "event", "logger"):
+        assert raw.count(f'"{name}":') == 1, raw
+    line = orjson.loads(raw)
+    assert (line["event"], line["level"], line["logger"]) == ("job finished", "info", joblines.LOGGER_NAME)
+    assert (line["tokens"], line["request_id"]) == (3, "req-9")
+    assert str(line["timestamp"]).endswith("Z")
