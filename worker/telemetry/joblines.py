@@ -2,13 +2,14 @@
 
 One line per finished attempt is the worker's hottest log call. Through structlog's stdlib proxy,
 a `LogRecord` and a formatter's processor chain it cost about 29 µs a line (35-45% of a draining
-worker's CPU, on the machine of the first measurements). With JSON output this module renders the same object (the job's bound context, its
-fields, `event`, `level`, `logger`, `timestamp`) with one orjson call each, and writes the lines of
-one event-loop turn with one write to the stream. An attempt hands over its end and the function
-that gives the line's fields from it; the lines of the turn are built and rendered together when
-the turn ends: about 3 µs a line less than building and rendering each one amid the jobs of the
-turn (measured in a draining worker, on that machine). So a value a job reported is rendered as it is at the end
-of the turn, moments after the attempt ended.
+worker's CPU, on the machine of the first measurements). With JSON output this module renders
+the same object (the job's bound context, its fields, `event`, `level`, `logger`, `timestamp`)
+with one orjson call each, and writes the lines of one event-loop turn with one write to the
+stream. An attempt hands over its end and the function that gives the line's fields from it;
+the lines of the turn are built and rendered together when the turn ends: about 3 µs a line
+less, on that machine, than building and rendering each one amid the jobs of the turn. So a
+value a job reported is rendered as it is at the end of the turn, moments after the attempt
+ended.
 
 It takes a line only while the handler `configure_logging` installed is the root logger's only
 handler; when a test's log capture or an application's own handlers are in place, the line goes
