@@ -258,6 +258,11 @@ class SettingsError(ValueError):
     """Raised by `load_settings` with one readable line per bad variable."""
 
 
+# The sender when EMAIL_FROM is unset (`.local` and `.test` are refused by email-validator, as
+# not globally deliverable); set a real verified sender in production.
+DEFAULT_EMAIL_FROM = "Max Booster <no-reply@maxbooster.example>"
+
+
 class Settings(BaseSettings):
     """Runtime configuration; field `foo_bar` is read from environment variable `FOO_BAR`."""
 
@@ -368,9 +373,7 @@ class Settings(BaseSettings):
 
     # Email. `auto` picks sendgrid if SENDGRID_API_KEY is set, else smtp if SMTP_URL is, else file.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"
-    # `.local` and `.test` are refused by email-validator (not globally deliverable); set a real
-    # verified sender in production.
-    email_from: str = "Max Booster <no-reply@maxbooster.example>"
+    email_from: str = DEFAULT_EMAIL_FROM
     email_file_dir: str = "var/mail"
     # Who may appear as a message's sender (from_address): domains or addresses; unset means the
     # domain of EMAIL_FROM.
@@ -731,6 +734,8 @@ class Settings(BaseSettings):
     @classmethod
     def _email_from(cls, v: str) -> str:
         v = v.strip()
+        if v == DEFAULT_EMAIL_FROM:  # sound; settings check their defaults too, and this one
+            return v  # would import email-validator in every process
         # "Name <address>": the job code validates the name; here the address must be sound.
         address = v[v.rfind("<") + 1 : -1] if v.endswith(">") else v
         # Imported when EMAIL_FROM is set, not with the settings: its tables cost ~20 ms at start.

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -271,9 +271,10 @@ async def enqueue(kind: str, ctx: Ctx, callers: int, count: int) -> EnqueueRun:
     """`callers` concurrent callers, each awaiting its enqueues one after another (1 = one call
     at a time), no worker running. Timed from the first call to the last reply, after
     ENQUEUE_WARMUP calls one at a time: a long-running app's steady state, which for Node
-    means a compiled hot path (BullMQ's first 1,000 adds ran a third slower than 5,000)."""
+    means a compiled hot path (BullMQ's first 1,000 adds ran a third slower than 5,000).
+    `ours-uvloop`: the producer on a uvloop loop of its own (an app served by uvicorn with
+    uvloop), in a thread; the meter is read from this loop, outside the timed window."""
     queue = _queue(kind)
-    each = count // callers
     if kind == "bullmq":
         args = ("enqueue", ctx.url, queue, str(callers), str(count), str(ENQUEUE_WARMUP))
         async with Driven(ctx.bullmq, *args, log=ctx.logs / "enqueue.log") as d:
@@ -281,26 +282,54 @@ async def enqueue(kind: str, ctx: Ctx, callers: int, count: int) -> EnqueueRun:
             result = await d.go()
             cost = await ctx.meter.stop()
         rate, jobs = result["jobs"] / result["seconds"], int(result["jobs"])
+    elif kind == "ours-uvloop":
+        import uvloop
+
+        here = asyncio.get_running_loop()
+
+        async def start() -> None:  # on the thread's loop: the meter's client lives on this one
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ctx.meter.start(), here))
+
+        async def stop() -> Cost:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ctx.meter.stop(), here))
+
+        run = _enqueue_ours(ctx.url, queue, callers, count, start, stop)
+        rate, jobs, cost = await asyncio.to_thread(uvloop.run, run)
     else:
-        client = await client_for("ours", ctx.url, queue)
-        try:
-            for _ in range(ENQUEUE_WARMUP):  # connect, load scripts, warm caches: as for BullMQ
-                await client.enqueue("noop")
-
-            async def caller() -> None:
-                for _ in range(each):
-                    await client.enqueue("noop")
-
-            await ctx.meter.start()
-            started = time.perf_counter()
-            await asyncio.gather(*(caller() for _ in range(callers)))
-            elapsed = time.perf_counter() - started
-            cost = await ctx.meter.stop()
-        finally:
-            await client.close()
-        rate, jobs = each * callers / elapsed, each * callers
+        meter = ctx.meter
+        rate, jobs, cost = await _enqueue_ours(ctx.url, queue, callers, count, meter.start, meter.stop)
     await ctx.meter.redis.flushdb()
     return EnqueueRun(rate, jobs, cost)
+
+
+async def _enqueue_ours(
+    url: str,
+    queue: str,
+    callers: int,
+    count: int,
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[Cost]],
+) -> tuple[float, int, Cost]:
+    """Ours, on the running loop: jobs/s, jobs, and the meter's cost from `start` to `stop`."""
+    each = count // callers
+    client = await client_for("ours", url, queue)
+    assert isinstance(client, OurClient)
+    try:
+        for _ in range(ENQUEUE_WARMUP):  # connect, load scripts, warm caches: as for BullMQ
+            await client.enqueue("noop")
+
+        async def caller() -> None:
+            for _ in range(each):
+                await client.enqueue("noop")
+
+        await start()
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - started
+        cost = await stop()
+    finally:
+        await client.close()
+    return each * callers / elapsed, each * callers, cost
 
 
 async def enqueue_to_last(ctx: Ctx, count: int) -> float:
@@ -337,8 +366,8 @@ def _rotated(kinds: tuple[str, ...], run: int) -> tuple[str, ...]:
 
 async def _measure(ctx: Ctx) -> dict[str, Any]:
     r: dict[str, Any] = {f"drain {job} c={c}": {k: [] for k in KINDS} for job, c in DRAINS}
-    r["enqueue sequential"] = {"ours": [], "bullmq": []}
-    r["enqueue concurrent"] = {"ours": [], "bullmq": []}
+    r["enqueue sequential"] = {"ours": [], "bullmq": [], "ours-uvloop": []}
+    r["enqueue concurrent"] = {"ours": [], "bullmq": [], "ours-uvloop": []}
     r["windows"] = {"bench_worker": [], "enqueue_to_last": []}
     for run in range(RUNS):
         for job, concurrency in DRAINS:
@@ -347,7 +376,7 @@ async def _measure(ctx: Ctx) -> dict[str, Any]:
                 r[f"drain {job} c={concurrency}"][kind].append(result)
         for window, rate in (await _windows(ctx)).items():
             r["windows"][window].append(rate)
-        for kind in _rotated(("ours", "bullmq"), run):
+        for kind in _rotated(("ours", "bullmq", "ours-uvloop"), run):
             r["enqueue sequential"][kind].append(await enqueue(kind, ctx, 1, SEQUENTIAL_JOBS))
             r["enqueue concurrent"][kind].append(await enqueue(kind, ctx, CALLERS, CONCURRENT_JOBS))
     return r
@@ -523,7 +552,8 @@ kept, as ours keeps results), from a small driver of ours (`bench/bullmq_driver.
 - **Enqueue**: no worker running; after {warmup} warm-up calls one at a time (connect, load
   scripts, and for Node JIT-compile the hot path, as in a long-running app), {callers}
   concurrent callers (or one) each await their enqueues in a loop: ours
-  `Producer.enqueue_job` under `asyncio.gather`, BullMQ `queue.add` under `Promise.all`.
+  `Producer.enqueue_job` under `asyncio.gather` on the default loop (the uvloop column: the
+  same on a uvloop loop, as under uvicorn with uvloop), BullMQ `queue.add` under `Promise.all`.
   Timed from the first call to the last reply, inside each kind's own process.
 - **Costs**: Redis's `total_commands_processed` and `used_cpu_user + used_cpu_sys` deltas
   (the harness's own INFO and ZCARD polls left out). The fill's window is the bulk enqueue

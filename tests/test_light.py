@@ -25,6 +25,7 @@ HEAVY = (
     "starlette",
     "uvicorn",
     "devservices",
+    "email_validator",
 )
 
 # Runs the CLI's `main` with the given arguments, then prints the heavy modules now loaded.

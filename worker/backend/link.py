@@ -383,8 +383,14 @@ class RedisLink:
             lane.busy = False
 
     async def _execute(
-        self, commands: Sequence[Command], scripts: Sequence[Script], lane: Lane | None
+        self,
+        commands: Sequence[Command],
+        scripts: Sequence[Script],
+        lane: Lane | None,
+        *,
+        breaker: bool = True,
     ) -> list[Any]:
+        """`execute`'s work; with `breaker=False` a failure leaves the breaker as it is."""
         try:
             conn = await self._connection(lane)
         except BackendRefused:
@@ -393,14 +399,15 @@ class RedisLink:
             refusal = _refusal(exc)
             if refusal is not None:
                 raise refusal from None
-            self._open(exc)
+            if breaker:
+                self._open(exc)
             raise NotSent(f"{type(exc).__name__}: {exc}") from exc
         replies: list[Any] = []
         try:
             await self._pipeline(conn, commands, scripts, replies)
         except _DOWN_ERRORS as exc:
             await conn.disconnect()
-            error = self._lost(exc, replies)
+            error = self._lost(exc, replies, breaker=breaker)
             raise error from (None if isinstance(error, BackendRefused) else exc)
         except BaseException:
             await conn.disconnect()
@@ -409,35 +416,24 @@ class RedisLink:
             await self._release(conn, lane)
         return replies
 
-    def _lost(self, exc: BaseException, replies: list[Any] | None = None) -> BackendRefused | ReplyLost:
+    def _lost(
+        self, exc: BaseException, replies: list[Any] | None = None, *, breaker: bool = True
+    ) -> BackendRefused | ReplyLost:
         """What a connection that failed after sending raises: a refusal (credentials), or
-        `ReplyLost` with the replies that did arrive, the breaker opened."""
+        `ReplyLost` with the replies that did arrive (the breaker opened, unless `breaker` is
+        False)."""
         refusal = _refusal(exc)
         if refusal is not None:
             return refusal
-        self._open(exc)
+        if breaker:
+            self._open(exc)
         return ReplyLost(f"{type(exc).__name__}: {exc}", replies)
 
     async def one_off(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` whatever the breaker says, and leave the breaker alone: for checks
         (doctor) that want the real error. Raises `NotSent` / `ReplyLost` naming the underlying
         error, or `BackendRefused`."""
-        try:
-            conn = await self._connection()
-        except _DOWN_ERRORS as exc:
-            raise _refusal(exc) or NotSent(f"{type(exc).__name__}: {exc}") from exc
-        replies: list[Any] = []
-        try:
-            await self._pipeline(conn, commands, (), replies)
-        except _DOWN_ERRORS as exc:
-            await conn.disconnect()
-            raise _refusal(exc) or ReplyLost(f"{type(exc).__name__}: {exc}", replies) from exc
-        except BaseException:
-            await conn.disconnect()
-            raise
-        finally:
-            await self._release(conn)
-        return replies
+        return await self._execute(commands, (), None, breaker=False)
 
     async def command(self, *args: Any) -> Any:
         """One command; a refusal raises `BackendRefused`."""

@@ -28,8 +28,6 @@ from core.flow import check_queue_name, ordered_union, queue_key
 from jobs import registry_for
 from settings import Settings, SettingsError, load_settings
 from worker.backend import QueueBackend, RedisBackend
-from worker.engine import run_worker
-from worker.engine.eventloop import run_until_done
 from worker.ledger.migrate import apply_migrations, postgres_problem
 from worker.ops import deadletters, queuectl
 from worker.ops.schema import job_schemas
@@ -285,6 +283,10 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     """`run`: this process is the worker, or (`--processes N`) the supervisor of N workers."""
+    # Here, not at the top: the other commands (enqueue above all) need none of the engine.
+    from worker.engine import run_worker
+    from worker.engine.eventloop import run_until_done
+
     if args.child_of is not None and args.child_index is not None:
         settings = as_child(settings, args.child_of, args.child_index)
         group = {"supervisor": args.child_of, "child": args.child_index}
