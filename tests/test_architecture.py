@@ -91,8 +91,8 @@ def test_the_runner_reaches_job_families_only_through_the_registry() -> None:
 # The command line reads its arguments first and imports the commands' module after (so `--help`
 # answers at once), which imports a few commands' modules (the HTTP service, the doctor, the demo)
 # and the worker's engine when that command runs: a worker or an enqueue does not carry what it
-# does not use (issue 18). Entry points
-# that only `worker.__main__` and each other import cannot be part of a cycle.
+# does not use (issue 18). Entry points that only `worker.__main__` and each other import cannot
+# be part of a cycle.
 COMMAND_LINE = ("worker.ops.cli", "worker.ops.commands")
 _LAZY_FOR_COMMANDS = ("worker.ops", "worker.engine")
 
