@@ -1,5 +1,5 @@
 """Ours vs BullMQ (Node.js), side by side in one run on one test-owned Redis: drain of a
-pre-filled backlog (no-op jobs at concurrency 100 and 200, 10 ms jobs at 100), enqueue (one call
+pre-filled backlog (no-op and 10 ms jobs, each at concurrency 100 and 200), enqueue (one call
 at a time, and 100 concurrent callers), and what each costs: Redis commands and Redis CPU per
 job, worker CPU per job, worker RSS. The kinds' runs are interleaved (order rotated each run);
 figures are medians. Prints a markdown section; writes bench/results/bullmq.json.
@@ -50,7 +50,7 @@ POLL_S = 0.002
 # Jobs a fresh worker runs before the backlog: imports done, caches filled, Node's JIT warm.
 WARMUP_JOBS = 1_000
 DRAIN_LIMIT_S = 300.0
-DRAINS = (("noop", 100), ("noop", 200), ("sleep10", 100))
+DRAINS = (("noop", 100), ("noop", 200), ("sleep10", 100), ("sleep10", 200))
 # ours: the per-job INFO line on, as users run it; ours-quiet: LOG_LEVEL=WARNING (no job line);
 # ours-uvloop: the INFO line on, WORKER_EVENT_LOOP=uvloop (the optional loop, one lever measured).
 KINDS = ("ours", "bullmq", "ours-quiet", "ours-uvloop")
@@ -589,6 +589,8 @@ def _markdown(r: dict[str, Any], versions: str) -> str:
             ),
             _log_line_text(r),
             "",
+            _ceiling_text(r),
+            "",
             _windows_text(r),
             "",
             "The issue's target (point 6): drain and enqueue at least equal to BullMQ's, at equal "
@@ -611,6 +613,24 @@ def _log_line_text(r: dict[str, Any]) -> str:
     return (
         "**The per-job log line** (issue 18, point 3; target: the drain with the INFO line within "
         "10% of the drain with it off, same run): " + "; ".join(parts) + "."
+    )
+
+
+def _ceiling_text(r: dict[str, Any]) -> str:
+    """How near the 10 ms drains come to what their concurrency allows at all."""
+    parts = []
+    for job, c in DRAINS:
+        if job != "sleep10":
+            continue
+        runs = r[f"drain {job} c={c}"]
+        ceiling = c / 0.010
+        ours, theirs = (summarize([x.rate for x in runs[k]]).median for k in ("ours", "bullmq"))
+        share = f"ours {ours / ceiling:.0%}, BullMQ {theirs / ceiling:.0%}"
+        parts.append(f"c={c}: at most {ceiling:,.0f} jobs/s; {share}")
+    return (
+        "**The 10 ms ceiling.** `c` jobs that each sleep 10 ms drain at most `c / 0.010 s` jobs a "
+        "second; each event loop's timers wake up to a millisecond late (asyncio rounds the epoll "
+        "timeout up to the millisecond, libuv counts whole milliseconds): " + "; ".join(parts) + "."
     )
 
 
