@@ -373,7 +373,8 @@ class Settings(BaseSettings):
 
     # Email. `auto` picks sendgrid if SENDGRID_API_KEY is set, else smtp if SMTP_URL is, else file.
     email_transport: Literal["sendgrid", "smtp", "file", "auto"] = "auto"
-    email_from: str = DEFAULT_EMAIL_FROM
+    # Not checked when unset (settings check their defaults): checking imports email-validator.
+    email_from: str = Field(DEFAULT_EMAIL_FROM, validate_default=False)
     email_file_dir: str = "var/mail"
     # Who may appear as a message's sender (from_address): domains or addresses; unset means the
     # domain of EMAIL_FROM.
@@ -734,8 +735,6 @@ class Settings(BaseSettings):
     @classmethod
     def _email_from(cls, v: str) -> str:
         v = v.strip()
-        if v == DEFAULT_EMAIL_FROM:  # sound; settings check their defaults too, and this one
-            return v  # would import email-validator in every process
         # "Name <address>": the job code validates the name; here the address must be sound.
         address = v[v.rfind("<") + 1 : -1] if v.endswith(">") else v
         # Imported when EMAIL_FROM is set, not with the settings: its tables cost ~20 ms at start.
